@@ -1,0 +1,244 @@
+"""Localise language-agnostic knowledge neurons: attribute every query, score each fact, select.
+
+``localize`` runs model + facts -> integrated gradients per query -> per-fact scores (MATRICE or a
+baseline) -> cross-fact specificity -> neuron sets, and returns a :class:`LocalizationResult`.
+With ``out=`` every finished fact is written at once, so an interrupted run started again with the
+same arguments skips finished facts and ends with the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import __version__
+from .attribution import integrated_gradients
+from .facts import Fact, FactsError, select_facts
+from .models import is_masked_lm, model_name
+from .results import FactRecord, LocalizationResult, write_json_atomic
+from .scoring import (
+    common_neuron_filter,
+    random_neurons,
+    reference_sets,
+    score_fact,
+    select_neurons,
+    specific_scores,
+)
+from .tokens import encode_query
+
+__all__ = ["localize", "RunConfigError"]
+
+# arguments that do not change results: a resumed run may differ in these
+_VOLATILE = {"batch_size", "progress", "created", "device"}
+
+
+class RunConfigError(ValueError):
+    """A run folder holds a run made with other arguments; the message lists the differences."""
+
+
+def localize(
+    model,
+    facts: Sequence[Fact],
+    *,
+    languages: Sequence[str] | None = None,
+    n_facts: int | None = None,
+    method: str = "matrice",
+    steps: int = 20,
+    max_queries: int | None = None,
+    first_token_only: bool = False,
+    threshold: float = 0.2,
+    top_k: int | None = None,
+    specificity: str = "auto",
+    reference: str = "others",
+    min_reference: int = 5,
+    common_fraction: float | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+    drop_incomplete: bool = False,
+    out: str | Path | None = None,
+    data: str = "",
+    progress: bool = True,
+    **method_kwargs: Any,
+) -> LocalizationResult:
+    """Find the LAKNs of each fact.
+
+    Args:
+        languages: codes to use (default: every language all chosen facts can be queried in).
+        method: ``matrice`` (default), ``kn``, ``amig``, ``mean`` or ``random``.
+        steps: integrated-gradient steps m. max_queries: paraphrases per language (default all).
+        specificity: ``auto`` (fact-specific score when each fact has >= ``min_reference``
+            reference facts), ``raw`` (plain LAA) or ``specific``; ``reference`` picks the reference
+            facts (``others``, ``other_relations``, ``same_relation``). Only for score methods
+            (matrice, mean, random); kn and amig select sets directly.
+        common_fraction: drop neurons selected for more than this share of the facts.
+        method_kwargs: passed to the scoring method (e.g. ``beta``, ``gamma``, ``query_weighting``).
+
+    Example: ``result = lakn.localize(model, lakn.load_facts("demo")[:3], languages=["en", "fr"])``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if max_queries is not None and max_queries < 1:
+        raise ValueError(f"max_queries must be at least 1, got {max_queries}")
+    if specificity not in ("auto", "raw", "specific"):
+        raise ValueError(f"specificity must be 'auto', 'raw' or 'specific', got {specificity!r}")
+    causal = not is_masked_lm(model)
+    chosen, langs = select_facts(facts, languages=languages, n_facts=n_facts, causal=causal,
+                                 drop_incomplete=drop_incomplete)
+    _check_method(method, threshold, top_k, method_kwargs)
+    # tokenise every query before the long computation, so a bad answer fails now
+    plan: dict[str, dict[str, list]] = {}
+    for fact in chosen:
+        plan[fact.fact_id] = {}
+        for lang in langs:
+            queries = fact.queries(lang, causal=causal)[:max_queries]
+            plan[fact.fact_id][lang] = [(q, encode_query(model, q)) for q in queries]
+
+    config = {
+        "lakn_version": __version__,
+        "model": model_name(model),
+        "n_layers": int(model.cfg.n_layers),
+        "d_mlp": int(model.cfg.d_mlp),
+        "data": str(data),
+        "fact_ids": [f.fact_id for f in chosen],
+        "languages": langs,
+        "method": method,
+        "method_kwargs": dict(sorted(method_kwargs.items())),
+        "steps": steps,
+        "max_queries": max_queries,
+        "first_token_only": first_token_only,
+        "threshold": threshold,
+        "top_k": top_k,
+        "specificity": specificity,
+        "reference": reference,
+        "min_reference": min_reference,
+        "common_fraction": common_fraction,
+        "seed": seed,
+        "attribution": "exact_ig",
+        "baseline": "zero",
+        "hook_point": "mlp.hook_post",
+        "batch_size": batch_size,
+        "versions": _versions(),
+    }
+    folder = None
+    if out is not None:
+        folder = Path(out)
+        _prepare_folder(folder, config)
+
+    records: dict[str, FactRecord] = {}
+    bar = _progress(chosen, progress)
+    for fact in bar:
+        if folder is not None and FactRecord.done(folder / "facts", fact.fact_id):
+            records[fact.fact_id] = FactRecord.load(folder / "facts", fact.fact_id)
+            continue
+        t0 = time.perf_counter()
+        attributions, confidence, entropy, rows = {}, {}, {}, []
+        for lang in langs:
+            maps, probs, ents = [], [], []
+            for query, encoded in plan[fact.fact_id][lang]:
+                ig = integrated_gradients(model, encoded, steps=steps, first_token_only=first_token_only,
+                                          batch_size=batch_size)
+                maps.append(ig.attributions)
+                probs.append(ig.stats.probability)
+                ents.append(ig.stats.entropy)
+                rows.append({
+                    "language": lang, "prompt": query.prompt, "answer": query.answer,
+                    "probability": ig.stats.probability, "entropy": ig.stats.entropy, "rank": ig.stats.rank,
+                    "answer_tokens": ig.n_answer_tokens,
+                    "completeness_error": float(ig.completeness_error.max()),
+                })
+            attributions[lang] = torch.stack(maps)
+            confidence[lang] = torch.tensor(probs)
+            entropy[lang] = torch.tensor(ents)
+        scores = score_fact("matrice" if method == "random" else method, attributions, confidence, entropy,
+                            threshold=threshold, top_k=top_k, **method_kwargs)
+        record = FactRecord(fact.fact_id, fact.relation, scores.laa, scores.per_language, scores.lakn,
+                            scores.language_specific, rows, time.perf_counter() - t0)
+        if folder is not None:
+            record.save(folder / "facts")
+        records[fact.fact_id] = record
+        if hasattr(bar, "set_postfix"):
+            bar.set_postfix(fact=fact.fact_id, lakns=len(scores.lakn))
+
+    result = _finalize(config, records, chosen)
+    if folder is not None:
+        result.save(folder)
+    return result
+
+
+def _finalize(config: dict, records: dict[str, FactRecord], facts: Sequence[Fact]) -> LocalizationResult:
+    """Cross-fact step: fact-specific scores, random controls, common-neuron filter, language sets."""
+    method, threshold, top_k = config["method"], config["threshold"], config["top_k"]
+    lakn = {fid: list(rec.lakn) for fid, rec in records.items()}
+    language_specific = {fid: dict(rec.language_specific) for fid, rec in records.items()}
+    specific: dict = {}
+    selection = "sets" if method in ("kn", "amig") else "raw"
+    if method not in ("kn", "amig") and config["specificity"] != "raw":
+        relations = {f.fact_id: f.relation for f in facts}
+        refs = reference_sets(list(records), relations, config["reference"])
+        enough = min(len(r) for r in refs.values()) >= config["min_reference"]
+        if config["specificity"] == "specific" or enough:
+            specific = specific_scores({fid: rec.laa for fid, rec in records.items()}, relations, config["reference"])
+            selection = "specific"
+            lakn = {fid: select_neurons(specific[fid], threshold, top_k) for fid in records}
+    if config["common_fraction"] is not None:
+        lakn = common_neuron_filter(lakn, config["common_fraction"])
+    if method == "random":
+        d_mlp = config["d_mlp"]
+        for i, fid in enumerate(records):
+            generator = torch.Generator().manual_seed(config["seed"] * 100_003 + i)
+            lakn[fid] = random_neurons(lakn[fid], d_mlp, generator)
+    if method not in ("kn", "amig"):
+        for fid, rec in records.items():
+            chosen = set(lakn[fid])
+            language_specific[fid] = {
+                lang: [n for n in select_neurons(s, threshold, top_k) if n not in chosen]
+                for lang, s in rec.per_language.items()
+            }
+    return LocalizationResult(config, records, lakn, language_specific, selection, specific)
+
+
+def _check_method(method: str, threshold: float, top_k: int | None, method_kwargs: dict) -> None:
+    """Run the scoring method once on a tiny input so a bad method or argument fails before IG."""
+    one = {"en": torch.rand(2, 1, 4)}
+    probs = {"en": torch.full((2,), 0.5)}
+    kwargs = dict(method_kwargs)
+    if method == "random":
+        kwargs["generator"] = torch.Generator().manual_seed(0)
+    score_fact(method, one, probs, probs, threshold=threshold, top_k=top_k, **kwargs)
+
+
+def _prepare_folder(folder: Path, config: dict) -> None:
+    """Create the run folder, or check that an existing one was made with the same arguments."""
+    path = folder / "config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        keys = (set(old) | set(config)) - _VOLATILE - {"versions", "lakn_version"}
+        diff = sorted(k for k in keys if old.get(k) != json.loads(json.dumps(config.get(k))))
+        if diff:
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
+            raise RunConfigError(
+                f"{folder} holds a run with other arguments ({shown}); resume with the same arguments "
+                "or choose another --out folder"
+            )
+    (folder / "facts").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, config)
+
+
+def _progress(items, enabled: bool):
+    if not enabled:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="lakn localize", unit="fact")
+
+
+def _versions() -> dict:
+    import transformer_lens
+    import transformers
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "transformer_lens": getattr(transformer_lens, "__version__", "?")}

@@ -1,0 +1,126 @@
+"""Tiny models built from a config, for tests and examples: no weights are downloaded.
+
+``tiny_model("gemma3")`` builds a 2-layer Gemma-3-shaped model with random (seeded) weights and a
+small byte-level BPE tokenizer trained in memory on a multilingual corpus, and boots it as a
+``TransformerBridge``. The same four families the paper's models belong to are available:
+GPT-2/mGPT (``gpt2``), LLaMA (``llama``, gated MLP), BLOOM (``bloom``) and Gemma 3 (``gemma3``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from .models import bridge_from_hf
+
+__all__ = ["tiny_tokenizer", "tiny_model", "ARCHITECTURES"]
+
+ARCHITECTURES = ("gpt2", "llama", "gemma3", "bloom")
+
+_CORPUS = [
+    "The capital of France is Paris. Paris is the capital city of France.",
+    "La capitale de la France est Paris. Berlin est la capitale de l'Allemagne.",
+    "Die Hauptstadt von Deutschland ist Berlin. Madrid ist die Hauptstadt von Spanien.",
+    "La capital de España es Madrid. Roma es la capital de Italia.",
+    "Столица Франции — Париж. Москва — столица России.",
+    "法国的首都是巴黎。日本的首都是东京。",
+    "フランスの首都はパリです。日本の首都は東京です。",
+    "عاصمة فرنسا هي باريس. عاصمة مصر هي القاهرة.",
+    "Tokyo, Rome, Cairo, Moscow, Madrid, Berlin, London, Ottawa, Canberra, Lisbon.",
+]
+
+
+@lru_cache(maxsize=None)
+def _tokenizer_object(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<bos>", "<eos>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_CORPUS * 4, trainer)
+    tok.post_processor = TemplateProcessing(
+        single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", tok.token_to_id("<bos>"))]
+    )
+    return tok
+
+
+def tiny_tokenizer(vocab_size: int = 400):
+    """A byte-level BPE tokenizer (any script encodes) trained in memory; prepends ``<bos>``."""
+    from transformers import PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=_tokenizer_object(vocab_size),
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        add_bos_token=True,
+    )
+    tok.init_kwargs["name_or_path"] = "lakn-tiny"
+    tok.padding_side = "left"
+    return tok
+
+
+def _config(architecture: str, vocab: int, n_layers: int, d_model: int, d_mlp: int, n_heads: int):
+    from transformers import BloomConfig, Gemma3TextConfig, GPT2Config, LlamaConfig
+
+    special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if architecture == "gpt2":
+        cfg = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
+                         n_inner=d_mlp, **special)
+        cfg.architectures = ["GPT2LMHeadModel"]
+    elif architecture == "llama":
+        cfg = LlamaConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                          num_attention_heads=n_heads, num_key_value_heads=1, max_position_embeddings=256, **special)
+        cfg.architectures = ["LlamaForCausalLM"]
+    elif architecture == "gemma3":
+        cfg = Gemma3TextConfig(vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp,
+                               num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=1,
+                               head_dim=d_model // n_heads, max_position_embeddings=256, sliding_window=64,
+                               **special)
+        cfg.architectures = ["Gemma3ForCausalLM"]
+    elif architecture == "bloom":
+        # BLOOM's MLP width is fixed at 4 x hidden size
+        cfg = BloomConfig(vocab_size=vocab, hidden_size=d_model, n_layer=n_layers, n_head=n_heads, **special)
+        cfg.architectures = ["BloomForCausalLM"]
+    else:
+        raise ValueError(f"unknown tiny architecture {architecture!r}; choose from {ARCHITECTURES}")
+    return cfg
+
+
+def tiny_model(
+    architecture: str = "gemma3",
+    *,
+    n_layers: int = 2,
+    d_model: int = 32,
+    d_mlp: int = 64,
+    n_heads: int = 2,
+    seed: int = 0,
+    weight_scale: float = 1.0,
+):
+    """A small randomly initialised causal LM booted as a ``TransformerBridge`` (CPU, float32).
+
+    ``weight_scale`` multiplies the initial weights: random models at the default scale put
+    almost uniform probability on every token, so tests of attribution raise it to get
+    non-trivial answer probabilities.
+    """
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    cfg = _config(architecture, len(tokenizer), n_layers, d_model, d_mlp, n_heads)
+    torch.manual_seed(seed)
+    hf_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    if weight_scale != 1.0:
+        with torch.no_grad():
+            for name, param in hf_model.named_parameters():
+                if param.ndim >= 2:
+                    param.mul_(weight_scale)
+    return bridge_from_hf(hf_model, tokenizer, name=f"tiny-{architecture}")
