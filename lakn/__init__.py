@@ -29,3 +29,5 @@ __all__ = [
     "FactScores", "score_fact", "select_neurons", "specific_scores",
     "answer_probabilities", "encode_query",
 ]
+
+from . import plotting  # noqa: E402  (figures: lakn.plotting.layer_distribution, write_run_figures, ...)

@@ -14,7 +14,7 @@ import torch
 
 from .models import bridge_from_hf
 
-__all__ = ["tiny_tokenizer", "tiny_model", "ARCHITECTURES"]
+__all__ = ["tiny_tokenizer", "tiny_model", "active_hook_count", "ARCHITECTURES"]
 
 ARCHITECTURES = ("gpt2", "llama", "gemma3", "bloom")
 
@@ -124,3 +124,9 @@ def tiny_model(
                 if param.ndim >= 2:
                     param.mul_(weight_scale)
     return bridge_from_hf(hf_model, tokenizer, name=f"tiny-{architecture}")
+
+
+def active_hook_count(model) -> int:
+    """Number of forward and backward hooks attached to the model's hook points (aliases counted once)."""
+    points = {id(hp): hp for hp in model.hook_dict.values()}.values()
+    return sum(len(hp._forward_hooks) + len(hp._backward_hooks) + len(hp._backward_pre_hooks) for hp in points)

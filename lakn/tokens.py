@@ -7,6 +7,7 @@ so answers of different lengths compare.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 import torch
@@ -46,7 +47,7 @@ def encode_query(model, query: Query) -> EncodedQuery:
     else:
         ids = model.tokenizer(query.continuation, add_special_tokens=False)["input_ids"]
         answer = torch.tensor(ids, dtype=torch.long)
-    if answer.numel() == 0 or not model.tokenizer.decode(answer).strip():
+    if answer.numel() == 0 or not _visible(model.tokenizer.decode(answer)):
         raise FactsError(
             f"answer {query.answer!r} ({query.language}) tokenises to nothing with this model's tokenizer"
         )
@@ -91,6 +92,11 @@ def last_logits(model, tokens: Int[Tensor, "batch pos"], **kwargs) -> Float[Tens
         except TypeError:
             model._lakn_logits_to_keep = False
     return model(tokens, **kwargs)[:, -1]
+
+
+def _visible(text: str) -> bool:
+    """True if ``text`` has a character that is neither whitespace nor an invisible format/control mark."""
+    return any(unicodedata.category(ch)[0] not in "ZC" for ch in text)
 
 
 def _device(model) -> torch.device:

@@ -1,0 +1,90 @@
+"""The command line end to end on a tiny local model folder: outputs, summaries and one-line errors."""
+
+import json
+
+import pytest
+import torch
+
+from lakn.cli import main
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, GPT2Config
+
+    from lakn.testing import tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    tok = tiny_tokenizer()
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, n_inner=64,
+                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg.architectures = ["GPT2LMHeadModel"]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def data_file(tmp_path, toy_facts):
+    path = tmp_path / "facts.jsonl"
+    rows = [{"fact_id": f.fact_id, "relation": f.relation, "object": f.answers,
+             "queries": {k: list(v) for k, v in f.templates.items()}} for f in toy_facts]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+def test_localize_then_plot(model_dir, data_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["localize", "--out", str(out), "--model", str(model_dir), "--data", str(data_file),
+            "--languages", "en,zh", "--facts", "3", "--steps", "2"]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "facts done: 3" in text and "LAKNs per fact" in text
+    neurons = json.loads((out / "neurons.json").read_text())
+    assert list(neurons) == ["capital_france", "capital_spain", "capital_italy"]
+    assert set(neurons["capital_france"]["language_specific"]) == {"en", "zh"}
+    # the same command again resumes: nothing to compute, same output
+    assert main(args) == 0
+    assert json.loads((out / "neurons.json").read_text()) == neurons
+    assert main(["plot", str(out)]) == 0
+    paths = [p for p in capsys.readouterr().out.split() if p.endswith(".html")]
+    assert paths and all((out / "figures").exists() for _ in paths)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--languages", "en,xx"], "unknown or unsupported language code"),
+     (["--facts", "99"], "asked for 99 facts but the data holds only 4"),
+     (["--model", "missing/dir/model"], "model path not found"),
+     (["--model", "missing.gguf"], "GGUF model file not found")],
+)
+def test_bad_input_gives_one_line_error(model_dir, data_file, tmp_path, capsys, extra, message):
+    args = ["localize", "--out", str(tmp_path / "r"), "--model", str(model_dir), "--data", str(data_file), *extra]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_steps_zero_and_bad_json_are_rejected(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["localize", "--out", str(tmp_path / "r"), "--steps", "0"])
+    assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"fact_id": "a"}\n{oops\n')
+    with pytest.raises(SystemExit):
+        main(["localize", "--out", str(tmp_path / "r"), "--data", str(bad)])
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and ("line 1" in err or "line 2" in err)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SystemExit):
+        main(["localize", "--out", str(tmp_path / "r"), "--data", str(empty)])
+    assert "is empty" in capsys.readouterr().err
+
+
+def test_plot_of_missing_run_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(tmp_path / "nothing")])
+    assert exit_info.value.code == 2
