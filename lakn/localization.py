@@ -62,6 +62,7 @@ def localize(
     out: str | Path | None = None,
     data: str = "",
     progress: bool = True,
+    distributed: bool | None = None,
     **method_kwargs: Any,
 ) -> LocalizationResult:
     """Find the LAKNs of each fact.
@@ -76,6 +77,10 @@ def localize(
             (matrice, mean, random); kn and amig select sets directly.
         common_fraction: drop neurons selected for more than this share of the facts.
         method_kwargs: passed to the scoring method (e.g. ``beta``, ``gamma``, ``query_weighting``).
+        distributed: data-parallel over the processes of ``torchrun`` (default: when ``WORLD_SIZE`` > 1).
+            Each rank attributes a disjoint share of the facts (``facts[rank::world_size]``) and
+            writes them to ``out/facts/`` (its shard); after a barrier every rank reads all shards
+            and rank 0 writes the merged result, identical to a single-process run.
 
     Example: ``result = lakn.localize(model, lakn.load_facts("demo")[:3], languages=["en", "fr"])``.
     """
@@ -123,13 +128,18 @@ def localize(
         "batch_size": batch_size,
         "versions": _versions(),
     }
+    rank, world = _init_distributed(distributed)
     folder = None
     if out is not None:
         folder = Path(out)
-        _prepare_folder(folder, config)
+        _prepare_folder(folder, config, write=rank == 0)  # every rank checks, so all fail alike
+        _barrier(world)
+    elif world > 1:
+        raise ValueError("a distributed run needs out= (a folder all ranks can write), e.g. --out runs/x")
 
     records: dict[str, FactRecord] = {}
-    bar = _progress(chosen, progress)
+    mine = chosen[rank::world]
+    bar = _progress(mine, progress and rank == 0)
     for fact in bar:
         if folder is not None and FactRecord.done(folder / "facts", fact.fact_id):
             records[fact.fact_id] = FactRecord.load(folder / "facts", fact.fact_id)
@@ -156,17 +166,45 @@ def localize(
         scores = score_fact("matrice" if method == "random" else method, attributions, confidence, entropy,
                             threshold=threshold, top_k=top_k, **method_kwargs)
         record = FactRecord(fact.fact_id, fact.relation, scores.laa, scores.per_language, scores.lakn,
-                            scores.language_specific, rows, time.perf_counter() - t0)
+                            scores.language_specific, rows, time.perf_counter() - t0, rank)
         if folder is not None:
             record.save(folder / "facts")
         records[fact.fact_id] = record
         if hasattr(bar, "set_postfix"):
             bar.set_postfix(fact=fact.fact_id, lakns=len(scores.lakn))
 
+    if world > 1:  # merge the shards: every rank reads all finished facts, in the data's order
+        _barrier(world)
+        records = {f.fact_id: FactRecord.load(folder / "facts", f.fact_id) for f in chosen}
     result = _finalize(config, records, chosen)
-    if folder is not None:
+    if folder is not None and rank == 0:
         result.save(folder)
+    _barrier(world)
     return result
+
+
+def _init_distributed(requested: bool | None) -> tuple[int, int]:
+    """(rank, world size); joins the torchrun process group when asked or when WORLD_SIZE > 1."""
+    import os
+
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if requested is False or (requested is None and world <= 1):
+        return 0, 1
+    if not dist.is_available():
+        raise RuntimeError("torch.distributed is not available in this torch build")
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("LAKN_BACKEND") != "gloo" else "gloo"
+        dist.init_process_group(backend=os.environ.get("LAKN_BACKEND", backend))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def _finalize(config: dict, records: dict[str, FactRecord], facts: Sequence[Fact]) -> LocalizationResult:
@@ -211,7 +249,7 @@ def _check_method(method: str, threshold: float, top_k: int | None, method_kwarg
     score_fact(method, one, probs, probs, threshold=threshold, top_k=top_k, **kwargs)
 
 
-def _prepare_folder(folder: Path, config: dict) -> None:
+def _prepare_folder(folder: Path, config: dict, write: bool = True) -> None:
     """Create the run folder, or check that an existing one was made with the same arguments."""
     path = folder / "config.json"
     if path.is_file():
@@ -224,8 +262,9 @@ def _prepare_folder(folder: Path, config: dict) -> None:
                 f"{folder} holds a run with other arguments ({shown}); resume with the same arguments "
                 "or choose another --out folder"
             )
-    (folder / "facts").mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, config)
+    if write:
+        (folder / "facts").mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, config)
 
 
 def _progress(items, enabled: bool):

@@ -66,6 +66,7 @@ class FactRecord:
     language_specific: dict[str, list[Neuron]]
     queries: list[dict]  # one row per query: language, prompt, answer, probability, entropy, rank, ...
     seconds: float = 0.0
+    rank: int = 0  # the process that computed it (data-parallel runs)
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,6 +79,7 @@ class FactRecord:
             "language_specific": self.language_specific,
             "queries": self.queries,
             "seconds": self.seconds,
+            "rank": self.rank,
         }
         write_json_atomic(folder / f"{self.fact_id}.json", meta)  # written last: marks the fact done
 
@@ -94,6 +96,7 @@ class FactRecord:
             language_specific={k: _pairs(v) for k, v in meta["language_specific"].items()},
             queries=meta["queries"],
             seconds=meta.get("seconds", 0.0),
+            rank=meta.get("rank", 0),
         )
 
     @staticmethod
