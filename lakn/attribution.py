@@ -8,13 +8,35 @@ predicts the answer:
 with only layer l scaled. Completeness: sum_i Attr(l, i) ~= F(a) - F(b), with an error that
 shrinks as m grows; every result carries that error per layer (as captum's convergence delta).
 
-The computation is batched: every (layer, step) pair is one row of a batch, and one hook per
-layer interpolates only its own rows, so all layers share forward and backward passes. Memory is
-bounded by ``batch_size`` rows, whatever the number of layers and steps.
+Three ways to compute it (``mode=``):
+
+- ``"reference"``: every (layer, step) pair is one row of a batch that recomputes the whole
+  sequence; one hook per layer interpolates only its own rows. Simple, works for any model.
+- ``"fast"`` (exact, the default for verified causal LMs): in a causal LM, scaling layer l at the
+  last position changes nothing at earlier positions, so one clean pass over the prompt fills a
+  key/value cache and every (layer, step) row then runs only the last position, attending to the
+  cached keys and values, with the backward pass through that one position. Same hook point,
+  same numbers as ``"reference"`` up to float rounding (tested on GPT-2, LLaMA, Gemma 3, BLOOM).
+- ``"approx"``: activation x gradient, ``(a - b) * dF/da`` at the real activations, for all
+  layers from ONE forward and backward pass. It is integrated gradients with a single step
+  (m = 1) and is an approximation: use it to screen, then run exact IG where it matters
+  (``coarse_to_fine``). Its agreement with exact IG is measured in ``benchmarks/README.md``.
+
+Models with a post-MLP normalisation (Gemma 2/3's ``post_feedforward_layernorm``) are
+scale-invariant in the MLP activation: F(alpha a) = F(a) for alpha > 0 (up to the norm's eps).
+From a zero baseline the gradient is then homogeneous of degree -1 and IG equals
+``H_m * (a * dF/da)`` exactly (H_m the m-th harmonic number): the per-layer sums are ~0 and the
+completeness check against F(a) - F(0) fails by design, because the path jumps at alpha = 0.
+
+Memory is bounded by ``batch_size`` rows (the chunk size), whatever the number of layers and
+steps; results do not depend on it.
 """
 
 from __future__ import annotations
 
+import copy
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -26,9 +48,28 @@ from .facts import Query
 from .hooks import MLP_POST, capture_hook, hook_name, interpolation_hook
 from .tokens import AnswerStats, EncodedQuery, answer_probabilities, encode_query, last_logits
 
-__all__ = ["QueryAttribution", "integrated_gradients", "step_grid"]
+__all__ = [
+    "QueryAttribution",
+    "integrated_gradients",
+    "coarse_to_fine",
+    "step_grid",
+    "fast_path_supported",
+    "MODES",
+    "FAST_VERIFIED_ARCHITECTURES",
+]
 
 Grid = Literal["right", "linspace"]
+Mode = Literal["auto", "fast", "reference", "approx"]
+MODES = ("auto", "fast", "reference", "approx")
+
+# Families whose fast path is checked against the reference in tests/test_attribution.py.
+# Anything else runs the reference loop under mode="auto" (mode="fast" can still be forced;
+# a runtime check against the full forward then falls back to the reference on a mismatch).
+FAST_VERIFIED_ARCHITECTURES = frozenset(
+    {"GPT2LMHeadModel", "LlamaForCausalLM", "Gemma3ForCausalLM", "BloomForCausalLM"}
+)
+# |P_fast(y) - P_full(y)| allowed on the clean pass before the fast path is distrusted
+_FAST_CHECK_TOL = 1e-4
 
 
 @dataclass
@@ -40,6 +81,7 @@ class QueryAttribution:
     stats: AnswerStats  # P(y), entropy and rank of the clean model
     layers: list[int]
     n_answer_tokens: int
+    mode: str = "reference"  # how it was computed: "reference", "fast" or "approx"
 
 
 def step_grid(steps: int, grid: Grid = "right") -> Tensor:
@@ -54,6 +96,23 @@ def step_grid(steps: int, grid: Grid = "right") -> Tensor:
     raise ValueError(f"unknown grid {grid!r}: use 'right' or 'linspace'")
 
 
+def _architecture(model) -> str:
+    hf_model = getattr(model, "original_model", model)
+    archs = getattr(getattr(hf_model, "config", None), "architectures", None) or []
+    return archs[0] if archs else type(hf_model).__name__
+
+
+def fast_path_supported(model) -> bool:
+    """True when ``mode="auto"`` uses the single-position fast path: a causal LM of a verified
+    family (``FAST_VERIFIED_ARCHITECTURES``) whose attention bridges accept a key/value cache."""
+    from .models import is_masked_lm
+
+    if is_masked_lm(model) or _architecture(model) not in FAST_VERIFIED_ARCHITECTURES:
+        return False
+    blocks = getattr(model, "blocks", None)
+    return bool(blocks) and all(hasattr(getattr(b, "attn", None), "_update_kv_cache") for b in blocks)
+
+
 def integrated_gradients(
     model,
     query: Query | EncodedQuery,
@@ -65,8 +124,15 @@ def integrated_gradients(
     batch_size: int = 64,
     point: str = MLP_POST,
     grid: Grid = "right",
+    mode: Mode = "auto",
 ) -> QueryAttribution:
-    """Exact integrated gradients of P(answer) for every neuron of the chosen layers.
+    """Integrated gradients of P(answer) for every neuron of the chosen layers.
+
+    ``baseline`` has one row per layer of the model (``[n_layers, d_mlp]``; zero if None).
+    ``batch_size`` is the chunk size: rows (layer, step) per forward/backward pass; it bounds
+    memory and never changes the result. ``mode``: ``"auto"`` (fast exact path where verified,
+    else reference), ``"fast"``, ``"reference"`` or ``"approx"`` (activation x gradient, one pass;
+    ``steps`` and ``grid`` are ignored), see the module docstring.
 
     Example: ``attr = integrated_gradients(model, fact.queries("en")[0], steps=20)``;
     ``attr.attributions[l].sum()`` ~= P(y) - P(y | layer l at baseline).
@@ -75,66 +141,265 @@ def integrated_gradients(
         raise ValueError(f"steps must be at least 1, got {steps}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
+    step_grid(steps, grid)  # validates grid
     encoded = encode_query(model, query) if isinstance(query, Query) else query
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
     bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad or not layers:
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1}, got {layers}")
+    if bad or not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1} without repeats, got {layers}")
+    if baseline is not None and (baseline.ndim != 2 or baseline.shape[0] != n_layers):
+        raise ValueError(f"baseline must have shape [n_layers={n_layers}, d_mlp], got {tuple(baseline.shape)}")
+    if mode == "fast" and encoded.masked:
+        raise ValueError("mode='fast' is for causal LMs; a masked LM sees every position, use 'reference' or 'auto'")
+    fast = mode == "fast" or (mode in ("auto", "approx") and fast_path_supported(model))
     stats = answer_probabilities(model, encoded)
     n_tokens = 1 if first_token_only else len(encoded.answer)
     total = None
     error = torch.zeros(len(layers))
+    used = "approx" if mode == "approx" else ("fast" if fast else "reference")
+    one = _approx_one_token if mode == "approx" else _ig_one_token
     for t in range(n_tokens):
-        attr_t, err_t = _ig_one_token(
-            model, encoded.prefix(t), int(encoded.answer[t]), layers, steps, baseline, batch_size, point, grid
-        )
+        tokens, position = encoded.step(t)
+        target = int(encoded.answer[t])
+        result = None
+        if fast:
+            run = _fast_runner(model, tokens, float(stats.token_probs[t]))
+            try:
+                result = None if run is None else one(run, target, layers, steps, baseline, batch_size, point, grid)
+            except _FastMismatch as err:
+                warnings.warn(str(err), stacklevel=2)
+            if result is None:
+                fast, used = False, ("approx" if mode == "approx" else "reference")
+        if result is None:
+            run = _reference_runner(model, tokens, position if encoded.masked else None)
+            result = one(run, target, layers, steps, baseline, batch_size, point, grid)
+        attr_t, err_t = result
         total = attr_t if total is None else total + attr_t
         error += err_t
-    return QueryAttribution(total / n_tokens, error / n_tokens, stats, layers, n_tokens)
+    return QueryAttribution(total / n_tokens, error / n_tokens, stats, layers, n_tokens, used)
 
 
-def _ig_one_token(model, tokens, target, layers, steps, baseline, batch_size, point, grid):
-    device = next(model.parameters()).device
+def coarse_to_fine(
+    model,
+    query: Query | EncodedQuery,
+    *,
+    refine_layers: int = 4,
+    steps: int = 20,
+    **kwargs,
+) -> QueryAttribution:
+    """Screen every layer with ``mode="approx"``, then run exact IG on the ``refine_layers``
+    layers holding the largest approximate attributions; other layers keep the approximation.
+
+    An approximation as a whole (the layer ranking comes from activation x gradient); its
+    ``completeness_error`` is exact for the refined layers. ``kwargs`` go to
+    :func:`integrated_gradients` (not ``mode`` or ``layers``).
+    """
+    if refine_layers < 1:
+        raise ValueError(f"refine_layers must be at least 1, got {refine_layers}")
+    coarse = integrated_gradients(model, query, steps=steps, mode="approx", **kwargs)
+    peak = coarse.attributions.max(dim=1).values
+    order = peak.argsort(descending=True)[:refine_layers]
+    chosen = sorted(coarse.layers[int(i)] for i in order)
+    fine = integrated_gradients(model, query, steps=steps, layers=chosen, **kwargs)
+    attributions = coarse.attributions.clone()
+    error = coarse.completeness_error.clone()
+    for j, l in enumerate(chosen):
+        i = coarse.layers.index(l)
+        attributions[i] = fine.attributions[j]
+        error[i] = fine.completeness_error[j]
+    return QueryAttribution(attributions, error, coarse.stats, coarse.layers, coarse.n_answer_tokens,
+                            f"coarse-to-fine({fine.mode}:{','.join(map(str, chosen))})")
+
+
+# --- runners: "run n rows of the query's last position with these hooks" ----------------------
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _reference_runner(model, tokens, position: int | None = None):
+    """Full recomputation of the whole sequence; logits at ``position`` (None: the last token,
+    for causal LMs; a mask position for masked LMs, which see every position)."""
+    tokens = tokens[None].to(_device(model))
+
+    def run(n_rows: int, fwd_hooks) -> Float[Tensor, "row d_vocab"]:
+        with model.hooks(fwd_hooks=fwd_hooks):
+            if position is None:
+                return last_logits(model, tokens.expand(n_rows, -1)).float()
+            return model(tokens.expand(n_rows, -1))[:, position].float()
+
+    run.position = -1 if position is None else position
+    return run
+
+
+@contextmanager
+def _bridge_kv_cache(model):
+    """Let the bridge's attention read and extend a Hugging Face key/value cache.
+
+    transformers 5.x hands each attention layer its cache as ``cache=``; TransformerLens 4.3's
+    attention bridges look only for ``past_key_values=`` / ``layer_past=``, so the cache stays
+    empty (method.md section 6). For the duration of the block each attention bridge's
+    ``_update_kv_cache`` also accepts ``cache=``; nothing else changes and nothing leaks.
+    """
+    patched = []
+    for block in model.blocks:
+        attn = block.attn
+        original = attn._update_kv_cache
+
+        def update(k, v, _original=original, **kwargs):
+            if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None:
+                if kwargs.get("cache") is not None:
+                    kwargs["past_key_values"] = kwargs["cache"]
+            return _original(k, v, **kwargs)
+
+        attn.__dict__["_update_kv_cache"] = update
+        patched.append(attn)
+    try:
+        yield
+    finally:
+        for attn in patched:
+            attn.__dict__.pop("_update_kv_cache", None)
+
+
+def _fast_runner(model, tokens, p_full: float | None = None):
+    """One clean pass over ``tokens[:-1]`` fills a key/value cache; each later call runs only the
+    last token, for ``n_rows`` rows, against a copy of that cache. Returns None (use the
+    reference) when the cache stays empty or the clean probability disagrees with ``p_full``."""
+    from transformers import DynamicCache
+
+    device = _device(model)
     tokens = tokens[None].to(device)
-    # 1. one clean pass: the real activations a at the answer position, and F(a)
+    config = model.original_model.config
+    prefix, last = tokens[:, :-1], tokens[:, -1:]
+    cache = None
+    if prefix.shape[1]:
+        cache = DynamicCache(config=config)
+        with torch.no_grad(), _bridge_kv_cache(model):
+            last_logits(model, prefix, past_key_values=cache)
+        if cache.get_seq_length() != prefix.shape[1]:
+            warnings.warn(f"lakn: the key/value cache of {_architecture(model)} stayed empty; "
+                          "using the reference integrated gradients", stacklevel=3)
+            return None
+
+    def run(n_rows: int, fwd_hooks) -> Float[Tensor, "row d_vocab"]:
+        kwargs = {}
+        if cache is not None:
+            rows_cache = copy.deepcopy(cache)
+            rows_cache.batch_repeat_interleave(n_rows)
+            kwargs["past_key_values"] = rows_cache
+        with _bridge_kv_cache(model), model.hooks(fwd_hooks=fwd_hooks):
+            return last_logits(model, last.expand(n_rows, -1), **kwargs).float()
+
+    run.p_full = p_full
+    run.model_name = _architecture(model)
+    run.position = -1
+    return run
+
+
+class _FastMismatch(RuntimeError):
+    """The fast path's clean probability disagrees with the full forward."""
+
+
+def _check_clean(run, f_clean: float) -> None:
+    p_full = getattr(run, "p_full", None)
+    if p_full is not None and abs(f_clean - p_full) > _FAST_CHECK_TOL * max(1.0, p_full):
+        raise _FastMismatch(f"lakn: the fast path of {run.model_name} gives P(y) {f_clean:.6g} against "
+                            f"{p_full:.6g} from the full forward; using the reference integrated gradients")
+
+
+def _clean_pass(run, target: int, layers, point):
+    """Real activations at the answer position (per layer, [d_mlp]) and F(a)."""
     clean: dict[int, Tensor] = {}
-    with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name(l, point), capture_hook(clean, l, -1)) for l in layers]):
-        f_clean = last_logits(model, tokens)[0].float().softmax(-1)[target]
-    d_mlp = clean[layers[0]].shape[-1]
+    with torch.no_grad():
+        probs = run(1, [(hook_name(l, point), capture_hook(clean, l, run.position)) for l in layers])[0].softmax(-1)
+    f_clean = float(probs[target])
+    _check_clean(run, f_clean)
+    return {l: clean[l][0] for l in layers}, f_clean
+
+
+def _baselines(baseline, layers, d_mlp):
     if baseline is None:
-        base = {l: torch.zeros(d_mlp) for l in layers}
-    else:
-        if baseline.shape[-1] != d_mlp or baseline.ndim != 2:
-            raise ValueError(f"baseline must have shape [layer, {d_mlp}], got {tuple(baseline.shape)}")
-        base = {l: baseline[l].float() for l in layers}
-    # 2. rows = (layer, alpha); alpha = 0 rows give F(b) for the completeness check
+        return {l: torch.zeros(d_mlp) for l in layers}
+    if baseline.shape[-1] != d_mlp:
+        raise ValueError(f"baseline must have shape [n_layers, {d_mlp}], got {tuple(baseline.shape)}")
+    return {l: baseline[l].detach().float().cpu() for l in layers}
+
+
+def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid):
+    # 1. one clean pass: the real activations a at the answer position, and F(a)
+    clean, f_clean = _clean_pass(run, target, layers, point)
+    d_mlp = clean[layers[0]].shape[-1]
+    base = _baselines(baseline, layers, d_mlp)
+    # 2. rows = (layer, step); step 0 of each layer is alpha = 0, the baseline, giving F(b) for
+    # the completeness check (with grid="linspace" alpha = 0 is also a real step: kept apart)
     alphas = torch.cat([torch.zeros(1), step_grid(steps, grid)])
     row_layer = torch.tensor(layers).repeat_interleave(len(alphas))
     row_alpha = alphas.repeat(len(layers))
+    row_is_base = (torch.arange(len(row_layer)) % len(alphas)) == 0
     grad_sum = {l: torch.zeros(d_mlp) for l in layers}
     f_base = {}
     for start in range(0, len(row_layer), batch_size):
         chunk_layer = row_layer[start : start + batch_size]
         chunk_alpha = row_alpha[start : start + batch_size]
+        chunk_base = row_is_base[start : start + batch_size]
         leaves: dict[int, Tensor] = {}
         fwd_hooks = []
         for l in chunk_layer.unique().tolist():
             rows = (chunk_layer == l).nonzero()[:, 0]
-            fn = interpolation_hook(rows, clean[l][0], base[l], chunk_alpha[rows], leaves, l, -1)
+            fn = interpolation_hook(rows, clean[l], base[l], chunk_alpha[rows], leaves, l, run.position)
             fwd_hooks.append((hook_name(l, point), fn))
-        batch = tokens.expand(len(chunk_layer), -1)
-        with model.hooks(fwd_hooks=fwd_hooks):
-            logits = last_logits(model, batch).float()
-        probs = logits.softmax(-1)[:, target]
+        probs = run(len(chunk_layer), fwd_hooks).softmax(-1)[:, target]
         keys = list(leaves)
         grads = torch.autograd.grad(probs.sum(), [leaves[k] for k in keys])
         for l, g in zip(keys, grads):
             rows = (chunk_layer == l).nonzero()[:, 0]
-            a = chunk_alpha[rows]
-            grad_sum[l] += g.detach().float().cpu()[a > 0].sum(0)
-            if (a == 0).any():
-                f_base[l] = float(probs.detach()[rows[a == 0][0]])
-    attr = torch.stack([(clean[l][0].float().cpu() - base[l]) * grad_sum[l] / steps for l in layers])
-    error = torch.tensor([abs(float(attr[i].sum()) - (float(f_clean) - f_base[l])) for i, l in enumerate(layers)])
+            is_base = chunk_base[rows]
+            grad_sum[l] += g.detach().float().cpu()[~is_base].sum(0)
+            if is_base.any():
+                f_base[l] = float(probs.detach()[rows[is_base][0]])
+    attr = torch.stack([(clean[l].float().cpu() - base[l]) * grad_sum[l] / steps for l in layers])
+    error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
+    return attr, error
+
+
+def _gradient_hook(leaves: dict, clean: dict, key, position: int = -1):
+    """Add a zero leaf at ``position`` (its gradient is dF/da with every path intact, later
+    layers included) and record the real activation a."""
+
+    def hook(activation: Float[Tensor, "batch pos d_mlp"], hook=None) -> Tensor:
+        clean[key] = activation[0, position].detach().clone()
+        delta = torch.zeros_like(activation[:, position]).requires_grad_(True)
+        leaves[key] = delta
+        out = activation.clone()
+        out[:, position] = activation[:, position] + delta
+        return out
+
+    return hook
+
+
+def _approx_one_token(run, target, layers, steps, baseline, batch_size, point, grid):
+    """Activation x gradient: (a - b) * dF/da at the real activations, all layers in one pass."""
+    leaves: dict[int, Tensor] = {}
+    clean: dict[int, Tensor] = {}
+    probs = run(1, [(hook_name(l, point), _gradient_hook(leaves, clean, l, run.position)) for l in layers]).softmax(-1)
+    f_clean = float(probs[0, target].detach())
+    _check_clean(run, f_clean)
+    grads = torch.autograd.grad(probs[0, target], [leaves[l] for l in layers])
+    d_mlp = clean[layers[0]].shape[-1]
+    base = _baselines(baseline, layers, d_mlp)
+    attr = torch.stack([(clean[l].float().cpu() - base[l]) * g[0].float().cpu() for l, g in zip(layers, grads)])
+    # F(b) per layer (forward only, one row per layer) for the completeness error
+    f_base = {}
+    with torch.no_grad():
+        for start in range(0, len(layers), batch_size):
+            chunk = layers[start : start + batch_size]
+            hooks = [(hook_name(l, point), interpolation_hook(torch.tensor([j]), clean[l], base[l], torch.zeros(1),
+                                                               {}, l, run.position)) for j, l in enumerate(chunk)]
+            p = run(len(chunk), hooks).softmax(-1)[:, target]
+            f_base.update({l: float(p[j]) for j, l in enumerate(chunk)})
+    error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
     return attr, error

@@ -50,7 +50,11 @@ def register_localize(sub) -> None:
     p.add_argument("--specificity", choices=["auto", "raw", "specific"], default="auto")
     p.add_argument("--reference", choices=["others", "other_relations", "same_relation"], default="others")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="rows per forward/backward pass")
+    p.add_argument("--attribution", choices=["auto", "fast", "reference", "approx", "coarse-to-fine"],
+                   default="auto", help="exact IG: fast single-position path where verified (auto), or the "
+                                        "reference loop; approx / coarse-to-fine: approximate screening")
+    p.add_argument("--batch-size", type=_positive_int, default=64,
+                   help="rows per forward/backward pass (chunk size; results do not depend on it)")
     p.add_argument("--drop-incomplete", action="store_true", help="skip facts lacking a requested language")
     p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
     p.set_defaults(handler=_run_localize)
@@ -74,6 +78,7 @@ def _run_localize(args) -> int:
         kwargs = {}
     result = localize(
         model, facts, languages=args.languages, n_facts=args.facts, method=args.method, steps=args.steps,
+        attribution=args.attribution,
         max_queries=args.queries, first_token_only=args.first_token_only, threshold=args.threshold,
         top_k=args.top_k, specificity=args.specificity, reference=args.reference, seed=args.seed,
         batch_size=args.batch_size, drop_incomplete=args.drop_incomplete, out=args.out, data=args.data,
@@ -106,7 +111,159 @@ def _run_plot(args) -> int:
     return 0
 
 
+def _evaluation_facts(args, run):
+    from .facts import load_facts
+
+    data = args.data or run.config.get("data") or "demo"
+    facts = load_facts(data)
+    ids = set(run.fact_ids)
+    return [f for f in facts if f.fact_id in ids], data
+
+
+def _print_frame(title: str, frame) -> None:
+    import pandas as pd
+
+    print(f"\n{title}")
+    if frame is None or len(frame) == 0:
+        print("  (nothing to show: no query was kept)")
+        return
+    with pd.option_context("display.max_columns", 30, "display.width", 200, "display.float_format", "{:+.3f}".format):
+        print(frame)
+
+
+def register_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="suppress / enhance each method's neurons and measure probability changes",
+                       description="For every fact and method in DIR (a run folder, or a folder of run folders as "
+                                   "written by lakn.localize_methods), zero (suppress) and double (enhance) the fact's "
+                                   "neurons and measure (P_after - P_before) / P_before on the fact's own queries and "
+                                   "on other facts' (same relation / other relations). Queries the localisation did "
+                                   "not see are reported as held-out. Writes DIR/eval.json.")
+    p.add_argument("run", help="run folder(s) written by `lakn localize`")
+    p.add_argument("--data", default=None, help="facts file (default: the run's)")
+    p.add_argument("--model", default=None, help="model (default: embedded Gemma 3 270M)")
+    p.add_argument("--holdout-languages", type=_languages, default=[], help="extra languages to measure (never localised)")
+    p.add_argument("--top-k-answer", type=_positive_int, default=10,
+                   help="keep queries whose first answer token is within the top k before intervention (default 10)")
+    p.add_argument("--max-queries", type=_positive_int, default=3, help="queries per fact, language and split (default 3)")
+    p.add_argument("--position", default="all", choices=["all", "last"], help="positions to intervene at")
+    p.add_argument("--enhancement", action="store_true",
+                   help="also run knowledge enhancement (neurons from the languages a fact is right in) -> DIR/enhance.json")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control")
+    p.add_argument("--batch-size", type=_positive_int, default=16)
+    p.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from .evaluation import change_rates, enhancement_experiment, load_runs, neuron_sets
+    from .facts import check_languages
+    from .models import load_model
+
+    runs = load_runs(args.run)
+    first = next(iter(runs.values()))
+    facts, _ = _evaluation_facts(args, first)
+    languages = list(dict.fromkeys(first.languages + check_languages(args.holdout_languages)
+                                   if args.holdout_languages else first.languages))
+    model = load_model(args.model, verbose=True)
+    sets = neuron_sets(runs, seed=args.seed)
+    rates = change_rates(model, sets, facts, result=first, languages=languages, top_k_answer=args.top_k_answer,
+                         max_queries=args.max_queries, position=args.position, batch_size=args.batch_size)
+    out = Path(args.run) / "eval.json"
+    rates.save(out)
+    c = rates.config
+    print(f"queries kept (first answer token in top {args.top_k_answer}): {c['n_kept']}/{c['n_queries']} "
+          f"by split {c['kept_by_split']}; facts kept: {len(c['facts_kept'])}/{len(facts)}")
+    _print_frame("probability change rate, all kept queries (mean over facts)", rates.table())
+    held = [s for s in ("heldout_paraphrase", "heldout_language") if c["kept_by_split"].get(s)]
+    if held:
+        _print_frame("held-out queries only", rates.table(split=held))
+    if args.enhancement:
+        main_run = runs.get("matrice", first)
+        enh = enhancement_experiment(model, main_run, facts, languages=languages, max_queries=args.max_queries,
+                                     seed=args.seed, batch_size=args.batch_size)
+        enh.save(Path(args.run) / "enhance.json")
+        _print_frame("knowledge enhancement in languages the model got wrong", enh.table())
+    print(f"written: {out}")
+    return 0
+
+
+def register_edit(sub) -> None:
+    p = sub.add_parser("edit", help="cross-lingual knowledge editing through W_out rows of LAKNs vs controls",
+                       description="Edit each fact of a run to another fact's answer (same relation) by a few Adam "
+                                   "steps on the W_out rows of its LAKNs, of as many language-specific neurons, and of "
+                                   "as many random neurons (matched per layer), using one language; measure "
+                                   "reliability, generality (other languages) and locality. Every edit is undone. "
+                                   "Writes DIR/edit.json.")
+    p.add_argument("run", help="a run folder (or folder of runs: the matrice run is used)")
+    p.add_argument("--data", default=None)
+    p.add_argument("--model", default=None)
+    p.add_argument("--language", default="en", help="the edit language (default en)")
+    p.add_argument("--languages", type=_languages, default=None, help="languages to measure (default: the fact's)")
+    p.add_argument("--neurons", type=_positive_int, default=None, help="neurons per set (default: smaller set's size)")
+    p.add_argument("--steps", type=_positive_int, default=10)
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--max-queries", type=_positive_int, default=2)
+    p.add_argument("--facts", type=_languages, default=None, help="comma-separated fact ids to edit (default: all)")
+    p.set_defaults(handler=_run_edit)
+
+
+def _run_edit(args) -> int:
+    from .evaluation import editing_experiment, editing_sets, load_runs
+    from .models import load_model
+
+    runs = load_runs(args.run)
+    run = runs.get("matrice", next(iter(runs.values())))
+    facts, _ = _evaluation_facts(args, run)
+    model = load_model(args.model, verbose=True)
+    sets = editing_sets(run, language=args.language, n=args.neurons)
+    if args.facts is not None:
+        sets = {name: {f: n for f, n in per.items() if f in args.facts} for name, per in sets.items()}
+    res = editing_experiment(model, facts, sets, edit_language=args.language, languages=args.languages,
+                             steps=args.steps, lr=args.lr, max_queries=args.max_queries)
+    out = Path(args.run) / "edit.json"
+    res.save(out)
+    _print_frame(f"editing via W_out rows, edit language {args.language} (success = P(new) > P(old))", res.table())
+    print(f"written: {out}")
+    return 0
+
+
+def register_inject(sub) -> None:
+    p = sub.add_parser("inject", help="teach fictional facts through neurons in one language; recall in others",
+                       description="Train the W_out rows of k neurons active on the subject in every language "
+                                   "(and of k random neurons) on one language's queries of fictional facts, then "
+                                   "query the facts in every language. Writes --out (JSON).")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--model", default=None)
+    p.add_argument("--language", default="en")
+    p.add_argument("--languages", type=_languages, default=None, help="languages to choose neurons with and to query")
+    p.add_argument("--unrelated", default=None, help="facts file whose first --n-unrelated facts check locality")
+    p.add_argument("--n-unrelated", type=_positive_int, default=4)
+    p.add_argument("--k", type=_positive_int, default=20, help="neurons to train (default 20)")
+    p.add_argument("--steps", type=_positive_int, default=20)
+    p.add_argument("--lr", type=float, default=0.5)
+    p.add_argument("--facts", type=_languages, default=None, help="comma-separated fictional fact ids (default: all)")
+    p.set_defaults(handler=_run_inject)
+
+
+def _run_inject(args) -> int:
+    from .evaluation import FICTIONAL_FACTS, injection_experiment
+    from .facts import load_facts
+    from .models import load_model
+
+    unrelated = load_facts(args.unrelated)[: args.n_unrelated] if args.unrelated else []
+    model = load_model(args.model, verbose=True)
+    fictional = [f for f in FICTIONAL_FACTS if args.facts is None or f.fact_id in args.facts]
+    if not fictional:
+        raise ValueError(f"no fictional fact among {args.facts}; known: {[f.fact_id for f in FICTIONAL_FACTS]}")
+    res = injection_experiment(model, fictional, language=args.language, languages=args.languages, unrelated=unrelated,
+                               k=args.k, steps=args.steps, lr=args.lr)
+    res.save(args.out)
+    _print_frame(f"injection of fictional facts, trained in {args.language}", res.table())
+    print(f"written: {args.out}")
+    return 0
+
+
 REGISTER = [register_localize, register_plot]
+REGISTER += [register_evaluate, register_edit, register_inject]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
-from .attribution import integrated_gradients
+from .attribution import coarse_to_fine, integrated_gradients
 from .facts import Fact, FactsError, select_facts
 from .models import is_masked_lm, model_name
 from .results import FactRecord, LocalizationResult, write_json_atomic
@@ -30,10 +30,13 @@ from .scoring import (
 )
 from .tokens import encode_query
 
-__all__ = ["localize", "RunConfigError"]
+__all__ = ["localize", "RunConfigError", "ATTRIBUTIONS"]
+
+ATTRIBUTIONS = ("auto", "fast", "reference", "approx", "coarse-to-fine")
 
 # arguments that do not change results: a resumed run may differ in these
 _VOLATILE = {"batch_size", "progress", "created", "device"}
+_EXACT = {"auto", "fast", "reference"}
 
 
 class RunConfigError(ValueError):
@@ -48,6 +51,7 @@ def localize(
     n_facts: int | None = None,
     method: str = "matrice",
     steps: int = 20,
+    attribution: str = "auto",
     max_queries: int | None = None,
     first_token_only: bool = False,
     threshold: float = 0.2,
@@ -71,6 +75,10 @@ def localize(
         languages: codes to use (default: every language all chosen facts can be queried in).
         method: ``matrice`` (default), ``kn``, ``amig``, ``mean`` or ``random``.
         steps: integrated-gradient steps m. max_queries: paraphrases per language (default all).
+        attribution: ``auto`` (exact; the single-position fast path where verified, else the
+            reference loop), ``fast``, ``reference``, ``approx`` (activation x gradient, an
+            approximation for screening) or ``coarse-to-fine`` (approx, then exact IG on the 4
+            layers that matter most).
         specificity: ``auto`` (fact-specific score when each fact has >= ``min_reference``
             reference facts), ``raw`` (plain LAA) or ``specific``; ``reference`` picks the reference
             facts (``others``, ``other_relations``, ``same_relation``). Only for score methods
@@ -88,6 +96,8 @@ def localize(
         raise ValueError(f"steps must be at least 1, got {steps}")
     if max_queries is not None and max_queries < 1:
         raise ValueError(f"max_queries must be at least 1, got {max_queries}")
+    if attribution not in ATTRIBUTIONS:
+        raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {attribution!r}")
     if specificity not in ("auto", "raw", "specific"):
         raise ValueError(f"specificity must be 'auto', 'raw' or 'specific', got {specificity!r}")
     causal = not is_masked_lm(model)
@@ -122,7 +132,7 @@ def localize(
         "min_reference": min_reference,
         "common_fraction": common_fraction,
         "seed": seed,
-        "attribution": "exact_ig",
+        "attribution": attribution,
         "baseline": "zero",
         "hook_point": "mlp.hook_post",
         "batch_size": batch_size,
@@ -149,8 +159,8 @@ def localize(
         for lang in langs:
             maps, probs, ents = [], [], []
             for query, encoded in plan[fact.fact_id][lang]:
-                ig = integrated_gradients(model, encoded, steps=steps, first_token_only=first_token_only,
-                                          batch_size=batch_size)
+                ig = _attribute(model, encoded, attribution, steps=steps, first_token_only=first_token_only,
+                                batch_size=batch_size)
                 maps.append(ig.attributions)
                 probs.append(ig.stats.probability)
                 ents.append(ig.stats.entropy)
@@ -159,6 +169,7 @@ def localize(
                     "probability": ig.stats.probability, "entropy": ig.stats.entropy, "rank": ig.stats.rank,
                     "answer_tokens": ig.n_answer_tokens,
                     "completeness_error": float(ig.completeness_error.max()),
+                    "attribution": ig.mode,
                 })
             attributions[lang] = torch.stack(maps)
             confidence[lang] = torch.tensor(probs)
@@ -181,6 +192,12 @@ def localize(
         result.save(folder)
     _barrier(world)
     return result
+
+
+def _attribute(model, encoded, attribution: str, **kwargs):
+    if attribution == "coarse-to-fine":
+        return coarse_to_fine(model, encoded, **kwargs)
+    return integrated_gradients(model, encoded, mode=attribution, **kwargs)
 
 
 def _init_distributed(requested: bool | None) -> tuple[int, int]:
@@ -256,6 +273,8 @@ def _prepare_folder(folder: Path, config: dict, write: bool = True) -> None:
         old = json.loads(path.read_text())
         keys = (set(old) | set(config)) - _VOLATILE - {"versions", "lakn_version"}
         diff = sorted(k for k in keys if old.get(k) != json.loads(json.dumps(config.get(k))))
+        if "attribution" in diff and {old.get("attribution"), config.get("attribution")} <= _EXACT:
+            diff.remove("attribution")  # every exact mode gives the same attributions
         if diff:
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
             raise RunConfigError(

@@ -14,9 +14,10 @@ import torch
 
 from .models import bridge_from_hf
 
-__all__ = ["tiny_tokenizer", "tiny_model", "active_hook_count", "ARCHITECTURES"]
+__all__ = ["tiny_tokenizer", "tiny_model", "active_hook_count", "ARCHITECTURES", "MASKED_ARCHITECTURES"]
 
 ARCHITECTURES = ("gpt2", "llama", "gemma3", "bloom")
+MASKED_ARCHITECTURES = ("bert",)
 
 _CORPUS = [
     "The capital of France is Paris. Paris is the capital city of France.",
@@ -70,7 +71,7 @@ def tiny_tokenizer(vocab_size: int = 400):
 
 
 def _config(architecture: str, vocab: int, n_layers: int, d_model: int, d_mlp: int, n_heads: int):
-    from transformers import BloomConfig, Gemma3TextConfig, GPT2Config, LlamaConfig
+    from transformers import BertConfig, BloomConfig, Gemma3TextConfig, GPT2Config, LlamaConfig
 
     special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
     if architecture == "gpt2":
@@ -91,8 +92,14 @@ def _config(architecture: str, vocab: int, n_layers: int, d_model: int, d_mlp: i
         # BLOOM's MLP width is fixed at 4 x hidden size
         cfg = BloomConfig(vocab_size=vocab, hidden_size=d_model, n_layer=n_layers, n_head=n_heads, **special)
         cfg.architectures = ["BloomForCausalLM"]
+    elif architecture == "bert":
+        cfg = BertConfig(vocab_size=vocab, hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                         intermediate_size=d_mlp, max_position_embeddings=256, pad_token_id=0)
+        cfg.architectures = ["BertForMaskedLM"]
     else:
-        raise ValueError(f"unknown tiny architecture {architecture!r}; choose from {ARCHITECTURES}")
+        raise ValueError(
+            f"unknown tiny architecture {architecture!r}; choose from {ARCHITECTURES + MASKED_ARCHITECTURES}"
+        )
     return cfg
 
 
@@ -106,18 +113,20 @@ def tiny_model(
     seed: int = 0,
     weight_scale: float = 1.0,
 ):
-    """A small randomly initialised causal LM booted as a ``TransformerBridge`` (CPU, float32).
+    """A small randomly initialised LM booted as a ``TransformerBridge`` (CPU, float32): a causal
+    LM of :data:`ARCHITECTURES`, or a masked LM (``"bert"``).
 
     ``weight_scale`` multiplies the initial weights: random models at the default scale put
     almost uniform probability on every token, so tests of attribution raise it to get
     non-trivial answer probabilities.
     """
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     tokenizer = tiny_tokenizer()
     cfg = _config(architecture, len(tokenizer), n_layers, d_model, d_mlp, n_heads)
     torch.manual_seed(seed)
-    hf_model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    auto = AutoModelForMaskedLM if architecture in MASKED_ARCHITECTURES else AutoModelForCausalLM
+    hf_model = auto.from_config(cfg, dtype=torch.float32)
     if weight_scale != 1.0:
         with torch.no_grad():
             for name, param in hf_model.named_parameters():

@@ -3,6 +3,9 @@
 A query's answer is scored as the continuation of its prompt (teacher forcing for multi-token
 answers): P(y | q) = prod_t P(y_t | q, y_<t). lakn reports the geometric mean over answer tokens
 so answers of different lengths compare.
+
+Masked LMs (BERT style) read the whole sentence with one mask token per answer token; answer
+token t is predicted at mask t with the masks before it filled in (the same teacher forcing).
 """
 
 from __future__ import annotations
@@ -16,19 +19,40 @@ from torch import Tensor
 
 from .facts import FactsError, Query
 
-__all__ = ["EncodedQuery", "encode_query", "answer_probabilities", "AnswerStats", "last_logits"]
+__all__ = ["EncodedQuery", "encode_query", "encode_masked_query", "answer_probabilities", "AnswerStats",
+           "last_logits"]
 
 
 @dataclass(frozen=True)
 class EncodedQuery:
-    """Token ids of a query's prompt (with BOS where the model uses one) and of its answer."""
+    """Token ids of a query's prompt (with BOS where the model uses one) and of its answer.
+
+    For a masked LM ``prompt`` is the whole sentence with one mask per answer token and
+    ``mask_positions`` says where they are; for a causal LM ``mask_positions`` is None.
+    """
 
     prompt: Int[Tensor, "prompt_pos"]
     answer: Int[Tensor, "answer_pos"]
+    mask_positions: Int[Tensor, "answer_pos"] | None = None
+
+    @property
+    def masked(self) -> bool:
+        return self.mask_positions is not None
 
     def prefix(self, t: int) -> Int[Tensor, "pos"]:
         """Prompt plus the first ``t`` answer tokens: the input that predicts answer token ``t``."""
+        if self.masked:
+            return self.step(t)[0]
         return torch.cat([self.prompt, self.answer[:t]])
+
+    def step(self, t: int) -> tuple[Int[Tensor, "pos"], int]:
+        """The input that predicts answer token ``t`` and the position that predicts it."""
+        if not self.masked:
+            tokens = self.prefix(t)
+            return tokens, len(tokens) - 1
+        tokens = self.prompt.clone()
+        tokens[self.mask_positions[:t]] = self.answer[:t]
+        return tokens, int(self.mask_positions[t])
 
 
 def encode_query(model, query: Query) -> EncodedQuery:
@@ -36,8 +60,12 @@ def encode_query(model, query: Query) -> EncodedQuery:
 
     The answer's tokens are the tail of tokenise(prompt + separator + answer) after the prompt's
     tokens when the prompt's tokens are a prefix of it (the usual case); otherwise the answer is
-    tokenised on its own, with the separator.
+    tokenised on its own, with the separator. Masked LMs: see :func:`encode_masked_query`.
     """
+    from .models import is_masked_lm
+
+    if is_masked_lm(model):
+        return encode_masked_query(model, query)
     if not query.prompt.strip():
         raise FactsError(f"query {query.template!r} ({query.language}) has no text before the answer slot")
     prompt = model.to_tokens(query.prompt)[0].cpu()
@@ -54,6 +82,25 @@ def encode_query(model, query: Query) -> EncodedQuery:
     return EncodedQuery(prompt, answer)
 
 
+def encode_masked_query(model, query: Query) -> EncodedQuery:
+    """A masked LM's input: the template with ``[Y]`` replaced by one mask token per answer token."""
+    tokenizer = model.tokenizer
+    if tokenizer.mask_token is None:
+        raise FactsError(f"the model's tokenizer has no mask token, so query {query.template!r} cannot be masked")
+    answer = torch.tensor(tokenizer(query.continuation, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if answer.numel() == 0 or not _visible(tokenizer.decode(answer)):
+        raise FactsError(
+            f"answer {query.answer!r} ({query.language}) tokenises to nothing with this model's tokenizer"
+        )
+    before, after = query.template.split("[Y]")
+    text = before.rstrip() + query.separator + tokenizer.mask_token * len(answer) + after
+    prompt = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)
+    positions = (prompt == tokenizer.mask_token_id).nonzero()[:, 0]
+    if len(positions) != len(answer):
+        raise FactsError(f"query {query.template!r}: expected {len(answer)} mask tokens, found {len(positions)}")
+    return EncodedQuery(prompt, answer, positions)
+
+
 @dataclass(frozen=True)
 class AnswerStats:
     """The model's view of one query's answer, from one forward pass."""
@@ -65,11 +112,16 @@ class AnswerStats:
 
 
 def answer_probabilities(model, encoded: EncodedQuery) -> AnswerStats:
-    """P(y_t | prompt, y_<t) for every answer token, in a single teacher-forced forward pass."""
-    tokens = torch.cat([encoded.prompt, encoded.answer[:-1]])[None].to(_device(model))
-    n_prompt = len(encoded.prompt)
+    """P(y_t | prompt, y_<t) for every answer token, in a single teacher-forced forward pass
+    (one pass per answer token for a masked LM)."""
+    device = _device(model)
     with torch.no_grad():
-        logits = model(tokens)[0, n_prompt - 1 :].float()
+        if encoded.masked:
+            steps = [encoded.step(t) for t in range(len(encoded.answer))]
+            logits = torch.stack([model(tokens[None].to(device))[0, pos] for tokens, pos in steps]).float()
+        else:
+            tokens = torch.cat([encoded.prompt, encoded.answer[:-1]])[None].to(device)
+            logits = model(tokens)[0, len(encoded.prompt) - 1 :].float()
     log_probs = logits.log_softmax(-1)
     answer = encoded.answer.to(log_probs.device)
     token_lp = log_probs.gather(-1, answer[:, None])[:, 0]

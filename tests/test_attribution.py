@@ -1,0 +1,331 @@
+"""Unit tests for lakn.attribution on tiny config-built models (no downloads, CPU, seconds).
+
+- the reference implementation: completeness, Gemma's scale invariance (IG = H_m x act*grad),
+  multi-token averaging, first-token-only, chunk-size invariance, layer subsets, baselines, errors;
+- the fast exact path (cached keys/values, last position only) against the reference on four
+  architecture families and several shapes;
+- the approximate mode (activation x gradient = IG with one step) and coarse-to-fine.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import lakn.attribution as attribution
+from lakn.attribution import (
+    FAST_VERIFIED_ARCHITECTURES,
+    coarse_to_fine,
+    fast_path_supported,
+    integrated_gradients,
+    step_grid,
+)
+from lakn.testing import tiny_model
+from lakn.tokens import EncodedQuery
+
+PROMPT = "The capital of France is"
+CAUSAL = ("gpt2", "llama", "gemma3", "bloom")
+NO_POST_NORM = ("gpt2", "llama", "bloom")  # completeness from a zero baseline holds
+
+
+@pytest.fixture(scope="module")
+def models():
+    cache = {}
+
+    def get(arch: str, **kwargs):
+        key = (arch, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            kwargs.setdefault("weight_scale", 10.0)  # non-trivial answer probabilities
+            cache[key] = tiny_model(arch, **kwargs)
+        return cache[key]
+
+    return get
+
+
+def query(model, n_answer: int = 1, prompt: str = PROMPT) -> EncodedQuery:
+    """The model's own top next token as the answer (so P(y) is not tiny), plus filler tokens."""
+    tokens = model.to_tokens(prompt)[0].cpu()
+    with torch.no_grad():
+        top = int(model(tokens[None])[0, -1].argmax())
+    filler = model.to_tokens(" Paris Berlin Madrid", prepend_bos=False)[0].cpu()
+    answer = torch.cat([torch.tensor([top]), filler])[:n_answer]
+    return EncodedQuery(tokens, answer)
+
+
+def f_with_layer_at(model, q: EncodedQuery, layer: int, value: torch.Tensor) -> float:
+    """P(first answer token) with layer ``layer``'s neurons at the last position set to ``value``."""
+
+    def hook(act, hook=None):
+        act = act.clone()
+        act[:, -1] = value.to(act)
+        return act
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", hook)]):
+        return float(model(q.prompt[None])[0, -1].softmax(-1)[q.answer[0]])
+
+
+def harmonic(m: int) -> float:
+    return sum(1.0 / k for k in range(1, m + 1))
+
+
+# --- the reference implementation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", NO_POST_NORM)
+def test_completeness_error_shrinks_with_steps(models, arch):
+    model = models(arch)
+    q = query(model)
+    errors = {}
+    for m in (2, 8, 32):
+        res = integrated_gradients(model, q, steps=m, mode="reference")
+        errors[m] = res.completeness_error
+        # the reported error is |sum_i Attr - (F(a) - F(0))|, recomputed here independently
+        f_a = res.stats.token_probs[0].item()
+        for i, l in enumerate(res.layers):
+            f_b = f_with_layer_at(model, q, l, torch.zeros(model.cfg.d_mlp))
+            expected = abs(res.attributions[i].sum().item() - (f_a - f_b))
+            assert res.completeness_error[i].item() == pytest.approx(expected, rel=1e-3, abs=1e-7)
+    assert (errors[32] <= errors[8] + 1e-7).all() and (errors[8] <= errors[2] + 1e-7).all()
+    assert errors[32].max() < 0.25 * errors[2].max() + 1e-7
+    # the right Riemann sum converges as 1/m: at m=32 the error is small next to P(y)
+    assert errors[32].max() < 0.05 * res.stats.token_probs[0].item()
+
+
+def test_gemma_post_norm_scale_invariance_gives_harmonic_number(models):
+    """Gemma 3 normalises the MLP output (post_feedforward_layernorm): F(alpha a) = F(a) for
+    alpha > 0, so IG from zero is exactly H_m x (a * dF/da) and sums to ~0 per layer (Euler's
+    theorem for a degree-0 function), whatever F(a) - F(0) is: completeness fails by design."""
+    model = models("gemma3")
+    q = query(model)
+    grad_x_act = integrated_gradients(model, q, mode="approx").attributions
+    for m in (1, 4, 10):
+        ig = integrated_gradients(model, q, steps=m, mode="reference").attributions
+        scale = grad_x_act.abs().max()
+        assert torch.allclose(ig, harmonic(m) * grad_x_act, atol=2e-3 * scale * harmonic(m))
+    res = integrated_gradients(model, q, steps=10, mode="reference")
+    assert res.attributions.sum(-1).abs().max() < 1e-2 * res.attributions.abs().sum(-1).max()
+    # scaling the whole activation leaves the output unchanged (up to the norm's eps)
+    clean = {}
+    with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post",
+                                                   attribution.capture_hook(clean, 0, -1))]):
+        model(q.prompt[None])
+    f_a = f_with_layer_at(model, q, 0, clean[0][0])
+    assert f_with_layer_at(model, q, 0, 0.3 * clean[0][0]) == pytest.approx(f_a, rel=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["reference", "fast"])
+def test_multi_token_answer_is_mean_over_tokens(models, mode):
+    model = models("llama")
+    q = query(model, n_answer=3)
+    res = integrated_gradients(model, q, steps=4, mode=mode)
+    assert res.n_answer_tokens == 3
+    per_token = [
+        integrated_gradients(model, EncodedQuery(q.prefix(t), q.answer[t : t + 1]), steps=4, mode=mode)
+        for t in range(3)
+    ]
+    mean = torch.stack([p.attributions for p in per_token]).mean(0)
+    assert torch.allclose(res.attributions, mean, atol=1e-9, rtol=1e-5)
+    err = torch.stack([p.completeness_error for p in per_token]).mean(0)
+    assert torch.allclose(res.completeness_error, err, atol=1e-9, rtol=1e-4)
+
+
+def test_first_token_only(models):
+    model = models("gpt2")
+    q = query(model, n_answer=3)
+    res = integrated_gradients(model, q, steps=4, first_token_only=True, mode="reference")
+    single = integrated_gradients(model, EncodedQuery(q.prompt, q.answer[:1]), steps=4, mode="reference")
+    assert res.n_answer_tokens == 1
+    assert torch.equal(res.attributions, single.attributions)
+    assert res.stats.token_probs.shape == (3,)  # stats still cover the whole answer
+
+
+@pytest.mark.parametrize("mode", ["reference", "fast", "approx"])
+def test_chunk_size_does_not_change_result(models, mode):
+    model = models("gpt2", n_layers=3)
+    q = query(model, n_answer=2)
+    results = [integrated_gradients(model, q, steps=5, batch_size=b, mode=mode) for b in (1, 4, 7, 1000)]
+    scale = results[0].attributions.abs().max()
+    for other in results[1:]:  # equal up to float rounding (matmul kernels differ by batch size)
+        assert torch.allclose(results[0].attributions, other.attributions, atol=1e-6 * scale, rtol=1e-4)
+        assert torch.allclose(results[0].completeness_error, other.completeness_error, atol=1e-6 * scale,
+                              rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["reference", "fast", "approx"])
+def test_layer_subset_matches_full_rows(models, mode):
+    model = models("bloom", n_layers=3)
+    q = query(model)
+    full = integrated_gradients(model, q, steps=4, mode=mode)
+    sub = integrated_gradients(model, q, steps=4, layers=[2, 0], mode=mode)
+    assert sub.layers == [2, 0] and sub.attributions.shape == (2, model.cfg.d_mlp)
+    assert torch.allclose(sub.attributions, full.attributions[[2, 0]], atol=1e-10, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["reference", "fast"])
+def test_baseline(models, mode):
+    model = models("llama")
+    q = query(model)
+    n, d = model.cfg.n_layers, model.cfg.d_mlp
+    clean = {}
+    hooks = [(f"blocks.{l}.mlp.hook_post", attribution.capture_hook(clean, l, -1)) for l in range(n)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
+        model(q.prompt[None])
+    a = torch.stack([clean[l][0] for l in range(n)])
+    # baseline = the real activation: nothing to attribute, F(b) = F(a)
+    same = integrated_gradients(model, q, steps=4, baseline=a, mode=mode)
+    # (the fast path reads a from its own single-position pass: equal up to float rounding)
+    assert same.attributions.abs().max() < 1e-7 and same.completeness_error.max() < 1e-7
+    # a random baseline: completeness against F(b) computed independently
+    b = 0.5 * a + 0.1 * torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    res = integrated_gradients(model, q, steps=64, baseline=b, mode=mode)
+    for l in range(n):
+        gap = res.stats.token_probs[0].item() - f_with_layer_at(model, q, l, b[l])
+        assert res.attributions[l].sum().item() == pytest.approx(gap, abs=0.05 * abs(gap) + 1e-6)
+
+
+def test_step_grid():
+    assert torch.allclose(step_grid(4), torch.tensor([0.25, 0.5, 0.75, 1.0]))
+    assert torch.allclose(step_grid(3, "linspace"), torch.tensor([0.0, 0.5, 1.0]))
+
+
+def test_linspace_grid_counts_the_zero_step(models):
+    """grid="linspace" (EleutherAI knowledge-neurons) weighs alpha = 0 as a real step: with
+    m = 2 the sum is (g(0) + g(a)) / 2, checked against the m = 1 right-rule result g(a)."""
+    model = models("gpt2")
+    q = query(model)
+    g_a = integrated_gradients(model, q, steps=1, mode="reference").attributions  # a * g(a)
+    lin = integrated_gradients(model, q, steps=2, grid="linspace", mode="reference").attributions
+    assert not torch.allclose(lin, g_a / 2)  # g(0) contributes
+    fast = integrated_gradients(model, q, steps=2, grid="linspace", mode="fast").attributions
+    assert torch.allclose(fast, lin, atol=1e-5 * lin.abs().max(), rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(steps=0), "steps"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(layers=[]), "layers"),
+        (dict(layers=[-1]), "layers"),
+        (dict(layers=[2]), "layers"),
+        (dict(layers=[0, 0]), "layers"),
+        (dict(baseline=torch.zeros(64)), "baseline"),
+        (dict(baseline=torch.zeros(1, 64)), "baseline"),
+        (dict(baseline=torch.zeros(2, 63)), "baseline"),
+        (dict(mode="magic"), "mode"),
+        (dict(grid="left"), "grid"),
+    ],
+)
+def test_errors(models, kwargs, message):
+    model = models("gpt2")
+    with pytest.raises(ValueError, match=message):
+        integrated_gradients(model, query(model), **kwargs)
+
+
+# --- the fast exact path ----------------------------------------------------------------------
+
+
+SHAPES = [
+    ("gpt2", dict()),
+    ("gpt2", dict(n_layers=3, d_model=48, d_mlp=96, n_heads=4)),
+    ("llama", dict()),
+    ("llama", dict(n_layers=3, d_model=64, d_mlp=40, n_heads=4)),
+    ("gemma3", dict()),
+    ("gemma3", dict(n_layers=3, d_model=64, d_mlp=128, n_heads=4)),
+    ("bloom", dict()),
+    ("bloom", dict(n_layers=3, d_model=48, n_heads=3)),
+]
+
+
+@pytest.mark.parametrize("arch, shape", SHAPES, ids=[f"{a}-{i}" for i, (a, _) in enumerate(SHAPES)])
+def test_fast_matches_reference(models, arch, shape):
+    model = models(arch, **shape)
+    q = query(model, n_answer=2)
+    ref = integrated_gradients(model, q, steps=6, mode="reference", batch_size=9)
+    fast = integrated_gradients(model, q, steps=6, mode="fast", batch_size=5)
+    assert fast.mode == "fast" and ref.mode == "reference"
+    scale = ref.attributions.abs().max()
+    assert torch.allclose(fast.attributions, ref.attributions, atol=1e-5 * scale, rtol=1e-4)
+    assert torch.allclose(fast.completeness_error, ref.completeness_error, atol=1e-5 * scale + 1e-8, rtol=1e-3)
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_fast_matches_reference_long_prompt_and_pre_activation(models, arch):
+    """A prompt longer than Gemma 3's tiny sliding window (64), and the pre-activation hook."""
+    model = models(arch)
+    prompt = " ".join(["Paris is the capital of France. Berlin, Madrid, Rome."] * 6)
+    q = query(model, prompt=prompt)
+    assert len(q.prompt) > 64
+    point = "mlp.hook_pre" if arch != "bloom" else "mlp.hook_post"
+    ref = integrated_gradients(model, q, steps=3, mode="reference", point=point, grid="linspace")
+    fast = integrated_gradients(model, q, steps=3, mode="fast", point=point, grid="linspace")
+    scale = ref.attributions.abs().max()
+    assert torch.allclose(fast.attributions, ref.attributions, atol=1e-5 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_auto_uses_fast_path_on_verified_families(models, arch):
+    model = models(arch)
+    assert fast_path_supported(model)
+    assert integrated_gradients(model, query(model), steps=2).mode == "fast"
+
+
+def test_fast_path_leaves_model_unchanged(models):
+    model = models("gemma3")
+    q = query(model)
+    before = model(q.prompt[None])
+    integrated_gradients(model, q, steps=2, mode="fast")
+    assert all("_update_kv_cache" not in block.attn.__dict__ for block in model.blocks)
+    assert not any(len(hp.fwd_hooks) for hp in model.hook_dict.values())
+    assert torch.equal(model(q.prompt[None]), before)
+
+
+def test_fast_path_falls_back_when_it_disagrees(models, monkeypatch):
+    model = models("gpt2")
+    q = query(model)
+    ref = integrated_gradients(model, q, steps=3, mode="reference")
+    monkeypatch.setattr(attribution, "_FAST_CHECK_TOL", -1.0)  # every check fails
+    with pytest.warns(UserWarning, match="fast path"):
+        res = integrated_gradients(model, q, steps=3, mode="fast")
+    assert res.mode == "reference" and torch.equal(res.attributions, ref.attributions)
+
+
+def test_unverified_architecture_uses_reference(models, monkeypatch):
+    model = models("gpt2")
+    monkeypatch.setattr(attribution, "FAST_VERIFIED_ARCHITECTURES", frozenset())
+    assert not fast_path_supported(model)
+    assert integrated_gradients(model, query(model), steps=2).mode == "reference"
+    assert "GPT2LMHeadModel" in FAST_VERIFIED_ARCHITECTURES
+
+
+# --- approximate screening --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_approx_is_one_step_integrated_gradients(models, arch):
+    """Activation x gradient from one pass equals exact IG with m = 1 (alpha = 1 only)."""
+    model = models(arch)
+    q = query(model, n_answer=2)
+    approx = integrated_gradients(model, q, mode="approx")
+    one_step = integrated_gradients(model, q, steps=1, mode="reference")
+    assert approx.mode == "approx"
+    scale = one_step.attributions.abs().max()
+    assert torch.allclose(approx.attributions, one_step.attributions, atol=1e-5 * scale, rtol=1e-4)
+    assert torch.allclose(approx.completeness_error, one_step.completeness_error, atol=1e-5 * scale + 1e-8,
+                          rtol=1e-3)
+
+
+def test_coarse_to_fine_refines_chosen_layers(models):
+    model = models("llama", n_layers=3)
+    q = query(model)
+    res = coarse_to_fine(model, q, refine_layers=1, steps=4)
+    exact = integrated_gradients(model, q, steps=4)
+    approx = integrated_gradients(model, q, mode="approx")
+    refined = int(res.mode.split(":")[1].rstrip(")"))
+    for l in range(3):
+        target = exact if l == refined else approx
+        assert torch.allclose(res.attributions[l], target.attributions[l], atol=1e-10, rtol=1e-5)
+    with pytest.raises(ValueError):
+        coarse_to_fine(model, q, refine_layers=0)
