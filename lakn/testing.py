@@ -112,6 +112,8 @@ def tiny_model(
     n_heads: int = 2,
     seed: int = 0,
     weight_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ):
     """A small randomly initialised LM booted as a ``TransformerBridge`` (CPU, float32): a causal
     LM of :data:`ARCHITECTURES`, or a masked LM (``"bert"``).
@@ -132,7 +134,8 @@ def tiny_model(
             for name, param in hf_model.named_parameters():
                 if param.ndim >= 2:
                     param.mul_(weight_scale)
-    return bridge_from_hf(hf_model, tokenizer, name=f"tiny-{architecture}")
+    hf_model.to(device=device, dtype=dtype)
+    return bridge_from_hf(hf_model, tokenizer, name=f"tiny-{architecture}", device=device, dtype=dtype)
 
 
 def active_hook_count(model) -> int:
