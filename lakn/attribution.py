@@ -403,3 +403,36 @@ def _approx_one_token(run, target, layers, steps, baseline, batch_size, point, g
             f_base.update({l: float(p[j]) for j, l in enumerate(chunk)})
     error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
     return attr, error
+
+
+def memory_estimate(
+    *,
+    n_params: float,
+    n_layers: int,
+    d_model: int,
+    d_mlp: int,
+    d_vocab: int,
+    n_kv_heads: int,
+    d_head: int,
+    prompt_len: int = 24,
+    batch_size: int = 64,
+    weight_bytes: int = 2,
+    act_bytes: int = 4,
+) -> dict[str, float]:
+    """Rough peak memory (GiB) of the fast exact path, from what the code keeps alive per chunk.
+
+    An estimate, not a measurement: weights; per row the copied key/value cache of the prompt;
+    activations saved for the backward pass of one position through every layer (about
+    6 x d_model + 3 x d_mlp values a layer); and the answer position's logits, softmax and their
+    gradient (3 x d_vocab). Example (Llama-3-8B, bfloat16, chunk 64):
+    ``memory_estimate(n_params=8.0e9, n_layers=32, d_model=4096, d_mlp=14336, d_vocab=128256,
+    n_kv_heads=8, d_head=128)``.
+    """
+    gib = 1024**3
+    weights = n_params * weight_bytes
+    kv = batch_size * n_layers * 2 * n_kv_heads * d_head * prompt_len * weight_bytes
+    saved = batch_size * n_layers * (6 * d_model + 3 * d_mlp) * act_bytes
+    logits = batch_size * 3 * d_vocab * act_bytes
+    out = {"weights": weights / gib, "kv_cache": kv / gib, "activations": saved / gib, "logits": logits / gib}
+    out["total"] = sum(out.values())
+    return out

@@ -7,6 +7,7 @@ bad input are printed as one line (``lakn: error: ...``) with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ def register_localize(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64,
                    help="rows per forward/backward pass (chunk size; results do not depend on it)")
     p.add_argument("--drop-incomplete", action="store_true", help="skip facts lacking a requested language")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu; under torchrun 'cuda' means the process's LOCAL_RANK GPU)")
     p.set_defaults(handler=_run_localize)
 
 
@@ -69,7 +70,10 @@ def _run_localize(args) -> int:
     facts = load_facts(args.data)  # data errors first: they are cheap to find
     if args.languages is not None or args.facts is not None:
         select_facts(facts, languages=args.languages, n_facts=args.facts, drop_incomplete=args.drop_incomplete)
-    model = load_model(args.model, device=args.device, verbose=True)
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    model = load_model(args.model, device=device, verbose=True)
     kwargs = {k: v for k, v in (("beta", args.beta), ("gamma", args.gamma),
                                 ("query_weighting", args.query_weighting)) if v is not None}
     if args.method in ("kn", "amig") and kwargs:
