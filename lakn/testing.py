@@ -14,7 +14,7 @@ import torch
 
 from .models import bridge_from_hf
 
-__all__ = ["tiny_tokenizer", "tiny_model", "active_hook_count", "ARCHITECTURES", "MASKED_ARCHITECTURES"]
+__all__ = ["tiny_tokenizer", "tiny_model", "tiny_hf_model", "save_tiny_model", "active_hook_count", "ARCHITECTURES", "MASKED_ARCHITECTURES"]
 
 ARCHITECTURES = ("gpt2", "llama", "gemma3", "bloom")
 MASKED_ARCHITECTURES = ("bert",)
@@ -103,7 +103,7 @@ def _config(architecture: str, vocab: int, n_layers: int, d_model: int, d_mlp: i
     return cfg
 
 
-def tiny_model(
+def tiny_hf_model(
     architecture: str = "gemma3",
     *,
     n_layers: int = 2,
@@ -112,16 +112,8 @@ def tiny_model(
     n_heads: int = 2,
     seed: int = 0,
     weight_scale: float = 1.0,
-    dtype: torch.dtype = torch.float32,
-    device: str | torch.device = "cpu",
 ):
-    """A small randomly initialised LM booted as a ``TransformerBridge`` (CPU, float32): a causal
-    LM of :data:`ARCHITECTURES`, or a masked LM (``"bert"``).
-
-    ``weight_scale`` multiplies the initial weights: random models at the default scale put
-    almost uniform probability on every token, so tests of attribution raise it to get
-    non-trivial answer probabilities.
-    """
+    """The Hugging Face model and tokenizer behind :func:`tiny_model`, not yet booted."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     tokenizer = tiny_tokenizer()
@@ -131,9 +123,28 @@ def tiny_model(
     hf_model = auto.from_config(cfg, dtype=torch.float32)
     if weight_scale != 1.0:
         with torch.no_grad():
-            for name, param in hf_model.named_parameters():
+            for param in hf_model.parameters():
                 if param.ndim >= 2:
                     param.mul_(weight_scale)
+    return hf_model.eval(), tokenizer
+
+
+def tiny_model(
+    architecture: str = "gemma3",
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    **kwargs,
+):
+    """A small randomly initialised LM booted as a ``TransformerBridge`` (CPU, float32): a causal
+    LM of :data:`ARCHITECTURES`, or a masked LM (``"bert"``).
+
+    ``kwargs``: ``n_layers``, ``d_model``, ``d_mlp``, ``n_heads``, ``seed``, ``weight_scale``.
+    ``weight_scale`` multiplies the initial weights: random models at the default scale put
+    almost uniform probability on every token, so tests of attribution raise it to get
+    non-trivial answer probabilities.
+    """
+    hf_model, tokenizer = tiny_hf_model(architecture, **kwargs)
     hf_model.to(device=device, dtype=dtype)
     return bridge_from_hf(hf_model, tokenizer, name=f"tiny-{architecture}", device=device, dtype=dtype)
 
@@ -142,3 +153,12 @@ def active_hook_count(model) -> int:
     """Number of forward and backward hooks attached to the model's hook points (aliases counted once)."""
     points = {id(hp): hp for hp in model.hook_dict.values()}.values()
     return sum(len(hp._forward_hooks) + len(hp._backward_hooks) + len(hp._backward_pre_hooks) for hp in points)
+
+
+def save_tiny_model(folder, architecture: str = "llama", **kwargs):
+    """Write a tiny model and its tokenizer as a Hugging Face folder (for ``load_model(folder)``
+    and command-line tests); returns the Hugging Face model."""
+    hf_model, tokenizer = tiny_hf_model(architecture, **kwargs)
+    hf_model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return hf_model

@@ -3,25 +3,16 @@
 import json
 
 import pytest
-import torch
 
 from lakn.cli import main
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, GPT2Config
-
-    from lakn.testing import tiny_tokenizer
+    from lakn.testing import save_tiny_model
 
     folder = tmp_path_factory.mktemp("tiny_gpt2")
-    tok = tiny_tokenizer()
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2, n_inner=64,
-                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    cfg.architectures = ["GPT2LMHeadModel"]
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    save_tiny_model(folder, "gpt2")
     return folder
 
 

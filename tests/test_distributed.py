@@ -11,18 +11,10 @@ import torch
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from lakn.testing import tiny_tokenizer
+    from lakn.testing import save_tiny_model
 
     folder = tmp_path_factory.mktemp("tiny_llama")
-    tok = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    cfg.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
+    save_tiny_model(folder, "llama")
     return folder
 
 

@@ -29,18 +29,9 @@ def test_unknown_hub_name_offline_is_named():
 
 
 def test_local_hf_folder_loads(tmp_path):
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from lakn.testing import save_tiny_model
 
-    from lakn.testing import tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    cfg.architectures = ["LlamaForCausalLM"]
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(cfg)
-    hf.save_pretrained(tmp_path)
-    tok.save_pretrained(tmp_path)
+    hf = save_tiny_model(tmp_path, "llama")
     model = load_model(tmp_path)
     tokens = model.to_tokens("The capital of France is")
     with torch.no_grad():
