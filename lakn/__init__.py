@@ -17,6 +17,11 @@ from .models import ModelLoadError, cache_dir, load_model
 from .results import LocalizationResult
 from .scoring import FactScores, score_fact, select_neurons, specific_scores
 from .tokens import answer_probabilities, encode_query
+from .interventions import Edit, answer_probability, edit_fact, enhance, inject_fact, intervene, suppress, w_out
+from .evaluation import (
+    ChangeRateResult, EditingResult, EnhancementResult, InjectionResult, Split, change_rates, editing_experiment,
+    enhancement_experiment, injection_experiment, localize_methods, split_facts,
+)
 
 __all__ = [
     "__version__",
@@ -28,6 +33,9 @@ __all__ = [
     "LocalizationResult",
     "FactScores", "score_fact", "select_neurons", "specific_scores",
     "answer_probabilities", "encode_query",
+    "Edit", "answer_probability", "edit_fact", "enhance", "inject_fact", "intervene", "suppress", "w_out",
+    "ChangeRateResult", "EditingResult", "EnhancementResult", "InjectionResult", "Split", "change_rates",
+    "editing_experiment", "enhancement_experiment", "injection_experiment", "localize_methods", "split_facts",
 ]
 
 from . import plotting  # noqa: E402  (figures: lakn.plotting.layer_distribution, write_run_figures, ...)

@@ -149,7 +149,6 @@ def register_evaluate(sub) -> None:
     p.add_argument("--top-k-answer", type=_positive_int, default=10,
                    help="keep queries whose first answer token is within the top k before intervention (default 10)")
     p.add_argument("--max-queries", type=_positive_int, default=3, help="queries per fact, language and split (default 3)")
-    p.add_argument("--position", default="all", choices=["all", "last"], help="positions to intervene at")
     p.add_argument("--enhancement", action="store_true",
                    help="also run knowledge enhancement (neurons from the languages a fact is right in) -> DIR/enhance.json")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control")
@@ -170,7 +169,7 @@ def _run_evaluate(args) -> int:
     model = load_model(args.model, verbose=True)
     sets = neuron_sets(runs, seed=args.seed)
     rates = change_rates(model, sets, facts, result=first, languages=languages, top_k_answer=args.top_k_answer,
-                         max_queries=args.max_queries, position=args.position, batch_size=args.batch_size)
+                         max_queries=args.max_queries, batch_size=args.batch_size)
     out = Path(args.run) / "eval.json"
     rates.save(out)
     c = rates.config

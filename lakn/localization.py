@@ -67,6 +67,7 @@ def localize(
     data: str = "",
     progress: bool = True,
     distributed: bool | None = None,
+    attribution_cache: dict | None = None,
     **method_kwargs: Any,
 ) -> LocalizationResult:
     """Find the LAKNs of each fact.
@@ -85,6 +86,8 @@ def localize(
             (matrice, mean, random); kn and amig select sets directly.
         common_fraction: drop neurons selected for more than this share of the facts.
         method_kwargs: passed to the scoring method (e.g. ``beta``, ``gamma``, ``query_weighting``).
+        attribution_cache: a dict shared between calls: each query's attribution is computed once
+            and reused, e.g. to compare scoring methods on the same attributions.
         distributed: data-parallel over the processes of ``torchrun`` (default: when ``WORLD_SIZE`` > 1).
             Each rank attributes a disjoint share of the facts (``facts[rank::world_size]``) and
             writes them to ``out/facts/`` (its shard); after a barrier every rank reads all shards
@@ -159,8 +162,15 @@ def localize(
         for lang in langs:
             maps, probs, ents = [], [], []
             for query, encoded in plan[fact.fact_id][lang]:
-                ig = _attribute(model, encoded, attribution, steps=steps, first_token_only=first_token_only,
-                                batch_size=batch_size)
+                key = (tuple(encoded.prompt.tolist()), tuple(encoded.answer.tolist()), attribution, steps,
+                       first_token_only)
+                if attribution_cache is not None and key in attribution_cache:
+                    ig = attribution_cache[key]
+                else:
+                    ig = _attribute(model, encoded, attribution, steps=steps, first_token_only=first_token_only,
+                                    batch_size=batch_size)
+                    if attribution_cache is not None:
+                        attribution_cache[key] = ig
                 maps.append(ig.attributions)
                 probs.append(ig.stats.probability)
                 ents.append(ig.stats.entropy)

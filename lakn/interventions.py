@@ -1,0 +1,380 @@
+"""Use the neurons: suppress, enhance or set them while the model runs, edit and inject facts.
+
+Activation interventions are context managers over the bridge's own ``model.hooks(...)``, so they
+compose with any hooks a user adds (outside or inside the block) and always remove what they
+added, also when the block raises::
+
+    with lakn.suppress(model, result.neurons("capital_france")):
+        lakn.answer_probability(model, fact)          # {lang: [P(answer) per query]}
+    with lakn.intervene(model, neurons, factor=3.0, position="last"):
+        model.run_with_hooks(tokens, fwd_hooks=[(my_name, my_hook)])
+
+Weight edits change only the rows of the MLP output matrix W_out that belong to the chosen
+neurons (neuron i of layer l is input i of W_out; the row it writes to the residual stream).
+They return an :class:`Edit` handle that restores the original rows bit for bit with ``undo()``
+or at the end of a ``with`` block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .facts import Fact, FactsError, Query
+from .hooks import MLP_POST, Neuron, Position, capture_hook, group_by_layer, hook_name, neuron_hooks
+from .tokens import EncodedQuery, answer_probabilities, encode_query
+
+__all__ = [
+    "intervene",
+    "suppress",
+    "enhance",
+    "answer_probability",
+    "w_out",
+    "Edit",
+    "edit_fact",
+    "inject_fact",
+    "activation_neurons",
+]
+
+
+# --------------------------------------------------------------------------- activation interventions
+
+
+@contextlib.contextmanager
+def intervene(
+    model,
+    neurons: Iterable[Neuron],
+    *,
+    factor: float | None = None,
+    value: float | None = None,
+    position: Position = "all",
+) -> Iterator:
+    """Run the model with chosen neurons scaled by ``factor`` or set to ``value`` inside the block.
+
+    ``neurons`` are (layer, neuron) pairs on ``blocks.{layer}.mlp.hook_post``; ``position`` is
+    ``"all"``, ``"last"`` or token indices (see :mod:`lakn.hooks`). Built on ``model.hooks``: the
+    hooks are removed on exit, exception or not, and hooks the caller added stay.
+
+    Example: ``with lakn.intervene(model, [(3, 7)], factor=0.5): model(tokens)``.
+    """
+    hooks = neuron_hooks(list(neurons), factor=factor, value=value, position=position)
+    with model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+def suppress(model, neurons: Iterable[Neuron], position: Position = "all"):
+    """``intervene`` with factor 0: the neurons' activations are zeroed inside the block."""
+    return intervene(model, neurons, factor=0.0, position=position)
+
+
+def enhance(model, neurons: Iterable[Neuron], factor: float = 2.0, position: Position = "all"):
+    """``intervene`` with factor 2 (by default): the neurons' activations are doubled inside the block."""
+    return intervene(model, neurons, factor=factor, position=position)
+
+
+def answer_probability(
+    model, fact_or_query: Fact | Query, languages: Sequence[str] | None = None
+) -> float | dict[str, list[float]]:
+    """P(answer) of one query (a float), or of every usable query of a fact per language.
+
+    Multi-token answers score the geometric mean of the teacher-forced token probabilities
+    (:func:`lakn.tokens.answer_probabilities`). Runs under whatever hooks are active.
+
+    Example: ``lakn.answer_probability(model, fact, ["en", "fr"])`` -> ``{"en": [0.41, 0.22], "fr": [...]}``.
+    """
+    if isinstance(fact_or_query, Query):
+        return answer_probabilities(model, encode_query(model, fact_or_query)).probability
+    fact = fact_or_query
+    causal = not _is_masked(model)
+    languages = list(languages) if languages is not None else fact.languages
+    return {
+        lang: [answer_probabilities(model, encode_query(model, q)).probability for q in fact.queries(lang, causal=causal)]
+        for lang in languages
+    }
+
+
+def _is_masked(model) -> bool:
+    from .models import is_masked_lm
+
+    return is_masked_lm(model)
+
+
+# --------------------------------------------------------------------------- W_out access
+
+# Names of the MLP output projection in Hugging Face decoder layers, for models the bridge does
+# not expose as ``blocks[l].mlp.out``.
+_OUT_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "wo", "dense_out")
+
+
+def _original(bridge_module):
+    """The Hugging Face module a bridge component wraps (None when it wraps none)."""
+    for name in ("original_component", "_original_component"):
+        module = getattr(bridge_module, name, None)
+        if module is not None:
+            return module
+    return None
+
+
+def w_out(model, layer: int) -> tuple[torch.nn.Parameter, int]:
+    """The Hugging Face weight that maps layer ``layer``'s neurons to the residual stream, and the
+    dimension of that weight that indexes neurons.
+
+    ``torch.nn.Linear`` (LLaMA, Gemma, BLOOM) stores ``[d_model, d_mlp]``: neuron dimension 1.
+    GPT-2's ``Conv1D`` stores the transpose ``[d_mlp, d_model]``: neuron dimension 0. The
+    parameter is the one the forward uses, so writing into it changes the model.
+
+    Example: ``W, dim = w_out(model, 3); W.select(dim, 7)`` is neuron 7's output row (d_model).
+    """
+    n_layers = int(model.cfg.n_layers)
+    if not 0 <= int(layer) < n_layers:
+        raise IndexError(f"layer {layer} out of range for a model with {n_layers} layers")
+    module = None
+    mlp = model.blocks[int(layer)].mlp
+    out = getattr(mlp, "out", None)
+    if out is not None:
+        module = _original(out)
+    if module is None or not hasattr(module, "weight"):
+        hf_mlp = _original(mlp)
+        for name in _OUT_NAMES:
+            if hf_mlp is not None and hasattr(getattr(hf_mlp, name, None), "weight"):
+                module = getattr(hf_mlp, name)
+                break
+    if module is None or not hasattr(module, "weight"):
+        raise TypeError(f"cannot find the MLP output weight of layer {layer} in {type(mlp).__name__}")
+    weight = module.weight
+    d_mlp = int(model.cfg.d_mlp)
+    if type(module).__name__ == "Conv1D":  # GPT-2 family: y = x @ W, W is [d_mlp, d_model]
+        dim = 0
+    elif isinstance(module, torch.nn.Linear):  # y = x @ W.T, W is [d_model, d_mlp]
+        dim = 1
+    else:  # unknown module: go by shape
+        dims = [i for i, s in enumerate(weight.shape) if s == d_mlp]
+        if len(dims) != 1:
+            raise TypeError(f"cannot tell the neuron dimension of {type(module).__name__} weight {tuple(weight.shape)}")
+        dim = dims[0]
+    if weight.shape[dim] != d_mlp:
+        raise TypeError(f"layer {layer} output weight {tuple(weight.shape)} has no dimension of size d_mlp={d_mlp}")
+    return weight, dim
+
+
+def _rows(weight: Tensor, dim: int, idx: Tensor) -> Tensor:
+    """The neurons' output rows as ``[n, d_model]`` (a copy)."""
+    return weight.detach().index_select(dim, idx).clone() if dim == 0 else weight.detach().index_select(dim, idx).T.clone()
+
+
+def _write_rows(weight: Tensor, dim: int, idx: Tensor, rows: Float[Tensor, "n d_model"]) -> None:
+    with torch.no_grad():
+        if dim == 0:
+            weight[idx] = rows.to(weight)
+        else:
+            weight[:, idx] = rows.T.to(weight)
+
+
+# --------------------------------------------------------------------------- weight edits
+
+
+@dataclass
+class Edit:
+    """A reversible change of some W_out rows. ``undo()`` (or leaving a ``with`` block) writes the
+    saved original rows back, so the weights are bit-identical to before the edit.
+
+    ``deltas[layer]`` is ``[n, d_model]``: what was added to the rows of ``neurons_by_layer[layer]``.
+    ``history`` holds the training loss per step.
+    """
+
+    model: object
+    neurons_by_layer: dict[int, list[int]]
+    original: dict[int, Tensor]
+    deltas: dict[int, Tensor]
+    history: list[float] = field(default_factory=list)
+    method: str = "gradient"
+    active: bool = True
+
+    def undo(self) -> None:
+        """Restore the original rows (idempotent)."""
+        if not self.active:
+            return
+        for layer, idx in self.neurons_by_layer.items():
+            weight, dim = w_out(self.model, layer)
+            _write_rows(weight, dim, torch.as_tensor(idx, device=weight.device), self.original[layer])
+        self.active = False
+
+    def redo(self) -> None:
+        """Apply the edit again after an ``undo``."""
+        if self.active:
+            return
+        for layer, idx in self.neurons_by_layer.items():
+            weight, dim = w_out(self.model, layer)
+            _write_rows(weight, dim, torch.as_tensor(idx, device=weight.device),
+                        self.original[layer].to(weight) + self.deltas[layer].to(weight))
+        self.active = True
+
+    @property
+    def neurons(self) -> list[Neuron]:
+        return [(l, i) for l, idx in self.neurons_by_layer.items() for i in idx]
+
+    def __enter__(self) -> "Edit":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.undo()
+
+
+def _delta_hooks(deltas: dict[int, Tensor], by_layer: dict[int, list[int]], point: str = MLP_POST):
+    """Hooks equivalent to adding ``deltas[l]`` to the W_out rows of ``by_layer[l]``: the MLP output
+    gains ``act[..., idx] @ delta``. Used while optimising so gradients reach only the deltas."""
+    store: dict = {}
+    hooks = []
+    for layer, idx in by_layer.items():
+        index = torch.as_tensor(idx)
+
+        def capture(act, hook=None, layer=layer, index=index):
+            store[layer] = act[..., index.to(act.device)]
+            return act
+
+        def add(out, hook=None, layer=layer):
+            return out + store.pop(layer) @ deltas[layer].to(out)
+
+        hooks.append((hook_name(layer, point), capture))
+        hooks.append((f"blocks.{layer}.mlp.hook_out", add))
+    return hooks
+
+
+def _nll(model, encoded: Sequence[EncodedQuery]) -> Tensor:
+    """Mean negative log-likelihood of the answers (teacher forced), differentiable."""
+    device = next(model.parameters()).device
+    losses = []
+    for enc in encoded:
+        tokens = torch.cat([enc.prompt, enc.answer[:-1]])[None].to(device)
+        logits = model(tokens)[0, len(enc.prompt) - 1 :].float()
+        losses.append(torch.nn.functional.cross_entropy(logits, enc.answer.to(device)))
+    return torch.stack(losses).mean()
+
+
+def edit_fact(
+    model,
+    fact: Fact,
+    new_answers: Mapping[str, str],
+    neurons: Iterable[Neuron],
+    *,
+    language: str = "en",
+    steps: int = 10,
+    lr: float = 0.5,
+    weight_decay: float = 1e-3,
+    max_queries: int | None = None,
+) -> Edit:
+    """Change ``fact``'s answer to ``new_answers[language]`` by training only the W_out rows of
+    ``neurons``, on the fact's queries in ``language`` alone.
+
+    Method: ``steps`` Adam steps (not a closed form) on a per-row additive delta, minimising the
+    teacher-forced NLL of the new answer plus ``weight_decay * ||delta||^2``. During optimisation
+    the delta acts through hooks (mathematically the same as the changed rows), then it is written
+    into the weights. Other languages' answers in ``new_answers`` are only used by the metrics.
+
+    Returns a reversible :class:`Edit`::
+
+        with lakn.edit_fact(model, fact, {"en": "Rome", "fr": "Rome"}, neurons, language="en"):
+            lakn.answer_probability(model, fact)   # answered under the edit
+        # weights restored here
+    """
+    if language not in new_answers:
+        raise FactsError(f"new_answers has no answer in the edit language {language!r}")
+    causal = not _is_masked(model)
+    edited = Fact(fact.fact_id, fact.relation, {**fact.answers, **dict(new_answers)}, fact.templates,
+                  fact.subjects, fact.relation_label, fact.other_answers, fact.causal_ok)
+    queries = edited.queries(language, causal=causal)[:max_queries]
+    if not queries:
+        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {language!r} to edit with")
+    encoded = [encode_query(model, q) for q in queries]
+    return _train_rows(model, encoded, neurons, steps=steps, lr=lr, weight_decay=weight_decay)
+
+
+def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay) -> Edit:
+    by_layer = group_by_layer(neurons)
+    if not by_layer:
+        raise ValueError("no neurons to edit")
+    original, deltas = {}, {}
+    for layer, idx in by_layer.items():
+        weight, dim = w_out(model, layer)
+        original[layer] = _rows(weight, dim, torch.as_tensor(idx, device=weight.device))
+        deltas[layer] = torch.zeros_like(original[layer], dtype=torch.float32, requires_grad=True)
+    optimiser = torch.optim.Adam(list(deltas.values()), lr=lr)
+    history = []
+    with torch.enable_grad(), model.hooks(fwd_hooks=_delta_hooks(deltas, by_layer)):
+        for _ in range(steps):
+            optimiser.zero_grad()
+            loss = _nll(model, encoded)
+            total = loss + weight_decay * sum((d**2).sum() for d in deltas.values())
+            total.backward()
+            optimiser.step()
+            history.append(float(loss.detach()))
+    deltas = {l: d.detach() for l, d in deltas.items()}
+    for layer, idx in by_layer.items():
+        weight, dim = w_out(model, layer)
+        _write_rows(weight, dim, torch.as_tensor(idx, device=weight.device),
+                    original[layer].to(weight) + deltas[layer].to(weight))
+    return Edit(model, by_layer, original, deltas, history, method=f"adam x{steps}")
+
+
+def activation_neurons(
+    model, fact: Fact, languages: Sequence[str], k: int = 20, *, exclude_layers: Sequence[int] = ()
+) -> list[Neuron]:
+    """LAKN-style neurons for a fact the model does not know (so attribution has nothing to find):
+    the ``k`` neurons whose activation at the answer position is large in *every* language.
+
+    Score of (l, i): min over languages of the language's mean |activation| divided by that
+    layer's mean |activation| (so no layer dominates by scale). Best first.
+    """
+    causal = not _is_masked(model)
+    n_layers = int(model.cfg.n_layers)
+    per_lang = []
+    for lang in languages:
+        acts = []
+        for q in fact.queries(lang, causal=causal):
+            enc = encode_query(model, q)
+            store: dict = {}
+            hooks = [(hook_name(l), capture_hook(store, l, position="last")) for l in range(n_layers)]
+            with torch.no_grad():
+                model.run_with_hooks(enc.prompt[None].to(next(model.parameters()).device), fwd_hooks=hooks)
+            acts.append(torch.stack([store[l][0].float().abs().cpu() for l in range(n_layers)]))
+        if acts:
+            a = torch.stack(acts).mean(0)
+            per_lang.append(a / a.mean(-1, keepdim=True).clamp_min(1e-12))
+    if not per_lang:
+        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {list(languages)}")
+    score = torch.stack(per_lang).min(0).values
+    for layer in exclude_layers:
+        score[layer] = -1
+    top = score.flatten().topk(k).indices
+    d_mlp = score.shape[1]
+    return [(int(i) // d_mlp, int(i) % d_mlp) for i in top]
+
+
+def inject_fact(
+    model,
+    fact: Fact,
+    *,
+    language: str = "en",
+    neurons: Iterable[Neuron] | None = None,
+    languages: Sequence[str] | None = None,
+    k: int = 20,
+    steps: int = 20,
+    lr: float = 0.5,
+    weight_decay: float = 1e-3,
+) -> Edit:
+    """Teach a (fictional) fact through ``neurons`` using only its ``language`` queries.
+
+    Without ``neurons`` they are chosen by :func:`activation_neurons` over ``languages`` (default:
+    the fact's languages): neurons active on the subject in every language, the LAKN-style
+    choice for a fact with no attribution yet. Training is :func:`edit_fact`'s (Adam on the
+    neurons' W_out rows). Returns a reversible :class:`Edit`.
+    """
+    if neurons is None:
+        neurons = activation_neurons(model, fact, languages or fact.languages, k)
+    return edit_fact(model, fact, {language: fact.answers[language]}, neurons, language=language,
+                     steps=steps, lr=lr, weight_decay=weight_decay)

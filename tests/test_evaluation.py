@@ -1,0 +1,171 @@
+"""Evaluation: honest splits, batched probabilities, change-rate arithmetic, result files."""
+
+import pytest
+import torch
+
+import lakn
+from lakn.evaluation import (
+    FICTIONAL_FACTS,
+    ChangeRateResult,
+    EditingResult,
+    change_rates,
+    counterfactuals,
+    editing_experiment,
+    evaluation_queries,
+    neuron_sets,
+    query_probabilities,
+    split_facts,
+)
+from lakn.interventions import suppress
+from lakn.testing import tiny_model
+from lakn.tokens import answer_probabilities
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("gemma3", weight_scale=4.0)
+
+
+def test_split_is_deterministic_and_disjoint(toy_facts):
+    a = split_facts(toy_facts, holdout_share=0.5, holdout_languages=["zh"], seed=3)
+    b = split_facts(toy_facts, holdout_share=0.5, holdout_languages=["zh"], seed=3)
+    assert [f.templates for f in a.localization] == [f.templates for f in b.localization]
+    for loc, ev, full in zip(a.localization, a.evaluation, toy_facts):
+        assert "zh" not in loc.templates and ev.templates["zh"] == full.templates["zh"]
+        for lang in ("en", "fr"):
+            assert len(loc.templates[lang]) == 1 and len(ev.templates[lang]) == 1
+            assert set(loc.templates[lang]) | set(ev.templates[lang]) == set(full.templates[lang])
+        assert loc.queries("en")  # usable by localize
+    seeds = {tuple(split_facts(toy_facts, seed=s).localization[0].templates["en"]) for s in range(8)}
+    assert len(seeds) == 2  # the seed matters
+
+
+def test_split_renumbers_causal_ok():
+    fact = lakn.Fact.from_dict({"fact_id": "x", "object": {"en": "Paris"},
+                                "queries": {"en": ["A [Y]", "[Y] is B", "C [Y]", "D [Y]"]},
+                                "causal_ok": {"en": [0, 2, 3]}})
+    split = split_facts([fact], holdout_share=0.5, seed=0)
+    got = {q.template for f in (split.localization[0], split.evaluation[0]) for q in f.queries("en")}
+    assert got == {"A [Y]", "C [Y]", "D [Y]"}
+
+
+def test_batched_probabilities_match_single_forward(model):
+    qs = evaluation_queries(model, FICTIONAL_FACTS, max_queries=None)
+    probs, ranks = query_probabilities(model, [q.encoded for q in qs], batch_size=5)
+    for q, p, r in zip(qs, probs, ranks):
+        ref = answer_probabilities(model, q.encoded)
+        assert abs(float(p) - ref.probability) < 1e-5 and int(r) == ref.rank
+
+
+def test_change_rates_values_and_kinds(model, toy_facts):
+    sets = {"m": {"capital_france": [(0, 1), (1, 3)], "capital_spain": []}}
+    res = change_rates(model, sets, toy_facts, top_k_answer=1000, max_queries=1, progress=False)
+    df = res.to_dataframe()
+    assert set(df["kind"]) == {"related", "same_relation"}
+    assert res.config["n_kept"] == res.config["n_queries"] == 12
+    # a method with no neuron for a fact is listed, not averaged in as "no change"
+    assert "capital_spain" not in set(df["target"]) and res.config["no_neurons"]["m"] == ["capital_spain"]
+    # a suppress row equals the change computed by hand
+    row = df[(df.target == "capital_france") & (df.intervention == "suppress") & (df.fact_id == "capital_italy")
+             & (df.language == "fr")].iloc[0]
+    q = [q for q in evaluation_queries(model, toy_facts, max_queries=1)
+         if q.fact_id == "capital_italy" and q.language == "fr"][0]
+    before = answer_probabilities(model, q.encoded).probability
+    with suppress(model, [(0, 1), (1, 3)]):
+        after = answer_probabilities(model, q.encoded).probability
+    assert row.change == pytest.approx((after - before) / before, rel=1e-4, abs=1e-6)
+    # the top-k filter: with k = 0 no query is answered, so nothing is scored
+    none = change_rates(model, sets, toy_facts, top_k_answer=0, max_queries=1, progress=False)
+    assert none.config["n_kept"] == 0 and none.rows == []
+
+
+def test_summary_arithmetic_on_constructed_rows(tmp_path):
+    rows = []
+    # fact A: related changes -0.5 and -0.7 (two queries) -> -0.6; fact B: related -0.2 -> mean over facts -0.4
+    for target, fid, kind, change in [("A", "A", "related", -0.5), ("A", "A", "related", -0.7),
+                                      ("B", "B", "related", -0.2), ("A", "B", "same_relation", 0.1),
+                                      ("B", "A", "same_relation", -0.1), ("A", "C", "other_relation", 0.3)]:
+        rows.append(dict(method="m", intervention="suppress", target=target, fact_id=fid, kind=kind, language="en",
+                         split="seen", p_before=0.5, p_after=0.5 * (1 + change), change=change, n_neurons=3))
+    res = ChangeRateResult(rows, {"top_k_answer": 10})
+    s = res.summary().set_index(["kind"])
+    assert s.loc["related", "mean"] == pytest.approx(-0.4)
+    assert s.loc["related", "std"] == pytest.approx(torch.tensor([-0.6, -0.2]).std().item())
+    assert s.loc["same_relation", "mean"] == pytest.approx(0.0)
+    t = res.table()
+    assert t.loc[("m", "en"), "suppress:related"] == pytest.approx(-0.4)
+    assert t.loc[("m", "en"), "facts_kept"] == 2
+    path = res.save(tmp_path / "eval.json")
+    back = ChangeRateResult.load(path)
+    assert back.rows == rows and back.config == {"top_k_answer": 10}
+    with pytest.raises(ValueError):
+        EditingResult.load(path)
+
+
+def test_neuron_sets_random_matched_per_layer():
+    class R:  # the parts of a LocalizationResult neuron_sets reads
+        fact_ids = ["a"]
+        lakn = {"a": [(0, 1), (0, 5), (2, 7)]}
+        d_mlp = 16
+
+    sets = neuron_sets({"matrice": R()}, seed=1)
+    layers = sorted(l for l, _ in sets["random"]["a"])
+    assert layers == [0, 0, 2] and sets["matrice"]["a"] == R.lakn["a"]
+
+
+def test_editing_experiment_rows_and_restores(toy_facts):
+    m = tiny_model("llama", weight_scale=3.0)
+    new = counterfactuals(toy_facts)
+    assert new["capital_france"]["en"] == "Madrid"
+    before = lakn.w_out(m, 1)[0].detach().clone()
+    sets = {"lakn": {"capital_france": [(1, 2), (1, 3)]}}
+    res = editing_experiment(m, toy_facts, sets, languages=["en", "fr"], steps=3, max_queries=1, progress=False)
+    assert torch.equal(lakn.w_out(m, 1)[0], before)
+    df = res.to_dataframe()
+    assert set(df["metric"]) == {"reliability", "generality", "locality"}
+    assert (df[df.metric == "reliability"]["p_new_after"] > df[df.metric == "reliability"]["p_new_before"]).all()
+    assert len(res.table())
+
+
+@pytest.mark.integration
+def test_gemma_suppress_lakns_and_evaluate(default_model):
+    facts = [f for f in lakn.load_facts("demo") if f.fact_id in ("capital_france", "capital_japan")]
+    split = split_facts(facts, holdout_share=0.5, seed=0)
+    result = lakn.localize(default_model, split.localization, languages=["en", "fr"], steps=1, max_queries=1,
+                           first_token_only=True, progress=False, top_k=20)
+    rates = change_rates(default_model, neuron_sets({"matrice": result}), facts, result=result,
+                         languages=["en", "fr", "de"], max_queries=1, progress=False)
+    t = rates.summary()
+    assert {"seen", "heldout_paraphrase", "heldout_language"} & set(rates.to_dataframe()["split"])
+    related = t[(t.method == "matrice") & (t.intervention == "suppress") & (t.kind == "related")]
+    assert len(related) and (related["mean"] < 0).all()
+
+
+def test_cli_evaluate_edit_inject_on_a_tiny_run(tmp_path, monkeypatch, capsys):
+    import json
+
+    from lakn import cli, models
+    from lakn.evaluation import InjectionResult
+
+    records = [{"fact_id": f"cap_{c}", "relation": "capital", "object": {"en": city, "fr": city},
+                "queries": {"en": [f"The capital of {c} is [Y]", f"{c}'s capital city is [Y]"],
+                            "fr": [f"La capitale de {c} est [Y]", f"{c} a pour capitale [Y]"]}}
+               for c, city in [("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome")]]
+    data = tmp_path / "facts.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in records))
+    m = tiny_model("llama", weight_scale=3.0)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: m)
+    runs = tmp_path / "runs"
+    lakn.localize_methods(m, lakn.load_facts(data), methods=("matrice", "kn"), languages=["en"], steps=1,
+                          max_queries=1, out=runs, data=str(data), progress=False, top_k=5)
+    assert cli.main(["evaluate", str(runs), "--top-k-answer", "400", "--holdout-languages", "fr"]) == 0
+    out = capsys.readouterr().out
+    assert "suppress:related" in out and "held-out" in out
+    res = ChangeRateResult.load(runs / "eval.json")
+    assert {"matrice", "kn", "random"} == set(res.to_dataframe()["method"])
+    assert {"seen", "heldout_paraphrase", "heldout_language"} == set(res.to_dataframe()["split"])
+    assert cli.main(["edit", str(runs), "--steps", "2", "--neurons", "2"]) == 0
+    assert EditingResult.load(runs / "edit.json").rows
+    assert cli.main(["inject", "--out", str(tmp_path / "inj.json"), "--languages", "en,fr", "--k", "3",
+                     "--steps", "2", "--unrelated", str(data), "--n-unrelated", "2"]) == 0
+    assert InjectionResult.load(tmp_path / "inj.json").rows
