@@ -265,6 +265,15 @@ def _bridge_kv_cache(model):
             attn.__dict__.pop("_update_kv_cache", None)
 
 
+@contextmanager
+def _quiet_cache_warning():
+    """transformers 5.x warns that ``past_key_values`` is being renamed; the bridge only forwards
+    that name, so the warning says nothing the user can act on."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated", category=FutureWarning)
+        yield
+
+
 def _fast_runner(model, tokens, p_full: float | None = None):
     """One clean pass over ``tokens[:-1]`` fills a key/value cache; each later call runs only the
     last token, for ``n_rows`` rows, against a copy of that cache. Returns None (use the
@@ -278,7 +287,7 @@ def _fast_runner(model, tokens, p_full: float | None = None):
     cache = None
     if prefix.shape[1]:
         cache = DynamicCache(config=config)
-        with torch.no_grad(), _bridge_kv_cache(model):
+        with torch.no_grad(), _bridge_kv_cache(model), _quiet_cache_warning():
             last_logits(model, prefix, past_key_values=cache)
         if cache.get_seq_length() != prefix.shape[1]:
             warnings.warn(f"lakn: the key/value cache of {_architecture(model)} stayed empty; "
@@ -291,7 +300,7 @@ def _fast_runner(model, tokens, p_full: float | None = None):
             rows_cache = copy.deepcopy(cache)
             rows_cache.batch_repeat_interleave(n_rows)
             kwargs["past_key_values"] = rows_cache
-        with _bridge_kv_cache(model), model.hooks(fwd_hooks=fwd_hooks):
+        with _bridge_kv_cache(model), _quiet_cache_warning(), model.hooks(fwd_hooks=fwd_hooks):
             return last_logits(model, last.expand(n_rows, -1), **kwargs).float()
 
     run.p_full = p_full
