@@ -158,32 +158,10 @@ def localize(
             records[fact.fact_id] = FactRecord.load(folder / "facts", fact.fact_id)
             continue
         t0 = time.perf_counter()
-        attributions, confidence, entropy, rows = {}, {}, {}, []
-        for lang in langs:
-            maps, probs, ents = [], [], []
-            for query, encoded in plan[fact.fact_id][lang]:
-                key = (tuple(encoded.prompt.tolist()), tuple(encoded.answer.tolist()), attribution, steps,
-                       first_token_only)
-                if attribution_cache is not None and key in attribution_cache:
-                    ig = attribution_cache[key]
-                else:
-                    ig = _attribute(model, encoded, attribution, steps=steps, first_token_only=first_token_only,
-                                    batch_size=batch_size)
-                    if attribution_cache is not None:
-                        attribution_cache[key] = ig
-                maps.append(ig.attributions)
-                probs.append(ig.stats.probability)
-                ents.append(ig.stats.entropy)
-                rows.append({
-                    "language": lang, "prompt": query.prompt, "answer": query.answer,
-                    "probability": ig.stats.probability, "entropy": ig.stats.entropy, "rank": ig.stats.rank,
-                    "answer_tokens": ig.n_answer_tokens,
-                    "completeness_error": float(ig.completeness_error.max()),
-                    "attribution": ig.mode,
-                })
-            attributions[lang] = torch.stack(maps)
-            confidence[lang] = torch.tensor(probs)
-            entropy[lang] = torch.tensor(ents)
+        attributions, confidence, entropy, rows = _attribute_fact(
+            model, plan[fact.fact_id], attribution, attribution_cache,
+            steps=steps, first_token_only=first_token_only, batch_size=batch_size,
+        )
         scores = score_fact("matrice" if method == "random" else method, attributions, confidence, entropy,
                             threshold=threshold, top_k=top_k, **method_kwargs)
         record = FactRecord(fact.fact_id, fact.relation, scores.laa, scores.per_language, scores.lakn,
@@ -202,6 +180,36 @@ def localize(
         result.save(folder)
     _barrier(world)
     return result
+
+
+def _attribute_fact(model, plan: dict[str, list], attribution: str, cache: dict | None, **kwargs):
+    """Attribute every planned query of one fact: stacked maps, confidence and entropy per
+    language, and one statistics row per query. ``cache`` (optional) memoises attributions."""
+    attributions, confidence, entropy, rows = {}, {}, {}, []
+    for lang, queries in plan.items():
+        maps, probs, ents = [], [], []
+        for query, encoded in queries:
+            key = (tuple(encoded.prompt.tolist()), tuple(encoded.answer.tolist()), attribution,
+                   kwargs["steps"], kwargs["first_token_only"])
+            ig = cache.get(key) if cache is not None else None
+            if ig is None:
+                ig = _attribute(model, encoded, attribution, **kwargs)
+                if cache is not None:
+                    cache[key] = ig
+            maps.append(ig.attributions)
+            probs.append(ig.stats.probability)
+            ents.append(ig.stats.entropy)
+            rows.append({
+                "language": lang, "prompt": query.prompt, "answer": query.answer,
+                "probability": ig.stats.probability, "entropy": ig.stats.entropy, "rank": ig.stats.rank,
+                "answer_tokens": ig.n_answer_tokens,
+                "completeness_error": float(ig.completeness_error.max()),
+                "attribution": ig.mode,
+            })
+        attributions[lang] = torch.stack(maps)
+        confidence[lang] = torch.tensor(probs)
+        entropy[lang] = torch.tensor(ents)
+    return attributions, confidence, entropy, rows
 
 
 def _attribute(model, encoded, attribution: str, **kwargs):
