@@ -35,7 +35,7 @@ from .hooks import Neuron
 from .interventions import activation_neurons, edit_fact, enhance, intervene
 from .results import LocalizationResult, write_json_atomic
 from .scoring import random_neurons, select_neurons
-from .tokens import EncodedQuery, encode_query
+from .tokens import EncodedQuery, encode_query, logits_at
 
 __all__ = [
     "Split",
@@ -222,7 +222,7 @@ def query_probabilities(
         positions = sorted({p for i in chunk for p in range(len(encoded[i].prompt) - 1, len(seqs[chunk.index(i)]))})
         keep = torch.tensor(positions, dtype=torch.long)
         with torch.no_grad():
-            logits = _logits_at(model, tokens.to(device), keep.to(device))
+            logits = logits_at(model, tokens.to(device), keep.to(device))
         column = {p: j for j, p in enumerate(positions)}
         log_probs = logits.float().log_softmax(-1)
         for row, i in enumerate(chunk):
@@ -233,15 +233,6 @@ def query_probabilities(
             first = log_probs[row, cols[0]]
             ranks[i] = int((first > first[enc.answer[0]]).sum())
     return probs, ranks
-
-
-def _logits_at(model, tokens: Tensor, keep: Tensor) -> Tensor:
-    if getattr(model, "_lakn_logits_to_keep", True):
-        try:
-            return model(tokens, logits_to_keep=keep)
-        except TypeError:
-            model._lakn_logits_to_keep = False
-    return model(tokens)[:, keep]
 
 
 # --------------------------------------------------------------------------- neuron sets
@@ -472,7 +463,7 @@ def _top1(model, queries: Sequence[EncodedQuery], batch_size: int) -> list[int]:
             tokens[row, : len(q.prompt)] = q.prompt
         keep = torch.tensor(sorted({len(q.prompt) - 1 for q in chunk}))
         with torch.no_grad():
-            logits = _logits_at(model, tokens.to(device), keep.to(device))
+            logits = logits_at(model, tokens.to(device), keep.to(device))
         col = {int(p): j for j, p in enumerate(keep.tolist())}
         tops.extend(int(logits[row, col[len(q.prompt) - 1]].argmax()) for row, q in enumerate(chunk))
     return tops
@@ -677,7 +668,7 @@ FICTIONAL_FACTS: list[Fact] = [
     Fact.from_dict({
         "fact_id": "fict_inventor_glimmerphone", "relation": "inventor",
         "object": {"en": "Odile Brannic", "fr": "Odile Brannic", "es": "Odile Brannic", "de": "Odile Brannic",
-                   "ru": "Одиль Браннік"},
+                   "ru": "Одиль Бранник"},
         "queries": {
             "en": ["The glimmerphone was invented by [Y]", "The inventor of the glimmerphone is [Y]"],
             "fr": ["Le glimmerphone a été inventé par [Y]", "L'inventeur du glimmerphone est [Y]"],

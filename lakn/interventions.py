@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .facts import Fact, FactsError, Query
 from .hooks import MLP_POST, Neuron, Position, capture_hook, group_by_layer, hook_name, neuron_hooks
+from .models import is_masked_lm
 from .tokens import EncodedQuery, answer_probabilities, encode_query
 
 __all__ = [
@@ -90,18 +91,12 @@ def answer_probability(
     if isinstance(fact_or_query, Query):
         return answer_probabilities(model, encode_query(model, fact_or_query)).probability
     fact = fact_or_query
-    causal = not _is_masked(model)
+    causal = not is_masked_lm(model)
     languages = list(languages) if languages is not None else fact.languages
     return {
         lang: [answer_probabilities(model, encode_query(model, q)).probability for q in fact.queries(lang, causal=causal)]
         for lang in languages
     }
-
-
-def _is_masked(model) -> bool:
-    from .models import is_masked_lm
-
-    return is_masked_lm(model)
 
 
 # --------------------------------------------------------------------------- W_out access
@@ -284,7 +279,7 @@ def edit_fact(
     """
     if language not in new_answers:
         raise FactsError(f"new_answers has no answer in the edit language {language!r}")
-    causal = not _is_masked(model)
+    causal = not is_masked_lm(model)
     edited = Fact(fact.fact_id, fact.relation, {**fact.answers, **dict(new_answers)}, fact.templates,
                   fact.subjects, fact.relation_label, fact.other_answers, fact.causal_ok)
     queries = edited.queries(language, causal=causal)[:max_queries]
@@ -330,7 +325,7 @@ def activation_neurons(
     Score of (l, i): min over languages of the language's mean |activation| divided by that
     layer's mean |activation| (so no layer dominates by scale). Best first.
     """
-    causal = not _is_masked(model)
+    causal = not is_masked_lm(model)
     n_layers = int(model.cfg.n_layers)
     per_lang = []
     for lang in languages:

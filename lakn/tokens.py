@@ -20,7 +20,7 @@ from torch import Tensor
 from .facts import FactsError, Query
 
 __all__ = ["EncodedQuery", "encode_query", "encode_masked_query", "answer_probabilities", "AnswerStats",
-           "last_logits"]
+           "logits_at", "last_logits"]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ def answer_probabilities(model, encoded: EncodedQuery) -> AnswerStats:
             logits = torch.stack([model(tokens[None].to(device))[0, pos] for tokens, pos in steps]).float()
         else:
             tokens = torch.cat([encoded.prompt, encoded.answer[:-1]])[None].to(device)
-            logits = model(tokens)[0, len(encoded.prompt) - 1 :].float()
+            logits = logits_at(model, tokens, len(encoded.answer))[0].float()
     log_probs = logits.log_softmax(-1)
     answer = encoded.answer.to(log_probs.device)
     token_lp = log_probs.gather(-1, answer[:, None])[:, 0]
@@ -131,19 +131,27 @@ def answer_probabilities(model, encoded: EncodedQuery) -> AnswerStats:
     return AnswerStats(token_lp.exp().cpu(), float(token_lp.mean().exp()), entropy, rank)
 
 
-def last_logits(model, tokens: Int[Tensor, "batch pos"], **kwargs) -> Float[Tensor, "batch d_vocab"]:
-    """Logits at the last position only.
+def logits_at(
+    model, tokens: Int[Tensor, "batch pos"], keep: int | Int[Tensor, "n"], **kwargs
+) -> Float[Tensor, "batch n d_vocab"]:
+    """Logits at some positions only: the last ``keep`` positions (an int) or the given ones.
 
-    Hugging Face causal LMs accept ``logits_to_keep=1`` and then skip the unembedding of every
+    Hugging Face causal LMs accept ``logits_to_keep`` and then skip the unembedding of every
     other position (a large saving with Gemma 3's 262k vocabulary); models that do not accept it
-    fall back to the full forward.
+    fall back to the full forward, sliced.
     """
     if getattr(model, "_lakn_logits_to_keep", True):
         try:
-            return model(tokens, logits_to_keep=1, **kwargs)[:, -1]
+            return model(tokens, logits_to_keep=keep, **kwargs)
         except TypeError:
             model._lakn_logits_to_keep = False
-    return model(tokens, **kwargs)[:, -1]
+    logits = model(tokens, **kwargs)
+    return logits[:, -keep:] if isinstance(keep, int) else logits[:, keep]
+
+
+def last_logits(model, tokens: Int[Tensor, "batch pos"], **kwargs) -> Float[Tensor, "batch d_vocab"]:
+    """Logits at the last position only (see :func:`logits_at`)."""
+    return logits_at(model, tokens, 1, **kwargs)[:, -1]
 
 
 def _visible(text: str) -> bool:
