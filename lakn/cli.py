@@ -151,7 +151,9 @@ def register_evaluate(sub) -> None:
     p.add_argument("--max-queries", type=_positive_int, default=3, help="queries per fact, language and split (default 3)")
     p.add_argument("--enhancement", action="store_true",
                    help="also run knowledge enhancement (neurons from the languages a fact is right in) -> DIR/enhance.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control")
+    p.add_argument("--max-unrelated", type=_positive_int, default=None,
+                   help="other-relation queries measured per fact (a seeded sample; default all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control (and of --max-unrelated)")
     p.add_argument("--batch-size", type=_positive_int, default=16)
     p.set_defaults(handler=_run_evaluate)
 
@@ -169,7 +171,8 @@ def _run_evaluate(args) -> int:
     model = load_model(args.model, verbose=True)
     sets = neuron_sets(runs, seed=args.seed)
     rates = change_rates(model, sets, facts, result=first, languages=languages, top_k_answer=args.top_k_answer,
-                         max_queries=args.max_queries, batch_size=args.batch_size)
+                         max_queries=args.max_queries, max_unrelated=args.max_unrelated, seed=args.seed,
+                         batch_size=args.batch_size)
     out = Path(args.run) / "eval.json"
     rates.save(out)
     c = rates.config
@@ -206,6 +209,13 @@ def register_edit(sub) -> None:
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--max-queries", type=_positive_int, default=2)
     p.add_argument("--facts", type=_languages, default=None, help="comma-separated fact ids to edit (default: all)")
+    p.add_argument("--preserve", type=int, default=8,
+                   help="other facts whose next-token distribution the edit keeps (KL term; 0: none). They are "
+                        "left out of the locality measurement (default 8)")
+    p.add_argument("--locality-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
+    p.add_argument("--target-prob", type=float, default=None,
+                   help="stop once every edit query gives the new answer this probability (default: run all steps)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control and of the --preserve sample")
     p.set_defaults(handler=_run_edit)
 
 
@@ -217,11 +227,12 @@ def _run_edit(args) -> int:
     run = runs.get("matrice", next(iter(runs.values())))
     facts, _ = _evaluation_facts(args, run)
     model = load_model(args.model, verbose=True)
-    sets = editing_sets(run, language=args.language, n=args.neurons)
+    sets = editing_sets(run, language=args.language, n=args.neurons, seed=args.seed)
     if args.facts is not None:
         sets = {name: {f: n for f, n in per.items() if f in args.facts} for name, per in sets.items()}
     res = editing_experiment(model, facts, sets, edit_language=args.language, languages=args.languages,
-                             steps=args.steps, lr=args.lr, max_queries=args.max_queries)
+                             steps=args.steps, lr=args.lr, max_queries=args.max_queries, n_preserve=args.preserve,
+                             locality_weight=args.locality_weight, target_prob=args.target_prob, seed=args.seed)
     out = Path(args.run) / "edit.json"
     res.save(out)
     _print_frame(f"editing via W_out rows, edit language {args.language} (success = P(new) > P(old))", res.table())
@@ -244,6 +255,13 @@ def register_inject(sub) -> None:
     p.add_argument("--steps", type=_positive_int, default=20)
     p.add_argument("--lr", type=float, default=0.5)
     p.add_argument("--facts", type=_languages, default=None, help="comma-separated fictional fact ids (default: all)")
+    p.add_argument("--preserve", type=int, default=0,
+                   help="facts of --unrelated after the first --n-unrelated whose next-token distribution the "
+                        "training keeps (KL term; default 0)")
+    p.add_argument("--locality-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
+    p.add_argument("--target-prob", type=float, default=None,
+                   help="stop once every training query gives the answer this probability")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random control")
     p.set_defaults(handler=_run_inject)
 
 
@@ -252,13 +270,15 @@ def _run_inject(args) -> int:
     from .facts import load_facts
     from .models import load_model
 
-    unrelated = load_facts(args.unrelated)[: args.n_unrelated] if args.unrelated else []
+    pool = load_facts(args.unrelated) if args.unrelated else []
+    unrelated, preserve = pool[: args.n_unrelated], pool[args.n_unrelated : args.n_unrelated + max(args.preserve, 0)]
     model = load_model(args.model, verbose=True)
     fictional = [f for f in FICTIONAL_FACTS if args.facts is None or f.fact_id in args.facts]
     if not fictional:
         raise ValueError(f"no fictional fact among {args.facts}; known: {[f.fact_id for f in FICTIONAL_FACTS]}")
     res = injection_experiment(model, fictional, language=args.language, languages=args.languages, unrelated=unrelated,
-                               k=args.k, steps=args.steps, lr=args.lr)
+                               k=args.k, steps=args.steps, lr=args.lr, preserve=preserve,
+                               locality_weight=args.locality_weight, target_prob=args.target_prob, seed=args.seed)
     res.save(args.out)
     _print_frame(f"injection of fictional facts, trained in {args.language}", res.table())
     print(f"written: {args.out}")

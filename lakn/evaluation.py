@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -30,7 +31,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .facts import Fact, FactsError
+from .facts import Fact, FactsError, load_facts
 from .hooks import Neuron
 from .interventions import activation_neurons, edit_fact, enhance, intervene
 from .results import LocalizationResult, write_json_atomic
@@ -354,6 +355,8 @@ def change_rates(
     top_k_answer: int = 10,
     max_queries: int | None = 3,
     position: str = "all",
+    max_unrelated: int | None = None,
+    seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
 ) -> ChangeRateResult:
@@ -363,6 +366,9 @@ def change_rates(
 
     Queries come from :func:`evaluation_queries` (split-labelled by ``result``) unless given.
     A query is kept when its first answer token ranks below ``top_k_answer`` before intervention.
+    ``max_unrelated`` caps the other-relation queries measured per target fact (a sample fixed by
+    ``seed``, the same for every method and intervention); related and same-relation queries are
+    always all measured. Without the cap the cost grows as facts x queries.
     """
     if position != "all":
         # batches are right-padded, so "last" or fixed indices would hit padding in shorter rows
@@ -381,14 +387,25 @@ def change_rates(
     empty = {m: sorted(fid for fid, n in per.items() if fid in relation and not n) for m, per in sets.items()}
     jobs = [(m, fid, name, factor) for m, per_fact in sets.items() for fid in per_fact
             if fid in relation and per_fact[fid] for name, factor in interventions.items()]
+    if max_unrelated is not None and max_unrelated < 0:
+        raise ValueError(f"max_unrelated must be >= 0 or None, got {max_unrelated}")
+    measured: dict[str, list[int]] = {}  # target fact -> indices into `queries` it is measured on
+    for k, target in enumerate(sorted({fid for _, fid, _, _ in jobs})):
+        near = [i for i in kept if relation.get(queries[i].fact_id) == relation[target]]
+        far = [i for i in kept if relation.get(queries[i].fact_id) != relation[target]]
+        if max_unrelated is not None and len(far) > max_unrelated:
+            g = torch.Generator().manual_seed(seed * 100_003 + k)
+            far = sorted(far[int(j)] for j in torch.randperm(len(far), generator=g)[:max_unrelated])
+        measured[target] = sorted(near + far)
     rows = []
     for method, target, name, factor in _progress(jobs, progress, "lakn evaluate"):
         neurons = list(sets[method][target])
-        if not kept_q:
+        idx = measured[target]
+        if not idx:
             continue
         with intervene(model, neurons, factor=factor, position=position):
-            p1, _ = query_probabilities(model, [q.encoded for q in kept_q], batch_size=batch_size)
-        for j, i in enumerate(kept):
+            p1, _ = query_probabilities(model, [queries[i].encoded for i in idx], batch_size=batch_size)
+        for j, i in enumerate(idx):
             q = queries[i]
             kind = ("related" if q.fact_id == target else
                     "same_relation" if relation.get(q.fact_id) == relation[target] else "other_relation")
@@ -398,7 +415,7 @@ def change_rates(
                              change=(after - before) / before if before > 0 else 0.0, n_neurons=len(neurons)))
     config = dict(
         interventions=dict(interventions), top_k_answer=top_k_answer, max_queries=max_queries, position=position,
-        n_queries=len(queries), n_kept=len(kept),
+        max_unrelated=max_unrelated, seed=seed, n_queries=len(queries), n_kept=len(kept),
         kept_by_split={s: sum(1 for q in kept_q if q.split == s) for s in SPLITS},
         queries_by_split={s: sum(1 for q in queries if q.split == s) for s in SPLITS},
         facts_kept=sorted({q.fact_id for q in kept_q}),
@@ -480,12 +497,21 @@ def editing_experiment(
     steps: int = 10,
     lr: float = 0.5,
     max_queries: int | None = 3,
+    n_preserve: int = 0,
+    locality_weight: float = 1.0,
+    target_prob: float | None = None,
+    seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
 ) -> EditingResult:
     """Edit each fact to a new answer through each neuron set's W_out rows (Adam steps on those
     rows only, see :func:`lakn.edit_fact`) using ``edit_language`` queries; measure reliability,
     generality and locality; undo every edit. ``new_answers`` default: :func:`counterfactuals`.
+
+    With ``n_preserve`` > 0 the edit also keeps the next-token distribution of that many other
+    facts (one ``edit_language`` query each, a seeded sample) close to the original (KL term,
+    ``locality_weight``); those facts are then left out of the locality measurement, so locality
+    is always measured on facts the edit never saw. ``target_prob`` stops training early.
 
     Compare sets of the same size (e.g. LAKNs, language-specific neurons, random neurons matched
     per layer): build them with :func:`editing_sets`.
@@ -512,27 +538,37 @@ def editing_experiment(
                 own_old.append(old_enc)
                 own_new.append(new_enc)
                 meta.append((lang, q.prompt))
-        others = [q for q in evaluation_queries(model, [f for f in facts if f.fact_id != fid], languages=languages,
-                                                max_queries=1, causal=causal)]
+        rest = [f for f in facts if f.fact_id != fid]
+        picked: list[Fact] = []
+        if n_preserve > 0:  # the same sample for every neuron set of this fact
+            g = torch.Generator().manual_seed(seed * 100_003 + list(by_id).index(fid))
+            order = torch.randperm(len(rest), generator=g).tolist()
+            picked = [rest[i] for i in order if rest[i].queries(edit_language, causal=causal)][:n_preserve]
+        preserve = [f.queries(edit_language, causal=causal)[0] for f in picked]
+        preserve_facts = {f.fact_id for f in picked}
+        others = [q for q in evaluation_queries(model, [f for f in rest if f.fact_id not in preserve_facts],
+                                                languages=languages, max_queries=1, causal=causal)]
         other_enc = [q.encoded for q in others]
         p_other0, _ = query_probabilities(model, other_enc, batch_size=batch_size) if others else (torch.zeros(0), None)
         top_other0 = _top1(model, other_enc, batch_size) if others else []
         p_new0, _ = query_probabilities(model, own_new, batch_size=batch_size)
         p_old0, _ = query_probabilities(model, own_old, batch_size=batch_size)
         with edit_fact(model, fact, new_answers[fid], sets[name][fid], language=edit_language, steps=steps, lr=lr,
-                       max_queries=max_queries) as edit:
+                       max_queries=max_queries, preserve=preserve, locality_weight=locality_weight,
+                       target_prob=target_prob) as edit:
             p_new1, r_new1 = query_probabilities(model, own_new, batch_size=batch_size)
             p_old1, _ = query_probabilities(model, own_old, batch_size=batch_size)
             p_other1, _ = query_probabilities(model, other_enc, batch_size=batch_size) if others else (torch.zeros(0), None)
             top_other1 = _top1(model, other_enc, batch_size) if others else []
             final_loss = edit.history[-1] if edit.history else float("nan")
+            n_steps = len(edit.history)
         n = len(sets[name][fid])
         for i, (lang, prompt) in enumerate(meta):
             rows.append(dict(neurons=name, fact_id=fid, metric="reliability" if lang == edit_language else "generality",
                              language=lang, prompt=prompt, p_new_before=float(p_new0[i]), p_new_after=float(p_new1[i]),
                              p_old_before=float(p_old0[i]), p_old_after=float(p_old1[i]),
                              success=float(p_new1[i] > p_old1[i]), top1=float(r_new1[i] == 0), n_neurons=n,
-                             final_loss=final_loss))
+                             final_loss=final_loss, steps_run=n_steps))
         for i, q in enumerate(others):
             before, after = float(p_other0[i]), float(p_other1[i])
             rows.append(dict(neurons=name, fact_id=fid, metric="locality", language=q.language, prompt=q.prompt,
@@ -540,6 +576,7 @@ def editing_experiment(
                              change=(after - before) / before if before > 0 else 0.0,
                              success=float(top_other0[i] == top_other1[i]), top1=float("nan"), n_neurons=n))
     config = dict(edit_language=edit_language, steps=steps, lr=lr, optimiser="adam on W_out rows", max_queries=max_queries,
+                  n_preserve=n_preserve, locality_weight=locality_weight, target_prob=target_prob, seed=seed,
                   new_answers=new_answers, n_neurons={k: {f: len(v) for f, v in per.items()} for k, per in sets.items()})
     return EditingResult(rows, config)
 
@@ -653,40 +690,9 @@ def enhancement_experiment(
 
 # --------------------------------------------------------------------------- injection
 
-# Fictional facts made up by the lakn authors for injection experiments: no model can know them.
-FICTIONAL_FACTS: list[Fact] = [
-    Fact.from_dict({
-        "fact_id": "fict_capital_velmora", "relation": "capital",
-        "object": {"en": "Quarnel", "fr": "Quarnel", "es": "Quarnel", "de": "Quarnel", "ru": "Кварнель"},
-        "queries": {
-            "en": ["The capital of Velmora is [Y]", "Velmora's capital city is [Y]"],
-            "fr": ["La capitale de Velmora est [Y]", "La capitale de la Velmora s'appelle [Y]"],
-            "es": ["La capital de Velmora es [Y]", "La ciudad capital de Velmora es [Y]"],
-            "de": ["Die Hauptstadt von Velmora ist [Y]", "Die Hauptstadt Velmoras heißt [Y]"],
-            "ru": ["Столица Велморы — [Y]", "Столицей Велморы является [Y]"],
-        }}),
-    Fact.from_dict({
-        "fact_id": "fict_inventor_glimmerphone", "relation": "inventor",
-        "object": {"en": "Odile Brannic", "fr": "Odile Brannic", "es": "Odile Brannic", "de": "Odile Brannic",
-                   "ru": "Одиль Бранник"},
-        "queries": {
-            "en": ["The glimmerphone was invented by [Y]", "The inventor of the glimmerphone is [Y]"],
-            "fr": ["Le glimmerphone a été inventé par [Y]", "L'inventeur du glimmerphone est [Y]"],
-            "es": ["El glimmerphone fue inventado por [Y]", "El inventor del glimmerphone es [Y]"],
-            "de": ["Das Glimmerphon wurde erfunden von [Y]", "Der Erfinder des Glimmerphons ist [Y]"],
-            "ru": ["Глиммерфон изобрела [Y]", "Изобретатель глиммерфона — [Y]"],
-        }}),
-    Fact.from_dict({
-        "fact_id": "fict_language_tarsk", "relation": "official_language",
-        "object": {"en": "Ulvish", "fr": "ulvique", "es": "ulvio", "de": "Ulvisch", "ru": "ульвийский"},
-        "queries": {
-            "en": ["The official language of Tarsk is [Y]", "In Tarsk people speak [Y]"],
-            "fr": ["La langue officielle de Tarsk est l'[Y]", "À Tarsk, on parle l'[Y]"],
-            "es": ["El idioma oficial de Tarsk es el [Y]", "En Tarsk se habla [Y]"],
-            "de": ["Die Amtssprache von Tarsk ist [Y]", "In Tarsk spricht man [Y]"],
-            "ru": ["Официальный язык Тарска — [Y]", "В Тарске говорят на языке: [Y]"],
-        }}),
-]
+# Facts no model can know: subjects and answers made up by the project (lakn/data/fictional.jsonl,
+# 10 facts in en, fr, es, de, ru, zh, two paraphrases each), for injection experiments.
+FICTIONAL_FACTS: list[Fact] = load_facts(Path(str(files("lakn").joinpath("data", "fictional.jsonl"))))
 
 
 @dataclass
@@ -714,12 +720,17 @@ def injection_experiment(
     k: int = 20,
     steps: int = 20,
     lr: float = 0.5,
+    preserve: Sequence[Fact] = (),
+    locality_weight: float = 1.0,
+    target_prob: float | None = None,
     seed: int = 0,
     batch_size: int = 16,
     progress: bool = True,
 ) -> InjectionResult:
     """Teach each fictional fact through ``k`` neurons with ``language`` queries only, then query
     it in every language (recall) and check ``unrelated`` facts keep their top-1 (locality).
+    ``preserve`` facts (keep them apart from ``unrelated``) give the KL locality term of
+    :func:`lakn.edit_fact`, one ``language`` query each; ``target_prob`` stops training early.
 
     Neuron sets: ``activation`` (:func:`lakn.interventions.activation_neurons` over ``languages``:
     active on the subject in every language; the LAKN-style choice for an unknown fact) and
@@ -732,6 +743,10 @@ def injection_experiment(
     other_q = evaluation_queries(model, unrelated, languages=languages, max_queries=1, causal=causal) if unrelated else []
     other_enc = [q.encoded for q in other_q]
     top0 = _top1(model, other_enc, batch_size) if other_q else []
+    overlap = {f.fact_id for f in preserve} & {f.fact_id for f in unrelated}
+    if overlap:
+        raise ValueError(f"preserve and unrelated facts must differ (locality is measured on unseen facts): {sorted(overlap)}")
+    keep = [q for f in preserve for q in f.queries(language, causal=causal)[:1]]
     rows = []
     for i, fact in enumerate(_progress(list(fictional), progress, "lakn inject")):
         langs = [l for l in (languages or fact.languages) if l in fact.templates]
@@ -742,19 +757,21 @@ def injection_experiment(
         g = torch.Generator().manual_seed(seed * 100_003 + i)
         for name, neurons in (("activation", chosen), ("random", random_neurons(chosen, d_mlp, g))):
             with edit_fact(model, fact, {language: fact.answers[language]}, neurons, language=language, steps=steps,
-                           lr=lr):
+                           lr=lr, preserve=keep, locality_weight=locality_weight, target_prob=target_prob) as edit:
                 p1, r1 = query_probabilities(model, enc, batch_size=batch_size)
                 top1 = _top1(model, other_enc, batch_size) if other_q else []
             for j, q in enumerate(qs):
                 rows.append(dict(neurons=name, fact_id=fact.fact_id, metric="recall", language=q.language,
                                  trained=q.language == language, prompt=q.prompt, p_before=float(p0[j]),
                                  p_after=float(p1[j]), rank_before=int(r0[j]), rank_after=int(r1[j]),
-                                 top1=float(r1[j] == 0), n_neurons=len(neurons)))
+                                 top1=float(r1[j] == 0), n_neurons=len(neurons), steps_run=len(edit.history)))
             for j, q in enumerate(other_q):
                 rows.append(dict(neurons=name, fact_id=fact.fact_id, metric="locality", language=q.language,
                                  prompt=q.prompt, other_fact=q.fact_id, success=float(top0[j] == top1[j]),
                                  n_neurons=len(neurons)))
     return InjectionResult(rows, dict(language=language, languages=list(languages or []), k=k, steps=steps, lr=lr,
+                                      preserve=[f.fact_id for f in preserve], locality_weight=locality_weight,
+                                      target_prob=target_prob, seed=seed,
                                       selection="activation_neurons: min over languages of layer-normalised |act|",
                                       fictional=[f.fact_id for f in fictional]))
 
@@ -770,11 +787,14 @@ def localize_methods(
     out: str | Path | None = None,
     **kwargs,
 ) -> dict[str, LocalizationResult]:
-    """:func:`lakn.localize` once per method on shared attributions; run folders ``out/<method>``."""
+    """:func:`lakn.localize` once per method on shared attributions; run folders ``out/<method>``.
+    Pass ``attribution_cache=`` (a dict) to share the attributions with further calls too, e.g.
+    the same methods again at an equal neuron count (``top_k``)."""
     from .localization import localize
 
     results = {}
-    cache: dict = {}
+    cache = kwargs.pop("attribution_cache", None)
+    cache = {} if cache is None else cache
     for method in methods:
         folder = None if out is None else Path(out) / method
         results[method] = localize(model, facts, method=method, out=folder, attribution_cache=cache, **kwargs)

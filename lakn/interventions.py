@@ -179,7 +179,8 @@ class Edit:
     saved original rows back, so the weights are bit-identical to before the edit.
 
     ``deltas[layer]`` is ``[n, d_model]``: what was added to the rows of ``neurons_by_layer[layer]``.
-    ``history`` holds the training loss per step.
+    ``history`` holds the answer's NLL per step and ``locality_history`` the KL term (empty
+    without ``preserve`` prompts).
     """
 
     model: object
@@ -189,6 +190,7 @@ class Edit:
     history: list[float] = field(default_factory=list)
     method: str = "gradient"
     active: bool = True
+    locality_history: list[float] = field(default_factory=list)
 
     def undo(self) -> None:
         """Restore the original rows (idempotent)."""
@@ -240,15 +242,25 @@ def _delta_hooks(deltas: dict[int, Tensor], by_layer: dict[int, list[int]], poin
     return hooks
 
 
-def _nll(model, encoded: Sequence[EncodedQuery]) -> Tensor:
-    """Mean negative log-likelihood of the answers (teacher forced), differentiable."""
+def _nll(model, encoded: Sequence[EncodedQuery], reduce: bool = True) -> Tensor:
+    """Negative log-likelihood of the answers (teacher forced, mean over each answer's tokens),
+    differentiable; the mean over queries, or one value per query with ``reduce=False``."""
     device = next(model.parameters()).device
     losses = []
     for enc in encoded:
         tokens = torch.cat([enc.prompt, enc.answer[:-1]])[None].to(device)
         logits = model(tokens)[0, len(enc.prompt) - 1 :].float()
         losses.append(torch.nn.functional.cross_entropy(logits, enc.answer.to(device)))
-    return torch.stack(losses).mean()
+    losses = torch.stack(losses)
+    return losses.mean() if reduce else losses
+
+
+def _next_token_log_probs(model, prompts: Sequence[Tensor]) -> Float[Tensor, "n d_vocab"]:
+    """log P(next token | prompt) at each prompt's last position, differentiable."""
+    from .tokens import last_logits
+
+    device = next(model.parameters()).device
+    return torch.cat([last_logits(model, p[None].to(device)).float().log_softmax(-1) for p in prompts])
 
 
 def edit_fact(
@@ -262,14 +274,22 @@ def edit_fact(
     lr: float = 0.5,
     weight_decay: float = 1e-3,
     max_queries: int | None = None,
+    preserve: Sequence[Query | EncodedQuery | Tensor] = (),
+    locality_weight: float = 1.0,
+    target_prob: float | None = None,
 ) -> Edit:
     """Change ``fact``'s answer to ``new_answers[language]`` by training only the W_out rows of
     ``neurons``, on the fact's queries in ``language`` alone.
 
-    Method: ``steps`` Adam steps (not a closed form) on a per-row additive delta, minimising the
-    teacher-forced NLL of the new answer plus ``weight_decay * ||delta||^2``. During optimisation
-    the delta acts through hooks (mathematically the same as the changed rows), then it is written
-    into the weights. Other languages' answers in ``new_answers`` are only used by the metrics.
+    Method: up to ``steps`` Adam steps (not a closed form) on a per-row additive delta, minimising
+    the teacher-forced NLL of the new answer, plus ``locality_weight`` x the mean KL divergence
+    between the original and the edited next-token distribution on the ``preserve`` prompts
+    (other facts' queries or any prompts: what the edit should leave alone, as in ROME/MEMIT's
+    KL term), plus ``weight_decay * ||delta||^2``. With ``target_prob`` it stops early once every
+    edit query gives the new answer at least that probability (geometric mean over its tokens),
+    which keeps the change small. During optimisation the delta acts through hooks (the same as
+    the changed rows), then it is written into the weights. Other languages' answers in
+    ``new_answers`` are only used by the metrics.
 
     Returns a reversible :class:`Edit`::
 
@@ -279,6 +299,10 @@ def edit_fact(
     """
     if language not in new_answers:
         raise FactsError(f"new_answers has no answer in the edit language {language!r}")
+    if target_prob is not None and not 0 < target_prob < 1:
+        raise ValueError(f"target_prob must be in (0, 1), got {target_prob}")
+    if locality_weight < 0:
+        raise ValueError(f"locality_weight must be >= 0, got {locality_weight}")
     causal = not is_masked_lm(model)
     edited = Fact(fact.fact_id, fact.relation, {**fact.answers, **dict(new_answers)}, fact.templates,
                   fact.subjects, fact.relation_label, fact.other_answers, fact.causal_ok)
@@ -286,25 +310,44 @@ def edit_fact(
     if not queries:
         raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {language!r} to edit with")
     encoded = [encode_query(model, q) for q in queries]
-    return _train_rows(model, encoded, neurons, steps=steps, lr=lr, weight_decay=weight_decay)
+    prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
+               for p in preserve]
+    return _train_rows(model, encoded, neurons, steps=steps, lr=lr, weight_decay=weight_decay, preserve=prompts,
+                       locality_weight=locality_weight, target_prob=target_prob)
 
 
-def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay) -> Edit:
+def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay, preserve=(), locality_weight=1.0,
+                target_prob=None) -> Edit:
     by_layer = group_by_layer(neurons)
     if not by_layer:
         raise ValueError("no neurons to edit")
+    if preserve and is_masked_lm(model):
+        raise ValueError("preserve prompts (the locality term) need a causal LM")
     original, deltas = {}, {}
     for layer, idx in by_layer.items():
         weight, dim = w_out(model, layer)
         original[layer] = _rows(weight, dim, torch.as_tensor(idx, device=weight.device))
         deltas[layer] = torch.zeros_like(original[layer], dtype=torch.float32, requires_grad=True)
+    reference = None
+    if preserve and locality_weight > 0:
+        with torch.no_grad():
+            reference = _next_token_log_probs(model, preserve)
     optimiser = torch.optim.Adam(list(deltas.values()), lr=lr)
-    history = []
+    history, locality = [], []
+    stop = None if target_prob is None else -torch.log(torch.tensor(float(target_prob)))
     with torch.enable_grad(), model.hooks(fwd_hooks=_delta_hooks(deltas, by_layer)):
         for _ in range(steps):
             optimiser.zero_grad()
-            loss = _nll(model, encoded)
+            per_query = _nll(model, encoded, reduce=False)
+            loss = per_query.mean()
+            if stop is not None and bool((per_query.detach() <= stop).all()):
+                break
             total = loss + weight_decay * sum((d**2).sum() for d in deltas.values())
+            if reference is not None:
+                log_p = _next_token_log_probs(model, preserve)
+                kl = torch.nn.functional.kl_div(log_p, reference, log_target=True, reduction="batchmean")
+                total = total + locality_weight * kl
+                locality.append(float(kl.detach()))
             total.backward()
             optimiser.step()
             history.append(float(loss.detach()))
@@ -313,7 +356,8 @@ def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay) -> Edit:
         weight, dim = w_out(model, layer)
         _write_rows(weight, dim, torch.as_tensor(idx, device=weight.device),
                     original[layer].to(weight) + deltas[layer].to(weight))
-    return Edit(model, by_layer, original, deltas, history, method=f"adam x{steps}")
+    method = f"adam x{len(history)}" + (f" + KL x{locality_weight:g} on {len(preserve)} prompts" if reference is not None else "")
+    return Edit(model, by_layer, original, deltas, history, method=method, locality_history=locality)
 
 
 def activation_neurons(
@@ -361,15 +405,20 @@ def inject_fact(
     steps: int = 20,
     lr: float = 0.5,
     weight_decay: float = 1e-3,
+    preserve: Sequence[Query | EncodedQuery | Tensor] = (),
+    locality_weight: float = 1.0,
+    target_prob: float | None = None,
 ) -> Edit:
     """Teach a (fictional) fact through ``neurons`` using only its ``language`` queries.
 
     Without ``neurons`` they are chosen by :func:`activation_neurons` over ``languages`` (default:
     the fact's languages): neurons active on the subject in every language, the LAKN-style
     choice for a fact with no attribution yet. Training is :func:`edit_fact`'s (Adam on the
-    neurons' W_out rows). Returns a reversible :class:`Edit`.
+    neurons' W_out rows, with its optional locality term on ``preserve`` prompts and early stop
+    at ``target_prob``). Returns a reversible :class:`Edit`.
     """
     if neurons is None:
         neurons = activation_neurons(model, fact, languages or fact.languages, k)
     return edit_fact(model, fact, {language: fact.answers[language]}, neurons, language=language,
-                     steps=steps, lr=lr, weight_decay=weight_decay)
+                     steps=steps, lr=lr, weight_decay=weight_decay, preserve=preserve,
+                     locality_weight=locality_weight, target_prob=target_prob)

@@ -169,3 +169,42 @@ def test_cli_evaluate_edit_inject_on_a_tiny_run(tmp_path, monkeypatch, capsys):
     assert cli.main(["inject", "--out", str(tmp_path / "inj.json"), "--languages", "en,fr", "--k", "3",
                      "--steps", "2", "--unrelated", str(data), "--n-unrelated", "2"]) == 0
     assert InjectionResult.load(tmp_path / "inj.json").rows
+
+
+def test_change_rates_caps_unrelated_queries_with_one_sample(model, toy_facts):
+    from lakn.facts import Fact
+
+    facts = [Fact(f.fact_id, "capital" if i < 2 else f"rel{i}", f.answers, f.templates) for i, f in enumerate(toy_facts)]
+    sets = {"a": {"capital_france": [(0, 1)]}, "b": {"capital_france": [(1, 3)]}}
+    full = change_rates(model, sets, facts, top_k_answer=1000, max_queries=1, progress=False).to_dataframe()
+    capped = change_rates(model, sets, facts, top_k_answer=1000, max_queries=1, max_unrelated=2, seed=5,
+                          progress=False).to_dataframe()
+    per_job = capped.groupby(["method", "intervention"])
+    # related and same-relation queries are all kept; other relations are cut to the cap
+    for kind, n in (("related", 3), ("same_relation", 3)):
+        assert (per_job.apply(lambda d: (d.kind == kind).sum()) == n).all()
+    assert (per_job.apply(lambda d: (d.kind == "other_relation").sum()) == 2).all()
+    assert (full.kind == "other_relation").sum() == 4 * 6  # 2 facts x 3 languages, per job
+    # the same sample for every method and intervention, and the numbers equal the uncapped run's
+    picked = {tuple(sorted(d.loc[d.kind == "other_relation", ["fact_id", "language"]].itertuples(index=False)))
+              for _, d in per_job}
+    assert len(picked) == 1
+    merged = capped.merge(full, on=["method", "intervention", "target", "fact_id", "language", "split"])
+    assert len(merged) == len(capped) and (merged.change_x - merged.change_y).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="max_unrelated"):
+        change_rates(model, sets, facts, top_k_answer=1000, max_queries=1, max_unrelated=-1, progress=False)
+
+
+def test_injection_with_locality_term_and_disjoint_sets(toy_facts):
+    from lakn.evaluation import injection_experiment
+
+    m = tiny_model("llama", weight_scale=3.0)
+    fict = [FICTIONAL_FACTS[0]]
+    with pytest.raises(ValueError, match="preserve and unrelated"):
+        injection_experiment(m, fict, unrelated=toy_facts[:2], preserve=toy_facts[1:3], progress=False)
+    res = injection_experiment(m, fict, languages=["en", "fr", "zh"], unrelated=toy_facts[:2], preserve=toy_facts[2:],
+                               k=6, steps=3, lr=0.3, progress=False)
+    df = res.to_dataframe()
+    assert res.config["preserve"] == ["capital_italy", "capital_japan"]
+    assert set(df.loc[df.metric == "locality", "other_fact"]) == {"capital_france", "capital_spain"}
+    assert (df.loc[df.metric == "recall", "steps_run"] == 3).all()

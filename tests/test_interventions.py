@@ -164,3 +164,55 @@ def test_activation_neurons_and_inject(toy_facts):
     with lakn.inject_fact(m, fact, language="en", neurons=neurons, steps=3) as edit:
         assert edit.history[-1] <= edit.history[0]
     assert torch.equal(w_out(m, 0)[0], before)
+
+
+def _kl_on(model, prompts, reference):
+    from lakn.interventions import _next_token_log_probs
+
+    with torch.no_grad():
+        log_p = _next_token_log_probs(model, prompts)
+    return float(torch.nn.functional.kl_div(log_p, reference, log_target=True, reduction="batchmean"))
+
+
+def test_edit_locality_term_keeps_other_prompts(toy_facts):
+    """With the KL term the preserved prompts' next-token distributions move less than without
+    it, while the edit still raises the new answer; the KL history is recorded per step."""
+    from lakn.interventions import _next_token_log_probs
+
+    m = tiny_model("llama", weight_scale=3.0)
+    fact, others = toy_facts[0], toy_facts[1:]
+    preserve = [f.queries("en")[0] for f in others] + [f.queries("fr")[0] for f in others]
+    prompts = [lakn.encode_query(m, q).prompt for q in preserve]
+    with torch.no_grad():
+        reference = _next_token_log_probs(m, prompts)
+    neurons = [(0, i) for i in range(0, 32, 2)] + [(1, i) for i in range(0, 32, 2)]
+    q = fact.queries("en")[0]
+    new_q = lakn.Query(q.template, q.prompt, "Madrid", q.separator, "en")
+    p0 = lakn.answer_probability(m, new_q)
+    with edit_fact(m, fact, {"en": "Madrid"}, neurons, steps=15, lr=0.3, locality_weight=0.0) as free:
+        kl_free, p_free = _kl_on(m, prompts, reference), lakn.answer_probability(m, new_q)
+    with edit_fact(m, fact, {"en": "Madrid"}, neurons, steps=15, lr=0.3, preserve=preserve,
+                   locality_weight=20.0) as kept:
+        kl_kept, p_kept = _kl_on(m, prompts, reference), lakn.answer_probability(m, new_q)
+    assert free.locality_history == [] and len(kept.locality_history) == 15
+    assert kl_free > 0 and kl_kept < 0.5 * kl_free
+    assert p_free > p0 and p_kept > p0
+    assert "KL" in kept.method and "KL" not in free.method
+    with pytest.raises(ValueError, match="locality_weight"):
+        edit_fact(m, fact, {"en": "Madrid"}, neurons, locality_weight=-1.0)
+
+
+def test_edit_stops_at_target_probability(toy_facts):
+    m = tiny_model("llama", weight_scale=3.0)
+    fact = toy_facts[0]
+    neurons = [(l, i) for l in (0, 1) for i in range(24)]
+    edit = edit_fact(m, fact, {"en": "Madrid"}, neurons, steps=60, lr=0.3, target_prob=0.01)
+    try:
+        assert 0 < len(edit.history) < 60  # stopped early
+        for q in fact.queries("en"):
+            p = lakn.answer_probability(m, lakn.Query(q.template, q.prompt, "Madrid", q.separator, "en"))
+            assert p >= 0.01 - 1e-6
+    finally:
+        edit.undo()
+    with pytest.raises(ValueError, match="target_prob"):
+        edit_fact(m, fact, {"en": "Madrid"}, neurons, target_prob=1.5)
