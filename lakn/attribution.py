@@ -21,6 +21,7 @@ Three ways to compute it (``mode=``):
   layers from ONE forward and backward pass. It is integrated gradients with a single step
   (m = 1) and is an approximation: use it to screen, then run exact IG where it matters
   (``coarse_to_fine``). Its agreement with exact IG is measured in ``benchmarks/README.md``.
+  It skips the completeness check unless asked (``completeness=True``: one more row per layer).
 
 Models with a post-MLP normalisation (Gemma 2/3's ``post_feedforward_layernorm``) are
 scale-invariant in the MLP activation: F(alpha a) = F(a) for alpha > 0 (up to the norm's eps).
@@ -125,6 +126,7 @@ def integrated_gradients(
     point: str = MLP_POST,
     grid: Grid = "right",
     mode: Mode = "auto",
+    completeness: bool | None = None,
 ) -> QueryAttribution:
     """Integrated gradients of P(answer) for every neuron of the chosen layers.
 
@@ -132,7 +134,10 @@ def integrated_gradients(
     ``batch_size`` is the chunk size: rows (layer, step) per forward/backward pass; it bounds
     memory and never changes the result. ``mode``: ``"auto"`` (fast exact path where verified,
     else reference), ``"fast"``, ``"reference"`` or ``"approx"`` (activation x gradient, one pass;
-    ``steps`` and ``grid`` are ignored), see the module docstring.
+    ``steps`` and ``grid`` are ignored), see the module docstring. ``completeness``: also run
+    each layer at its baseline to report the completeness error (default: yes for exact IG, where
+    it costs one row in m + 1; no for ``"approx"``, where those rows would be most of the cost);
+    when skipped, ``completeness_error`` is NaN.
 
     Example: ``attr = integrated_gradients(model, fact.queries("en")[0], steps=20)``;
     ``attr.attributions[l].sum()`` ~= P(y) - P(y | layer l at baseline).
@@ -161,6 +166,7 @@ def integrated_gradients(
     error = torch.zeros(len(layers))
     used = "approx" if mode == "approx" else ("fast" if fast else "reference")
     one = _approx_one_token if mode == "approx" else _ig_one_token
+    check = (mode != "approx") if completeness is None else bool(completeness)
     for t in range(n_tokens):
         tokens, position = encoded.step(t)
         target = int(encoded.answer[t])
@@ -168,14 +174,15 @@ def integrated_gradients(
         if fast:
             run = _fast_runner(model, tokens, float(stats.token_probs[t]))
             try:
-                result = None if run is None else one(run, target, layers, steps, baseline, batch_size, point, grid)
+                result = None if run is None else one(run, target, layers, steps, baseline, batch_size, point, grid,
+                                                          check)
             except _FastMismatch as err:
                 warnings.warn(str(err), stacklevel=2)
             if result is None:
                 fast, used = False, ("approx" if mode == "approx" else "reference")
         if result is None:
             run = _reference_runner(model, tokens, position if encoded.masked else None)
-            result = one(run, target, layers, steps, baseline, batch_size, point, grid)
+            result = one(run, target, layers, steps, baseline, batch_size, point, grid, check)
         attr_t, err_t = result
         total = attr_t if total is None else total + attr_t
         error += err_t
@@ -309,6 +316,33 @@ def _fast_runner(model, tokens, p_full: float | None = None):
     return run
 
 
+class _TargetProbability(torch.autograd.Function):
+    """softmax(logits)[:, target] with a lean backward, dP/dz = P (onehot - softmax(z)), built in
+    one [rows, d_vocab] buffer: autograd's softmax + index would add a zero-filled one-hot
+    tensor, a softmax output and a softmax-backward buffer of that size (Gemma 3: 262k columns)."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: int) -> Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        prob = (logits[:, target] - lse).exp()
+        ctx.save_for_backward(logits, lse, prob)
+        ctx.target = target
+        return prob
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        logits, lse, prob = ctx.saved_tensors
+        scaled = grad * prob
+        out = logits.sub(lse[:, None]).exp_().mul_(-scaled[:, None])
+        out[:, ctx.target] += scaled
+        return out, None
+
+
+def target_probability(logits: Float[Tensor, "row d_vocab"], target: int) -> Float[Tensor, "row"]:
+    """P(target) per row from logits, differentiable (the IG objective F)."""
+    return _TargetProbability.apply(logits, int(target))
+
+
 class _FastMismatch(RuntimeError):
     """The fast path's clean probability disagrees with the full forward."""
 
@@ -338,17 +372,17 @@ def _baselines(baseline, layers, d_mlp):
     return {l: baseline[l].detach().float().cpu() for l in layers}
 
 
-def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid):
+def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid, completeness=True):
     # 1. one clean pass: the real activations a at the answer position, and F(a)
     clean, f_clean = _clean_pass(run, target, layers, point)
     d_mlp = clean[layers[0]].shape[-1]
     base = _baselines(baseline, layers, d_mlp)
     # 2. rows = (layer, step); step 0 of each layer is alpha = 0, the baseline, giving F(b) for
     # the completeness check (with grid="linspace" alpha = 0 is also a real step: kept apart)
-    alphas = torch.cat([torch.zeros(1), step_grid(steps, grid)])
+    alphas = torch.cat([torch.zeros(1), step_grid(steps, grid)]) if completeness else step_grid(steps, grid)
     row_layer = torch.tensor(layers).repeat_interleave(len(alphas))
     row_alpha = alphas.repeat(len(layers))
-    row_is_base = (torch.arange(len(row_layer)) % len(alphas)) == 0
+    row_is_base = ((torch.arange(len(row_layer)) % len(alphas)) == 0) & completeness
     grad_sum = {l: torch.zeros(d_mlp) for l in layers}
     f_base = {}
     for start in range(0, len(row_layer), batch_size):
@@ -361,7 +395,7 @@ def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid)
             rows = (chunk_layer == l).nonzero()[:, 0]
             fn = interpolation_hook(rows, clean[l], base[l], chunk_alpha[rows], leaves, l, run.position)
             fwd_hooks.append((hook_name(l, point), fn))
-        probs = run(len(chunk_layer), fwd_hooks).softmax(-1)[:, target]
+        probs = target_probability(run(len(chunk_layer), fwd_hooks), target)
         keys = list(leaves)
         grads = torch.autograd.grad(probs.sum(), [leaves[k] for k in keys])
         for l, g in zip(keys, grads):
@@ -371,6 +405,8 @@ def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid)
             if is_base.any():
                 f_base[l] = float(probs.detach()[rows[is_base][0]])
     attr = torch.stack([(clean[l].float().cpu() - base[l]) * grad_sum[l] / steps for l in layers])
+    if not completeness:
+        return attr, torch.full((len(layers),), float("nan"))
     error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
     return attr, error
 
@@ -390,17 +426,20 @@ def _gradient_hook(leaves: dict, clean: dict, key, position: int = -1):
     return hook
 
 
-def _approx_one_token(run, target, layers, steps, baseline, batch_size, point, grid):
+def _approx_one_token(run, target, layers, steps, baseline, batch_size, point, grid, completeness=False):
     """Activation x gradient: (a - b) * dF/da at the real activations, all layers in one pass."""
     leaves: dict[int, Tensor] = {}
     clean: dict[int, Tensor] = {}
-    probs = run(1, [(hook_name(l, point), _gradient_hook(leaves, clean, l, run.position)) for l in layers]).softmax(-1)
-    f_clean = float(probs[0, target].detach())
+    prob = target_probability(run(1, [(hook_name(l, point), _gradient_hook(leaves, clean, l, run.position))
+                                      for l in layers]), target)
+    f_clean = float(prob[0].detach())
     _check_clean(run, f_clean)
-    grads = torch.autograd.grad(probs[0, target], [leaves[l] for l in layers])
+    grads = torch.autograd.grad(prob[0], [leaves[l] for l in layers])
     d_mlp = clean[layers[0]].shape[-1]
     base = _baselines(baseline, layers, d_mlp)
     attr = torch.stack([(clean[l].float().cpu() - base[l]) * g[0].float().cpu() for l, g in zip(layers, grads)])
+    if not completeness:
+        return attr, torch.full((len(layers),), float("nan"))
     # F(b) per layer (forward only, one row per layer) for the completeness error
     f_base = {}
     with torch.no_grad():

@@ -151,7 +151,9 @@ def logits_at(
 
 def last_logits(model, tokens: Int[Tensor, "batch pos"], **kwargs) -> Float[Tensor, "batch d_vocab"]:
     """Logits at the last position only (see :func:`logits_at`)."""
-    return logits_at(model, tokens, 1, **kwargs)[:, -1]
+    logits = logits_at(model, tokens, 1, **kwargs)
+    # squeeze, not [:, -1]: its backward is a view, not a zero-filled [batch, 1, d_vocab] copy
+    return logits.squeeze(1) if logits.shape[1] == 1 else logits[:, -1]
 
 
 def _visible(text: str) -> bool:

@@ -145,7 +145,7 @@ def test_first_token_only(models):
 def test_chunk_size_does_not_change_result(models, mode):
     model = models("gpt2", n_layers=3)
     q = query(model, n_answer=2)
-    results = [integrated_gradients(model, q, steps=5, batch_size=b, mode=mode) for b in (1, 4, 7, 1000)]
+    results = [integrated_gradients(model, q, steps=5, batch_size=b, mode=mode, completeness=True) for b in (1, 4, 7, 1000)]
     scale = results[0].attributions.abs().max()
     for other in results[1:]:  # equal up to float rounding (matmul kernels differ by batch size)
         assert torch.allclose(results[0].attributions, other.attributions, atol=1e-6 * scale, rtol=1e-4)
@@ -308,13 +308,40 @@ def test_approx_is_one_step_integrated_gradients(models, arch):
     """Activation x gradient from one pass equals exact IG with m = 1 (alpha = 1 only)."""
     model = models(arch)
     q = query(model, n_answer=2)
-    approx = integrated_gradients(model, q, mode="approx")
+    approx = integrated_gradients(model, q, mode="approx", completeness=True)
     one_step = integrated_gradients(model, q, steps=1, mode="reference")
     assert approx.mode == "approx"
     scale = one_step.attributions.abs().max()
     assert torch.allclose(approx.attributions, one_step.attributions, atol=1e-5 * scale, rtol=1e-4)
     assert torch.allclose(approx.completeness_error, one_step.completeness_error, atol=1e-5 * scale + 1e-8,
                           rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["approx", "fast", "reference"])
+def test_completeness_check_can_be_skipped_without_changing_attributions(models, mode):
+    model = models("gemma3")
+    q = query(model, n_answer=2)
+    checked = integrated_gradients(model, q, steps=3, mode=mode, completeness=True)
+    skipped = integrated_gradients(model, q, steps=3, mode=mode, completeness=False)
+    assert torch.equal(checked.attributions, skipped.attributions) or torch.allclose(
+        checked.attributions, skipped.attributions, rtol=1e-5, atol=1e-7 * float(checked.attributions.abs().max()))
+    assert torch.isfinite(checked.completeness_error).all() and torch.isnan(skipped.completeness_error).all()
+    default = integrated_gradients(model, q, steps=3, mode=mode)
+    assert torch.isnan(default.completeness_error).all() == (mode == "approx")
+
+
+def test_target_probability_gradient_matches_softmax():
+    from lakn.attribution import target_probability
+
+    logits = torch.randn(5, 300, dtype=torch.float64) * 3
+    weights = torch.rand(5, dtype=torch.float64)
+    x = logits.clone().requires_grad_(True)
+    (target_probability(x, 17) * weights).sum().backward()
+    y = logits.clone().requires_grad_(True)
+    (y.softmax(-1)[:, 17] * weights).sum().backward()
+    assert torch.allclose(target_probability(logits, 17), logits.softmax(-1)[:, 17], rtol=1e-12)
+    assert torch.allclose(x.grad, y.grad, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda z: target_probability(z, 3), (logits[:2, :20].clone().requires_grad_(True),))
 
 
 def test_coarse_to_fine_refines_chosen_layers(models):
