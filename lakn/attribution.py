@@ -69,6 +69,10 @@ MODES = ("auto", "fast", "reference", "approx")
 FAST_VERIFIED_ARCHITECTURES = frozenset(
     {"GPT2LMHeadModel", "LlamaForCausalLM", "Gemma3ForCausalLM", "BloomForCausalLM"}
 )
+# Families where the fast path branches rows off one clean row inside the pass (_suffix_ig): their
+# blocks take any batch size per layer. BLOOM is not among them (its ALiBi bias is built once for
+# the input batch), so it runs the per-row fast path.
+SUFFIX_VERIFIED_ARCHITECTURES = frozenset({"GPT2LMHeadModel", "LlamaForCausalLM", "Gemma3ForCausalLM"})
 # |P_fast(y) - P_full(y)| allowed on the clean pass before the fast path is distrusted
 _FAST_CHECK_TOL = 1e-4
 
@@ -173,9 +177,10 @@ def integrated_gradients(
         result = None
         if fast:
             run = _fast_runner(model, tokens, float(stats.token_probs[t]))
+            fn = _suffix_ig if mode != "approx" and _architecture(model) in SUFFIX_VERIFIED_ARCHITECTURES else one
             try:
-                result = None if run is None else one(run, target, layers, steps, baseline, batch_size, point, grid,
-                                                          check)
+                result = None if run is None else fn(run, target, layers, steps, baseline, batch_size, point, grid,
+                                                         check)
             except _FastMismatch as err:
                 warnings.warn(str(err), stacklevel=2)
             if result is None:
@@ -281,25 +286,34 @@ def _quiet_cache_warning():
         yield
 
 
-def _fast_runner(model, tokens, p_full: float | None = None):
-    """One clean pass over ``tokens[:-1]`` fills a key/value cache; each later call runs only the
-    last token, for ``n_rows`` rows, against a copy of that cache. Returns None (use the
-    reference) when the cache stays empty or the clean probability disagrees with ``p_full``."""
+def _prefix_cache(model, tokens):
+    """One clean pass over ``tokens[:-1]`` into a Hugging Face key/value cache (batch 1).
+    Returns ``(cache or None for a one-token prompt, last token [1, 1])``, or None when the cache
+    stays empty (the bridge did not fill it: use the reference)."""
     from transformers import DynamicCache
 
-    device = _device(model)
-    tokens = tokens[None].to(device)
-    config = model.original_model.config
+    tokens = tokens[None].to(_device(model))
     prefix, last = tokens[:, :-1], tokens[:, -1:]
-    cache = None
-    if prefix.shape[1]:
-        cache = DynamicCache(config=config)
-        with torch.no_grad(), _bridge_kv_cache(model), _quiet_cache_warning():
-            last_logits(model, prefix, past_key_values=cache)
-        if cache.get_seq_length() != prefix.shape[1]:
-            warnings.warn(f"lakn: the key/value cache of {_architecture(model)} stayed empty; "
-                          "using the reference integrated gradients", stacklevel=3)
-            return None
+    if not prefix.shape[1]:
+        return None, last
+    cache = DynamicCache(config=model.original_model.config)
+    with torch.no_grad(), _bridge_kv_cache(model), _quiet_cache_warning():
+        last_logits(model, prefix, past_key_values=cache)
+    if cache.get_seq_length() != prefix.shape[1]:
+        warnings.warn(f"lakn: the key/value cache of {_architecture(model)} stayed empty; "
+                      "using the reference integrated gradients", stacklevel=4)
+        return None
+    return cache, last
+
+
+def _fast_runner(model, tokens, p_full: float | None = None):
+    """Each call runs only the last token, for ``n_rows`` rows, against a copy of the prompt's
+    key/value cache (:func:`_prefix_cache`). Returns None (use the reference) when the cache stays
+    empty; a clean probability that disagrees with ``p_full`` raises :class:`_FastMismatch`."""
+    prepared = _prefix_cache(model, tokens)
+    if prepared is None:
+        return None
+    cache, last = prepared
 
     def run(n_rows: int, fwd_hooks) -> Float[Tensor, "row d_vocab"]:
         kwargs = {}
@@ -313,7 +327,103 @@ def _fast_runner(model, tokens, p_full: float | None = None):
     run.p_full = p_full
     run.model_name = _architecture(model)
     run.position = -1
+    run.model, run.cache, run.last = model, cache, last
     return run
+
+
+def _grown_cache(cache, sizes: Sequence[int]):
+    """A copy of a batch-1 prompt cache whose layer i holds ``sizes[i]`` identical rows (views)."""
+    if cache is None:
+        return None
+    grown = copy.copy(cache)
+    grown.layers = []
+    for layer, n in zip(cache.layers, sizes):
+        new = copy.copy(layer)
+        new.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+        new.values = layer.values.expand(n, *layer.values.shape[1:])
+        grown.layers.append(new)
+    return grown
+
+
+def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, completeness=True):
+    """Exact IG where each row runs only the layers its scaling can change.
+
+    One forward pass per chunk starts with a single clean row (the last token against the
+    prompt's cache). At the input of each chunk layer l, the rows of l (one per step) branch off
+    as copies of the clean row, and at l's neuron hook their activation is set to
+    b + alpha (a - b), a taken from the clean row in the same pass. So the blocks below l run once
+    for the whole chunk instead of once per row, and the backward pass of a row stops at its
+    layer. Rows of every layer and step share the batched matmuls above their branch point; each
+    layer's key/value cache holds as many (shared, unexpanded) prompt rows as the batch has there.
+    Same numbers as :func:`_ig_one_token` on the per-row runner (tested).
+    """
+    model = run.model
+    n_layers = model.cfg.n_layers
+    alphas = torch.cat([torch.zeros(1), step_grid(steps, grid)]) if completeness else step_grid(steps, grid)
+    plan = [(l, k) for l in sorted(layers) for k in range(len(alphas))]
+    per_chunk = max(1, batch_size - 1)  # the clean row rides along in every chunk
+    base = _baselines(baseline, layers, int(model.cfg.d_mlp))
+    clean: dict[int, Tensor] = {}
+    grad_sum: dict[int, Tensor] = {}
+    f_base: dict[int, float] = {}
+    f_clean = None
+    for start in range(0, len(plan), per_chunk):
+        chunk = plan[start : start + per_chunk]
+        counts: dict[int, list[int]] = {}
+        for l, k in chunk:
+            counts.setdefault(l, []).append(k)
+        sizes, total = [], 1
+        for i in range(n_layers):
+            total += len(counts.get(i, ()))
+            sizes.append(total)
+        offsets, at = {}, 1
+        for l in sorted(counts):
+            offsets[l] = at
+            at += len(counts[l])
+        leaves: dict[int, Tensor] = {}
+        hooks = []
+        for l, ks in counts.items():
+            n = len(ks)
+
+            def branch(resid, hook=None, n=n):
+                return torch.cat([resid, resid[:1].detach().expand(n, *resid.shape[1:])])
+
+            def interpolate(act, hook=None, l=l, ks=ks):
+                a = act[0, -1].detach()
+                clean[l] = a.float().cpu()
+                b = base[l].to(act)
+                leaf = (b + alphas[ks].to(act)[:, None] * (a - b)).detach().requires_grad_(True)
+                leaves[l] = leaf
+                out = act.clone()
+                out[offsets[l] : offsets[l] + len(ks), -1] = leaf
+                return out
+
+            hooks += [(f"blocks.{l}.hook_in", branch), (hook_name(l, point), interpolate)]
+        kwargs = {}
+        if run.cache is not None:
+            kwargs["past_key_values"] = _grown_cache(run.cache, sizes)
+        with _bridge_kv_cache(model), _quiet_cache_warning(), model.hooks(fwd_hooks=hooks):
+            logits = last_logits(model, run.last, **kwargs).float()
+        if logits.shape[0] != sizes[-1]:
+            raise _FastMismatch(f"lakn: the batch did not grow as planned in {run.model_name}")
+        if f_clean is None:
+            f_clean = float(logits[0].detach().softmax(-1)[target])
+            _check_clean(run, f_clean)
+        probs = target_probability(logits[1:], target)
+        keys = sorted(leaves)
+        grads = torch.autograd.grad(probs.sum(), [leaves[l] for l in keys])
+        for l, g in zip(keys, grads):
+            ks = torch.tensor(counts[l])
+            real = (ks > 0) if completeness else torch.ones(len(ks), dtype=torch.bool)
+            grad_sum.setdefault(l, torch.zeros(g.shape[-1]))
+            grad_sum[l] += g.detach().float().cpu()[real].sum(0)
+            if completeness and bool((ks == 0).any()):
+                f_base[l] = float(probs.detach()[offsets[l] - 1 + int((ks == 0).nonzero()[0])])
+    attr = torch.stack([(clean[l] - base[l]) * grad_sum[l] / steps for l in layers])
+    if not completeness:
+        return attr, torch.full((len(layers),), float("nan"))
+    error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
+    return attr, error
 
 
 class _TargetProbability(torch.autograd.Function):

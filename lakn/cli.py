@@ -151,6 +151,8 @@ def register_evaluate(sub) -> None:
     p.add_argument("--max-queries", type=_positive_int, default=3, help="queries per fact, language and split (default 3)")
     p.add_argument("--enhancement", action="store_true",
                    help="also run knowledge enhancement (neurons from the languages a fact is right in) -> DIR/enhance.json")
+    p.add_argument("--first-token-only", choices=("auto", "yes", "no"), default="auto",
+                   help="measure P of the answer's first token only (default auto: as the run was localised)")
     p.add_argument("--max-unrelated", type=_positive_int, default=None,
                    help="other-relation queries measured per fact (a seeded sample; default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control (and of --max-unrelated)")
@@ -170,9 +172,11 @@ def _run_evaluate(args) -> int:
                                    if args.holdout_languages else first.languages))
     model = load_model(args.model, verbose=True)
     sets = neuron_sets(runs, seed=args.seed)
+    first_only = (bool(first.config.get("first_token_only")) if args.first_token_only == "auto"
+                  else args.first_token_only == "yes")
     rates = change_rates(model, sets, facts, result=first, languages=languages, top_k_answer=args.top_k_answer,
                          max_queries=args.max_queries, max_unrelated=args.max_unrelated, seed=args.seed,
-                         batch_size=args.batch_size)
+                         first_token_only=first_only, batch_size=args.batch_size)
     out = Path(args.run) / "eval.json"
     rates.save(out)
     c = rates.config
@@ -185,7 +189,7 @@ def _run_evaluate(args) -> int:
     if args.enhancement:
         main_run = runs.get("matrice", first)
         enh = enhancement_experiment(model, main_run, facts, languages=languages, max_queries=args.max_queries,
-                                     seed=args.seed, batch_size=args.batch_size)
+                                     seed=args.seed, first_token_only=first_only, batch_size=args.batch_size)
         enh.save(Path(args.run) / "enhance.json")
         _print_frame("knowledge enhancement in languages the model got wrong", enh.table())
     print(f"written: {out}")

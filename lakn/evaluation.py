@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zlib
 from dataclasses import dataclass, field
@@ -198,7 +199,7 @@ def evaluation_queries(
 
 
 def query_probabilities(
-    model, encoded: Sequence[EncodedQuery], *, batch_size: int = 16
+    model, encoded: Sequence[EncodedQuery], *, batch_size: int = 16, first_token_only: bool = False
 ) -> tuple[Float[Tensor, "query"], Int[Tensor, "query"]]:
     """P(answer) (geometric mean over answer tokens, teacher forced) and the rank of the first
     answer token, for many queries in few forward passes. Runs under whatever hooks are active.
@@ -206,8 +207,12 @@ def query_probabilities(
     Sequences are right-padded: in a causal model padding after a sequence cannot change its
     logits, so no attention mask is needed. Only the positions that predict answer tokens are
     unembedded (``logits_to_keep``), which matters with Gemma 3's 262k-token vocabulary. Matches
-    :func:`lakn.tokens.answer_probabilities` (a test checks it).
+    :func:`lakn.tokens.answer_probabilities` (a test checks it). ``first_token_only``: P of the
+    answer's first token (as localised with ``first_token_only``); runs the prompts alone and
+    unembeds far fewer positions.
     """
+    if first_token_only:
+        encoded = [e if len(e.answer) == 1 or e.masked else dataclasses.replace(e, answer=e.answer[:1]) for e in encoded]
     device = next(model.parameters()).device
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     probs = torch.zeros(len(encoded))
@@ -357,6 +362,7 @@ def change_rates(
     position: str = "all",
     max_unrelated: int | None = None,
     seed: int = 0,
+    first_token_only: bool = False,
     batch_size: int = 16,
     progress: bool = True,
 ) -> ChangeRateResult:
@@ -369,6 +375,7 @@ def change_rates(
     ``max_unrelated`` caps the other-relation queries measured per target fact (a sample fixed by
     ``seed``, the same for every method and intervention); related and same-relation queries are
     always all measured. Without the cap the cost grows as facts x queries.
+    ``first_token_only``: measure P of the answer's first token (match a first-token localisation).
     """
     if position != "all":
         # batches are right-padded, so "last" or fixed indices would hit padding in shorter rows
@@ -380,7 +387,8 @@ def change_rates(
         queries = evaluation_queries(model, facts, result=result, languages=languages, max_queries=max_queries,
                                      causal=causal)
     relation = {f.fact_id: f.relation for f in facts}
-    p0, r0 = query_probabilities(model, [q.encoded for q in queries], batch_size=batch_size)
+    p0, r0 = query_probabilities(model, [q.encoded for q in queries], batch_size=batch_size,
+                                 first_token_only=first_token_only)
     kept = [i for i in range(len(queries)) if int(r0[i]) < top_k_answer]
     kept_q = [queries[i] for i in kept]
     # a method that selected no neuron for a fact has nothing to measure: it is listed, not averaged as 0
@@ -404,7 +412,8 @@ def change_rates(
         if not idx:
             continue
         with intervene(model, neurons, factor=factor, position=position):
-            p1, _ = query_probabilities(model, [queries[i].encoded for i in idx], batch_size=batch_size)
+            p1, _ = query_probabilities(model, [queries[i].encoded for i in idx], batch_size=batch_size,
+                                        first_token_only=first_token_only)
         for j, i in enumerate(idx):
             q = queries[i]
             kind = ("related" if q.fact_id == target else
@@ -415,7 +424,8 @@ def change_rates(
                              change=(after - before) / before if before > 0 else 0.0, n_neurons=len(neurons)))
     config = dict(
         interventions=dict(interventions), top_k_answer=top_k_answer, max_queries=max_queries, position=position,
-        max_unrelated=max_unrelated, seed=seed, n_queries=len(queries), n_kept=len(kept),
+        max_unrelated=max_unrelated, seed=seed, first_token_only=first_token_only, n_queries=len(queries),
+        n_kept=len(kept),
         kept_by_split={s: sum(1 for q in kept_q if q.split == s) for s in SPLITS},
         queries_by_split={s: sum(1 for q in queries if q.split == s) for s in SPLITS},
         facts_kept=sorted({q.fact_id for q in kept_q}),
@@ -637,6 +647,7 @@ def enhancement_experiment(
     threshold: float | None = None,
     top_k: int | None = None,
     seed: int = 0,
+    first_token_only: bool = False,
     batch_size: int = 16,
     progress: bool = True,
 ) -> EnhancementResult:
@@ -660,7 +671,7 @@ def enhancement_experiment(
                                 causal=causal)
         if not qs:
             continue
-        p0, r0 = query_probabilities(model, [q.encoded for q in qs], batch_size=batch_size)
+        p0, r0 = query_probabilities(model, [q.encoded for q in qs], batch_size=batch_size, first_token_only=first_token_only)
         langs = sorted({q.language for q in qs})
         right = [l for l in langs if (r0[[j for j, q in enumerate(qs) if q.language == l]] == 0).float().mean() > 0.5]
         wrong_idx = [j for j, q in enumerate(qs) if q.language not in right]
@@ -677,7 +688,7 @@ def enhancement_experiment(
         wrong = [qs[j].encoded for j in wrong_idx]
         for name, neurons in sets.items():
             with enhance(model, neurons, factor=factor):
-                p1, r1 = query_probabilities(model, wrong, batch_size=batch_size)
+                p1, r1 = query_probabilities(model, wrong, batch_size=batch_size, first_token_only=first_token_only)
             for k, j in enumerate(wrong_idx):
                 before = float(p0[j])
                 rows.append(dict(neurons=name, fact_id=fid, language=qs[j].language, split=qs[j].split,
