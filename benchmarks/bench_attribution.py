@@ -33,6 +33,8 @@ from lakn.attribution import integrated_gradients
 from lakn.models import bridge_from_hf
 from lakn.tokens import EncodedQuery
 
+BIG_CHUNK = 512  # rows per pass in the large-chunk column: every (layer, step) row of a query in one pass
+
 PROMPTS = [
     ("The capital of France is", " Paris"),
     ("Berlin is the capital of", " Germany"),
@@ -145,15 +147,17 @@ def part_a(repeats: int):
         kw = dict(steps=20, point="mlp.hook_pre", grid="linspace")
         t_ref, r_ref = timed(lambda: integrated_gradients(model, q, mode="reference", **kw), repeats)
         t_fast, r_fast = timed(lambda: integrated_gradients(model, q, mode="fast", **kw), repeats)
+        t_big, _ = timed(lambda: integrated_gradients(model, q, mode="fast", batch_size=BIG_CHUNK, **kw), repeats)
         t_apx, r_apx = timed(lambda: integrated_gradients(model, q, mode="approx", **kw), repeats)
         a, b = s_kn.flatten().double(), r_fast.attributions.flatten().double()
-        rows.append([repr(prompt + answer), len(ids), f"{t_kn:.2f}", f"{t_ref:.2f}", f"{t_fast:.2f}",
-                     f"{t_apx:.3f}", f"{t_kn / t_fast:.1f}x", f"{pearsonr(a, b)[0]:.6f}",
+        rows.append([repr(prompt + answer), len(ids), f"{t_kn:.2f}", f"{t_ref:.2f}", f"{t_fast:.2f}", f"{t_big:.2f}",
+                     f"{t_apx:.3f}", f"{t_kn / t_fast:.1f}x / {t_kn / t_big:.1f}x", f"{pearsonr(a, b)[0]:.6f}",
                      f"{(a - b).abs().max() / a.abs().max():.1e}", f"{overlap(s_kn, r_fast.attributions):.3f}"])
         agree.append((r_fast.attributions, r_apx.attributions))
     print("(a) knowledge-neurons 0.0.2 vs lakn, GPT-2-small shape, m = 20, hook_pre, linspace grid "
           "(seconds per prompt, best of %d)" % repeats)
-    table(rows, ["prompt", "tokens", "kn s", "lakn ref s", "lakn fast s", "lakn approx s", "fast speed-up vs kn",
+    table(rows, ["prompt", "tokens", "kn s", "lakn ref s", "lakn fast s", f"fast s, chunk {BIG_CHUNK}", "lakn approx s",
+                 f"fast speed-up vs kn (chunk 64 / {BIG_CHUNK})",
                  "Pearson(kn, fast)", "max rel diff", "overlap >=0.2max"])
     return agree
 
@@ -177,6 +181,8 @@ def part_b(repeats: int):
     rows, agree = [], []
     for text, q in gemma_queries(model):
         res = {}
+        res["big"] = timed(lambda: integrated_gradients(model, q, steps=20, mode="fast", first_token_only=True,
+                                                        batch_size=BIG_CHUNK), repeats)[0]
         for mode in ("reference", "fast", "approx"):
             if mode == "reference" and res.get("skip_ref"):
                 continue
@@ -187,13 +193,15 @@ def part_b(repeats: int):
         (t_ref, r_ref, m_ref), (t_fast, r_fast, m_fast), (t_apx, r_apx, m_apx) = (
             res["reference"], res["fast"], res["approx"])
         diff = (r_ref.attributions - r_fast.attributions).abs().max() / r_ref.attributions.abs().max()
-        rows.append([repr(text), len(q.prompt), f"{t_ref:.1f}", f"{t_fast:.2f}", f"{t_apx:.3f}",
-                     f"{t_ref / t_fast:.1f}x", f"{t_fast / t_apx:.0f}x", f"{diff:.1e}",
+        t_big = res["big"]
+        rows.append([repr(text), len(q.prompt), f"{t_ref:.1f}", f"{t_fast:.2f}", f"{t_big:.2f}", f"{t_apx:.3f}",
+                     f"{t_ref / t_fast:.1f}x / {t_ref / t_big:.1f}x", f"{t_fast / t_apx:.0f}x", f"{diff:.1e}",
                      f"{m_ref:.0f} / {m_fast:.0f} / {m_apx:.0f}"])
         agree.append((r_fast.attributions, r_apx.attributions))
     print("(b) Gemma 3 270M (embedded), m = 20, first answer token, 18 layers x 2048 neurons "
           "(seconds per query; fast/approx best of %d)" % repeats)
-    table(rows, ["query", "tokens", "reference s", "fast s", "approx s", "fast vs ref", "approx vs fast",
+    table(rows, ["query", "tokens", "reference s", "fast s", f"fast s, chunk {BIG_CHUNK}", "approx s",
+                 f"fast vs ref (chunk 64 / {BIG_CHUNK})", "approx vs fast",
                  "max rel diff ref/fast", "peak RSS growth MiB ref/fast/approx"])
     return model, agree
 

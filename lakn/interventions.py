@@ -28,7 +28,7 @@ from torch import Tensor
 from .facts import Fact, FactsError, Query
 from .hooks import MLP_POST, Neuron, Position, capture_hook, group_by_layer, hook_name, neuron_hooks
 from .models import is_masked_lm
-from .tokens import EncodedQuery, answer_probabilities, encode_query
+from .tokens import EncodedQuery, answer_probabilities, encode_query, logits_at
 
 __all__ = [
     "intervene",
@@ -249,7 +249,8 @@ def _nll(model, encoded: Sequence[EncodedQuery], reduce: bool = True) -> Tensor:
     losses = []
     for enc in encoded:
         tokens = torch.cat([enc.prompt, enc.answer[:-1]])[None].to(device)
-        logits = model(tokens)[0, len(enc.prompt) - 1 :].float()
+        # the last len(answer) positions predict the answer tokens: unembed only those
+        logits = logits_at(model, tokens, len(enc.answer))[0].float()
         losses.append(torch.nn.functional.cross_entropy(logits, enc.answer.to(device)))
     losses = torch.stack(losses)
     return losses.mean() if reduce else losses

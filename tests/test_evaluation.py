@@ -55,6 +55,11 @@ def test_batched_probabilities_match_single_forward(model):
     for q, p, r in zip(qs, probs, ranks):
         ref = answer_probabilities(model, q.encoded)
         assert abs(float(p) - ref.probability) < 1e-5 and int(r) == ref.rank
+    first, first_ranks = query_probabilities(model, [q.encoded for q in qs], batch_size=5, first_token_only=True)
+    assert any(len(q.encoded.answer) > 1 for q in qs)
+    for q, p, r in zip(qs, first, first_ranks):
+        ref = answer_probabilities(model, q.encoded)
+        assert abs(float(p) - float(ref.token_probs[0])) < 1e-5 and int(r) == ref.rank
 
 
 def test_change_rates_values_and_kinds(model, toy_facts):
