@@ -47,7 +47,8 @@ from torch import Tensor
 
 from .facts import Query
 from .hooks import MLP_POST, capture_hook, hook_name, interpolation_hook
-from .tokens import AnswerStats, EncodedQuery, answer_probabilities, encode_query, last_logits, logits_at
+from .tokens import (AnswerStats, EncodedQuery, answer_probabilities, encode_query, last_logits, logits_at,
+                     stats_from_logits)
 
 __all__ = [
     "QueryAttribution",
@@ -163,9 +164,13 @@ def integrated_gradients(
         raise ValueError(f"baseline must have shape [n_layers={n_layers}, d_mlp], got {tuple(baseline.shape)}")
     if mode == "fast" and encoded.masked:
         raise ValueError("mode='fast' is for causal LMs; a masked LM sees every position, use 'reference' or 'auto'")
-    fast = mode == "fast" or (mode in ("auto", "approx") and fast_path_supported(model))
-    stats = answer_probabilities(model, encoded)
     n_tokens = 1 if first_token_only else len(encoded.answer)
+    # approx on a causal LM: one full pass per answer token gives the gradient and, from the same
+    # logits, the answer's statistics (no separate statistics pass, no cache pass)
+    direct = mode == "approx" and not encoded.masked and n_tokens == len(encoded.answer)
+    fast = not direct and (mode == "fast" or (mode in ("auto", "approx") and fast_path_supported(model)))
+    stats = None if direct else answer_probabilities(model, encoded)
+    seen_logits = []
     total = None
     error = torch.zeros(len(layers))
     used = "approx" if mode == "approx" else ("fast" if fast else "reference")
@@ -175,7 +180,10 @@ def integrated_gradients(
         tokens, position = encoded.step(t)
         target = int(encoded.answer[t])
         result = None
-        if fast:
+        if direct:
+            run = _reference_runner(model, tokens, keep_logits=seen_logits)
+            result = one(run, target, layers, steps, baseline, batch_size, point, grid, check)
+        elif fast:
             run = _fast_runner(model, tokens, float(stats.token_probs[t]))
             fn = _suffix_ig if mode != "approx" and _architecture(model) in SUFFIX_VERIFIED_ARCHITECTURES else one
             try:
@@ -191,6 +199,8 @@ def integrated_gradients(
         attr_t, err_t = result
         total = attr_t if total is None else total + attr_t
         error += err_t
+    if stats is None:
+        stats = stats_from_logits(torch.stack(seen_logits), encoded.answer)
     return QueryAttribution(total / n_tokens, error / n_tokens, stats, layers, n_tokens, used)
 
 
@@ -233,16 +243,24 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _reference_runner(model, tokens, position: int | None = None):
+def _reference_runner(model, tokens, position: int | None = None, keep_logits: list | None = None):
     """Full recomputation of the whole sequence; logits at ``position`` (None: the last token,
-    for causal LMs; a mask position for masked LMs, which see every position)."""
+    for causal LMs; a mask position for masked LMs, which see every position). With
+    ``keep_logits`` the first call's first row is appended to it (the clean logits, for stats)."""
     tokens = tokens[None].to(_device(model))
 
     def run(n_rows: int, fwd_hooks) -> Float[Tensor, "row d_vocab"]:
         with model.hooks(fwd_hooks=fwd_hooks):
             if position is None:
-                return last_logits(model, tokens.expand(n_rows, -1)).float()
-            return model(tokens.expand(n_rows, -1))[:, position].float()
+                out = last_logits(model, tokens.expand(n_rows, -1)).float()
+            else:
+                out = model(tokens.expand(n_rows, -1))[:, position].float()
+        if keep_logits is not None and not run.kept:
+            keep_logits.append(out[0].detach())
+            run.kept = True
+        return out
+
+    run.kept = False
 
     run.position = -1 if position is None else position
     return run

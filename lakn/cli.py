@@ -153,6 +153,8 @@ def register_evaluate(sub) -> None:
                    help="also run knowledge enhancement (neurons from the languages a fact is right in) -> DIR/enhance.json")
     p.add_argument("--first-token-only", choices=("auto", "yes", "no"), default="auto",
                    help="measure P of the answer's first token only (default auto: as the run was localised)")
+    p.add_argument("--right-rank", type=_positive_int, default=1,
+                   help="enhancement: a language is right when the answer's first token is within this rank (default 1)")
     p.add_argument("--max-unrelated", type=_positive_int, default=None,
                    help="other-relation queries measured per fact (a seeded sample; default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random control (and of --max-unrelated)")
@@ -189,7 +191,8 @@ def _run_evaluate(args) -> int:
     if args.enhancement:
         main_run = runs.get("matrice", first)
         enh = enhancement_experiment(model, main_run, facts, languages=languages, max_queries=args.max_queries,
-                                     seed=args.seed, first_token_only=first_only, batch_size=args.batch_size)
+                                     seed=args.seed, first_token_only=first_only, right_rank=args.right_rank,
+                                     batch_size=args.batch_size)
         enh.save(Path(args.run) / "enhance.json")
         _print_frame("knowledge enhancement in languages the model got wrong", enh.table())
     print(f"written: {out}")

@@ -648,13 +648,15 @@ def enhancement_experiment(
     top_k: int | None = None,
     seed: int = 0,
     first_token_only: bool = False,
+    right_rank: int = 1,
     batch_size: int = 16,
     progress: bool = True,
 ) -> EnhancementResult:
-    """For each fact, find the languages the model gets right (first answer token top-1 on most
-    of the language's queries) and wrong; build the fact's neurons from the right languages only
-    (``select_neurons`` on the mean of those languages' scores ``s_l`` from the localisation), enhance
-    them by ``factor`` and measure the wrong languages' queries. A ``random`` set matched per layer
+    """For each fact, find the languages the model gets right (first answer token within the top
+    ``right_rank``, default top-1, on most of the language's queries) and wrong; build the fact's
+    neurons from the right languages only (``select_neurons`` on the mean of those languages'
+    scores ``s_l`` from the localisation), enhance them by ``factor`` and measure the wrong
+    languages' queries. A ``random`` set matched per layer
     is the control. Languages the localisation did not see count as wrong or right like any other.
     """
     from .models import is_masked_lm
@@ -663,6 +665,8 @@ def enhancement_experiment(
     threshold = result.config.get("threshold", 0.2) if threshold is None else threshold
     top_k = result.config.get("top_k") if top_k is None else top_k
     by_id = {f.fact_id: f for f in facts}
+    if right_rank < 1:
+        raise ValueError(f"right_rank must be >= 1, got {right_rank}")
     rows = []
     for i, fid in enumerate(_progress(result.fact_ids, progress, "lakn enhance")):
         if fid not in by_id:
@@ -673,7 +677,7 @@ def enhancement_experiment(
             continue
         p0, r0 = query_probabilities(model, [q.encoded for q in qs], batch_size=batch_size, first_token_only=first_token_only)
         langs = sorted({q.language for q in qs})
-        right = [l for l in langs if (r0[[j for j, q in enumerate(qs) if q.language == l]] == 0).float().mean() > 0.5]
+        right = [l for l in langs if (r0[[j for j, q in enumerate(qs) if q.language == l]] < right_rank).float().mean() > 0.5]
         wrong_idx = [j for j, q in enumerate(qs) if q.language not in right]
         per_lang = result.records[fid].per_language
         usable = [l for l in right if l in per_lang]
@@ -696,7 +700,8 @@ def enhancement_experiment(
                                  change=(float(p1[k]) - before) / before if before > 0 else 0.0,
                                  rank_before=int(r0[j]), rank_after=int(r1[k]), n_neurons=len(neurons)))
     return EnhancementResult(rows, dict(factor=factor, threshold=threshold, top_k=top_k, max_queries=max_queries,
-                                        right="first answer token top-1 on most queries of the language"))
+                                        right_rank=right_rank,
+                                        right=f"first answer token in the top {right_rank} on most queries of the language"))
 
 
 # --------------------------------------------------------------------------- injection

@@ -122,8 +122,13 @@ def answer_probabilities(model, encoded: EncodedQuery) -> AnswerStats:
         else:
             tokens = torch.cat([encoded.prompt, encoded.answer[:-1]])[None].to(device)
             logits = logits_at(model, tokens, len(encoded.answer))[0].float()
-    log_probs = logits.log_softmax(-1)
-    answer = encoded.answer.to(log_probs.device)
+    return stats_from_logits(logits, encoded.answer)
+
+
+def stats_from_logits(logits: Float[Tensor, "answer_pos d_vocab"], answer: Int[Tensor, "answer_pos"]) -> AnswerStats:
+    """:class:`AnswerStats` from the logits at the positions that predict each answer token."""
+    log_probs = logits.detach().float().log_softmax(-1)
+    answer = answer.to(log_probs.device)
     token_lp = log_probs.gather(-1, answer[:, None])[:, 0]
     first = log_probs[0]
     entropy = float(-(first.exp() * first).sum() / torch.log(torch.tensor(float(first.shape[-1]))))

@@ -351,6 +351,21 @@ def test_completeness_check_can_be_skipped_without_changing_attributions(models,
     assert torch.isnan(default.completeness_error).all() == (mode == "approx")
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_approx_statistics_come_from_its_own_pass(models, arch):
+    """approx takes P(answer), entropy and rank from its gradient pass; they equal the separate
+    teacher-forced pass that exact IG uses."""
+    from lakn.tokens import answer_probabilities
+
+    model = models(arch)
+    q = query(model, n_answer=3)
+    got = integrated_gradients(model, q, mode="approx").stats
+    ref = answer_probabilities(model, q)
+    assert torch.allclose(got.token_probs, ref.token_probs, rtol=1e-4, atol=1e-7)
+    assert got.rank == ref.rank and got.entropy == pytest.approx(ref.entropy, rel=1e-4)
+    assert got.probability == pytest.approx(ref.probability, rel=1e-4)
+
+
 def test_target_probability_gradient_matches_softmax():
     from lakn.attribution import target_probability
 
