@@ -138,6 +138,7 @@ def part_a(repeats: int):
     model = bridge_from_hf(hf, bridge_tok, name="gpt2-small-shape")
     kn = KnowledgeNeurons(hf_kn, tokenizer, model_type="gpt2", device="cpu")
     rows, agree = [], []
+    peak = matmul_gflops(1024, 1024, 1024)
     for prompt, answer in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         ans = tokenizer.encode(answer)[:1]  # knowledge-neurons scores single-token answers for GPT-2
@@ -152,13 +153,17 @@ def part_a(repeats: int):
         a, b = s_kn.flatten().double(), r_fast.attributions.flatten().double()
         rows.append([repr(prompt + answer), len(ids), f"{t_kn:.2f}", f"{t_ref:.2f}", f"{t_fast:.2f}", f"{t_big:.2f}",
                      f"{t_apx:.3f}", f"{t_kn / t_fast:.1f}x / {t_kn / t_big:.1f}x", f"{pearsonr(a, b)[0]:.6f}",
-                     f"{(a - b).abs().max() / a.abs().max():.1e}", f"{overlap(s_kn, r_fast.attributions):.3f}"])
+                     f"{(a - b).abs().max() / a.abs().max():.1e}", f"{overlap(s_kn, r_fast.attributions):.3f}",
+                     f"{minimal_flops(model, 20, len(ids)) / (peak * 1e9):.2f}",
+                     f"{t_kn * peak * 1e9 / minimal_flops(model, 20, len(ids)):.0f}x"])
         agree.append((r_fast.attributions, r_apx.attributions))
     print("(a) knowledge-neurons 0.0.2 vs lakn, GPT-2-small shape, m = 20, hook_pre, linspace grid "
           "(seconds per prompt, best of %d)" % repeats)
     table(rows, ["prompt", "tokens", "kn s", "lakn ref s", "lakn fast s", f"fast s, chunk {BIG_CHUNK}", "lakn approx s",
                  f"fast speed-up vs kn (chunk 64 / {BIG_CHUNK})",
-                 "Pearson(kn, fast)", "max rel diff", "overlap >=0.2max"])
+                 "Pearson(kn, fast)", "max rel diff", "overlap >=0.2max", "roofline s",
+                 "kn s / roofline s (best possible speed-up)"])
+    print(f"roofline: minimal exact FLOPs (as in (c)) / {peak:.0f} GFLOP/s, this machine's fp32 1024^3 matmul rate")
     return agree
 
 

@@ -35,9 +35,23 @@ def change_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def markdown(frame: pd.DataFrame) -> str:
+    """A pipe table (no extra dependency)."""
+    if isinstance(frame.columns, pd.MultiIndex):
+        frame = frame.copy()
+        frame.columns = [" ".join(map(str, c)) for c in frame.columns]
+    cells = lambda v: f"{v:+.2f}" if isinstance(v, float) else str(v)
+    head = [" / ".join(map(str, frame.index.names)) if any(frame.index.names) else ""] + [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for idx, row in frame.iterrows():
+        name = " / ".join(map(str, idx)) if isinstance(idx, tuple) else str(idx)
+        lines.append("| " + " | ".join([name] + [cells(v) for v in row]) + " |")
+    return "\n".join(lines)
+
+
 def show(title: str, frame: pd.DataFrame) -> None:
     print(f"\n{title}\n")
-    print(frame.to_markdown())
+    print(markdown(frame))
 
 
 def main() -> None:
@@ -59,7 +73,6 @@ def main() -> None:
         show("all kept queries", change_table(df))
         for split in ("heldout_paraphrase", "heldout_language"):
             show(f"{split} only", change_table(df[df.split == split]))
-        lang = per_fact(df[(df.intervention == "suppress")]).merge(df[["target", "language"]].drop_duplicates())
         by_lang = (df[df.intervention == "suppress"].groupby(["method", "kind", "language", "target"]).change.mean()
                    .groupby(["method", "kind", "language"]).mean().unstack(["kind"]))
         show("suppress by language (mean over facts)", by_lang.round(2))

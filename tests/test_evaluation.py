@@ -172,8 +172,12 @@ def test_cli_evaluate_edit_inject_on_a_tiny_run(tmp_path, monkeypatch, capsys):
     assert cli.main(["edit", str(runs), "--steps", "2", "--neurons", "2"]) == 0
     assert EditingResult.load(runs / "edit.json").rows
     assert cli.main(["inject", "--out", str(tmp_path / "inj.json"), "--languages", "en,fr", "--k", "3",
-                     "--steps", "2", "--unrelated", str(data), "--n-unrelated", "2"]) == 0
-    assert InjectionResult.load(tmp_path / "inj.json").rows
+                     "--steps", "2", "--unrelated", str(data), "--n-unrelated", "2", "--preserve", "1",
+                     "--facts", "fict_capital_velmora,fict_currency_kelvaria"]) == 0
+    inj = InjectionResult.load(tmp_path / "inj.json")
+    assert {r["fact_id"] for r in inj.rows} == {"fict_capital_velmora", "fict_currency_kelvaria"}
+    assert len(inj.config["preserve"]) == 1 and inj.config["preserve"][0] not in {
+        r.get("other_fact") for r in inj.rows if r["metric"] == "locality"}
 
 
 def test_change_rates_caps_unrelated_queries_with_one_sample(model, toy_facts):
