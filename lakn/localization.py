@@ -203,7 +203,9 @@ def _attribute_fact(model, plan: dict[str, list], attribution: str, cache: dict 
                 "language": lang, "prompt": query.prompt, "answer": query.answer,
                 "probability": ig.stats.probability, "entropy": ig.stats.entropy, "rank": ig.stats.rank,
                 "answer_tokens": ig.n_answer_tokens,
-                "completeness_error": float(ig.completeness_error.max()),
+                # None when not computed (approx skips it): JSON has no NaN
+                "completeness_error": (None if bool(ig.completeness_error.isnan().all())
+                                       else float(ig.completeness_error.nan_to_num(0.0).max())),
                 "attribution": ig.mode,
             })
         attributions[lang] = torch.stack(maps)
