@@ -378,7 +378,7 @@ def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, co
     """
     model = run.model
     n_layers = model.cfg.n_layers
-    alphas = torch.cat([torch.zeros(1), step_grid(steps, grid)]) if completeness else step_grid(steps, grid)
+    alphas = _alphas(steps, grid, completeness)
     plan = [(l, k) for l in sorted(layers) for k in range(len(alphas))]
     per_chunk = max(1, batch_size - 1)  # the clean row rides along in every chunk
     base = _baselines(baseline, layers, int(model.cfg.d_mlp))
@@ -439,10 +439,7 @@ def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, co
             if completeness and bool((ks == 0).any()):
                 f_base[l] = float(probs.detach()[offsets[l] - 1 + int((ks == 0).nonzero()[0])])
     attr = torch.stack([(clean[l] - base[l]) * grad_sum[l] / steps for l in layers])
-    if not completeness:
-        return attr, torch.full((len(layers),), float("nan"))
-    error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
-    return attr, error
+    return attr, _completeness_error(attr, layers, f_clean, f_base if completeness else None)
 
 
 class _TargetProbability(torch.autograd.Function):
@@ -501,6 +498,19 @@ def _baselines(baseline, layers, d_mlp):
     return {l: baseline[l].detach().float().cpu() for l in layers}
 
 
+def _alphas(steps: int, grid: Grid, completeness: bool) -> Tensor:
+    """Row coefficients of one layer: the grid, led by alpha = 0 (the baseline, for F(b)) when
+    the completeness error is wanted."""
+    return torch.cat([torch.zeros(1), step_grid(steps, grid)]) if completeness else step_grid(steps, grid)
+
+
+def _completeness_error(attr, layers, f_clean: float, f_base: dict | None) -> Float[Tensor, "layer"]:
+    """|sum_i Attr(l, i) - (F(a) - F(b_l))| per layer; NaN when F(b) was not computed."""
+    if f_base is None:
+        return torch.full((len(layers),), float("nan"))
+    return torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
+
+
 def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid, completeness=True):
     # 1. one clean pass: the real activations a at the answer position, and F(a)
     clean, f_clean = _clean_pass(run, target, layers, point)
@@ -508,7 +518,7 @@ def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid,
     base = _baselines(baseline, layers, d_mlp)
     # 2. rows = (layer, step); step 0 of each layer is alpha = 0, the baseline, giving F(b) for
     # the completeness check (with grid="linspace" alpha = 0 is also a real step: kept apart)
-    alphas = torch.cat([torch.zeros(1), step_grid(steps, grid)]) if completeness else step_grid(steps, grid)
+    alphas = _alphas(steps, grid, completeness)
     row_layer = torch.tensor(layers).repeat_interleave(len(alphas))
     row_alpha = alphas.repeat(len(layers))
     row_is_base = ((torch.arange(len(row_layer)) % len(alphas)) == 0) & completeness
@@ -534,10 +544,7 @@ def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid,
             if is_base.any():
                 f_base[l] = float(probs.detach()[rows[is_base][0]])
     attr = torch.stack([(clean[l].float().cpu() - base[l]) * grad_sum[l] / steps for l in layers])
-    if not completeness:
-        return attr, torch.full((len(layers),), float("nan"))
-    error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
-    return attr, error
+    return attr, _completeness_error(attr, layers, f_clean, f_base if completeness else None)
 
 
 def _gradient_hook(leaves: dict, clean: dict, key, position: int = -1):
@@ -568,7 +575,7 @@ def _approx_one_token(run, target, layers, steps, baseline, batch_size, point, g
     base = _baselines(baseline, layers, d_mlp)
     attr = torch.stack([(clean[l].float().cpu() - base[l]) * g[0].float().cpu() for l, g in zip(layers, grads)])
     if not completeness:
-        return attr, torch.full((len(layers),), float("nan"))
+        return attr, _completeness_error(attr, layers, f_clean, None)
     # F(b) per layer (forward only, one row per layer) for the completeness error
     f_base = {}
     with torch.no_grad():
@@ -578,8 +585,7 @@ def _approx_one_token(run, target, layers, steps, baseline, batch_size, point, g
                                                                {}, l, run.position)) for j, l in enumerate(chunk)]
             p = run(len(chunk), hooks).softmax(-1)[:, target]
             f_base.update({l: float(p[j]) for j, l in enumerate(chunk)})
-    error = torch.tensor([abs(float(attr[i].sum()) - (f_clean - f_base[l])) for i, l in enumerate(layers)])
-    return attr, error
+    return attr, _completeness_error(attr, layers, f_clean, f_base)
 
 
 def memory_estimate(

@@ -199,6 +199,14 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+def _add_training_args(p, seed_help: str) -> None:
+    """Options edit and inject share: the KL term's weight, the early stop, the seed."""
+    p.add_argument("--locality-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
+    p.add_argument("--target-prob", type=float, default=None,
+                   help="stop once every training query gives the answer this probability (default: run all steps)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
 def register_edit(sub) -> None:
     p = sub.add_parser("edit", help="cross-lingual knowledge editing through W_out rows of LAKNs vs controls",
                        description="Edit each fact of a run to another fact's answer (same relation) by a few Adam "
@@ -219,10 +227,7 @@ def register_edit(sub) -> None:
     p.add_argument("--preserve", type=int, default=8,
                    help="other facts whose next-token distribution the edit keeps (KL term; 0: none). They are "
                         "left out of the locality measurement (default 8)")
-    p.add_argument("--locality-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
-    p.add_argument("--target-prob", type=float, default=None,
-                   help="stop once every edit query gives the new answer this probability (default: run all steps)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control and of the --preserve sample")
+    _add_training_args(p, seed_help="seed of the random control and of the --preserve sample")
     p.set_defaults(handler=_run_edit)
 
 
@@ -265,10 +270,7 @@ def register_inject(sub) -> None:
     p.add_argument("--preserve", type=int, default=0,
                    help="facts of --unrelated after the first --n-unrelated whose next-token distribution the "
                         "training keeps (KL term; default 0)")
-    p.add_argument("--locality-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
-    p.add_argument("--target-prob", type=float, default=None,
-                   help="stop once every training query gives the answer this probability")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random control")
+    _add_training_args(p, seed_help="seed of the random control")
     p.set_defaults(handler=_run_inject)
 
 
