@@ -533,7 +533,13 @@ def editing_experiment(
     by_id = {f.fact_id: f for f in facts}
     jobs = [(name, fid) for name, per in sets.items() for fid in per if fid in new_answers and per[fid]]
     rows = []
-    for name, fid in _progress(jobs, progress, "lakn edit"):
+    contexts: dict[str, tuple] = {}
+
+    def context(fid: str) -> tuple:
+        """The fact's queries, preserve prompts, locality queries and their pre-edit numbers: the
+        same for every neuron set, so computed once per fact."""
+        if fid in contexts:
+            return contexts[fid]
         fact = by_id[fid]
         langs = [l for l in (languages or fact.languages) if l in fact.templates and l in new_answers[fid]]
         own_old, own_new, meta = [], [], []
@@ -563,6 +569,12 @@ def editing_experiment(
         top_other0 = _top1(model, other_enc, batch_size) if others else []
         p_new0, _ = query_probabilities(model, own_new, batch_size=batch_size)
         p_old0, _ = query_probabilities(model, own_old, batch_size=batch_size)
+        contexts[fid] = (meta, own_old, own_new, preserve, others, other_enc, p_other0, top_other0, p_new0, p_old0)
+        return contexts[fid]
+
+    for name, fid in _progress(jobs, progress, "lakn edit"):
+        fact = by_id[fid]
+        meta, own_old, own_new, preserve, others, other_enc, p_other0, top_other0, p_new0, p_old0 = context(fid)
         with edit_fact(model, fact, new_answers[fid], sets[name][fid], language=edit_language, steps=steps, lr=lr,
                        max_queries=max_queries, preserve=preserve, locality_weight=locality_weight,
                        target_prob=target_prob) as edit:
