@@ -58,6 +58,10 @@ __all__ = [
     "fast_path_supported",
     "MODES",
     "FAST_VERIFIED_ARCHITECTURES",
+    "auto_batch_size",
+    "memory_estimate",
+    "unembed_target_probability",
+    "CHUNK_MEMORY_GIB",
 ]
 
 Grid = Literal["right", "linspace"]
@@ -74,6 +78,8 @@ FAST_VERIFIED_ARCHITECTURES = frozenset(
 # blocks take any batch size per layer. BLOOM is not among them (its ALiBi bias is built once for
 # the input batch), so it runs the per-row fast path.
 SUFFIX_VERIFIED_ARCHITECTURES = frozenset({"GPT2LMHeadModel", "LlamaForCausalLM", "Gemma3ForCausalLM"})
+# batch_size=None: rows per pass chosen so the chunk's activations stay under this (auto_batch_size)
+CHUNK_MEMORY_GIB = 1.0
 # |P_fast(y) - P_full(y)| allowed on the clean pass before the fast path is distrusted
 _FAST_CHECK_TOL = 1e-4
 
@@ -127,7 +133,7 @@ def integrated_gradients(
     layers: Sequence[int] | None = None,
     baseline: Float[Tensor, "layer d_mlp"] | None = None,
     first_token_only: bool = False,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     point: str = MLP_POST,
     grid: Grid = "right",
     mode: Mode = "auto",
@@ -137,7 +143,7 @@ def integrated_gradients(
 
     ``baseline`` has one row per layer of the model (``[n_layers, d_mlp]``; zero if None).
     ``batch_size`` is the chunk size: rows (layer, step) per forward/backward pass; it bounds
-    memory and never changes the result. ``mode``: ``"auto"`` (fast exact path where verified,
+    memory and never changes the result (None: :func:`auto_batch_size`, about 1 GiB a chunk). ``mode``: ``"auto"`` (fast exact path where verified,
     else reference), ``"fast"``, ``"reference"`` or ``"approx"`` (activation x gradient, one pass;
     ``steps`` and ``grid`` are ignored), see the module docstring. ``completeness``: also run
     each layer at its baseline to report the completeness error (default: yes for exact IG, where
@@ -149,7 +155,7 @@ def integrated_gradients(
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
@@ -176,26 +182,28 @@ def integrated_gradients(
     used = "approx" if mode == "approx" else ("fast" if fast else "reference")
     one = _approx_one_token if mode == "approx" else _ig_one_token
     check = (mode != "approx") if completeness is None else bool(completeness)
+    n_rows = len(layers) * (1 if mode == "approx" else steps + 1) + 1
     for t in range(n_tokens):
         tokens, position = encoded.step(t)
         target = int(encoded.answer[t])
         result = None
         if direct:
             run = _reference_runner(model, tokens, keep_logits=seen_logits)
-            result = one(run, target, layers, steps, baseline, batch_size, point, grid, check)
+            result = one(run, target, layers, steps, baseline, 1, point, grid, check)
         elif fast:
+            chunk = batch_size or auto_batch_size(model, len(tokens), n_rows)
             run = _fast_runner(model, tokens, float(stats.token_probs[t]))
             fn = _suffix_ig if mode != "approx" and _architecture(model) in SUFFIX_VERIFIED_ARCHITECTURES else one
             try:
-                result = None if run is None else fn(run, target, layers, steps, baseline, batch_size, point, grid,
-                                                         check)
+                result = None if run is None else fn(run, target, layers, steps, baseline, chunk, point, grid, check)
             except _FastMismatch as err:
                 warnings.warn(str(err), stacklevel=2)
             if result is None:
                 fast, used = False, ("approx" if mode == "approx" else "reference")
         if result is None:
+            chunk = batch_size or auto_batch_size(model, len(tokens), n_rows, full_sequence=True)
             run = _reference_runner(model, tokens, position if encoded.masked else None)
-            result = one(run, target, layers, steps, baseline, batch_size, point, grid, check)
+            result = one(run, target, layers, steps, baseline, chunk, point, grid, check)
         attr_t, err_t = result
         total = attr_t if total is None else total + attr_t
         error += err_t
@@ -378,7 +386,7 @@ def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, co
     """
     model = run.model
     n_layers = model.cfg.n_layers
-    alphas = _alphas(steps, grid, completeness)
+    alphas, in_sum = _alphas(steps, grid, completeness)
     plan = [(l, k) for l in sorted(layers) for k in range(len(alphas))]
     per_chunk = max(1, batch_size - 1)  # the clean row rides along in every chunk
     base = _baselines(baseline, layers, int(model.cfg.d_mlp))
@@ -386,6 +394,7 @@ def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, co
     grad_sum: dict[int, Tensor] = {}
     f_base: dict[int, float] = {}
     f_clean = None
+    unembed = _unembedding(model)
     for start in range(0, len(plan), per_chunk):
         chunk = plan[start : start + per_chunk]
         counts: dict[int, list[int]] = {}
@@ -421,23 +430,35 @@ def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, co
         kwargs = {}
         if run.cache is not None:
             kwargs["past_key_values"] = _grown_cache(run.cache, sizes)
+        final: dict[str, Tensor] = {}
+        if unembed is not None:
+            # the objective unembeds ln_final's output itself (fused, tiled): the model unembeds nothing
+            hooks.append(("ln_final.hook_out", lambda x, hook=None: final.setdefault("h", x)))
         with _bridge_kv_cache(model), _quiet_cache_warning(), model.hooks(fwd_hooks=hooks):
-            logits = last_logits(model, run.last, **kwargs).float()
-        if logits.shape[0] != sizes[-1]:
+            if unembed is None:
+                out = last_logits(model, run.last, **kwargs).float()
+            else:
+                logits_at(model, run.last, torch.zeros(0, dtype=torch.long, device=run.last.device), **kwargs)
+                out = final["h"][:, -1]
+        if out.shape[0] != sizes[-1]:
             raise _FastMismatch(f"lakn: the batch did not grow as planned in {run.model_name}")
+        # P(y) of every row; row 0 is the clean row (its gradient is zero: only rows 1.. are summed)
+        probs = target_probability(out, target) if unembed is None else unembed_target_probability(
+            out, unembed[0], target, unembed[1])
         if f_clean is None:
-            f_clean = float(logits[0].detach().softmax(-1)[target])
+            f_clean = float(probs[0].detach())
             _check_clean(run, f_clean)
-        probs = target_probability(logits[1:], target)
+        probs = probs[1:]
         keys = sorted(leaves)
         grads = torch.autograd.grad(probs.sum(), [leaves[l] for l in keys])
         for l, g in zip(keys, grads):
             ks = torch.tensor(counts[l])
-            real = (ks > 0) if completeness else torch.ones(len(ks), dtype=torch.bool)
+            real = in_sum[ks]
             grad_sum.setdefault(l, torch.zeros(g.shape[-1]))
             grad_sum[l] += g.detach().float().cpu()[real].sum(0)
             if completeness and bool((ks == 0).any()):
                 f_base[l] = float(probs.detach()[offsets[l] - 1 + int((ks == 0).nonzero()[0])])
+        del probs, out, final, grads  # free this chunk's graph (vocabulary-sized buffers) before the next
     attr = torch.stack([(clean[l] - base[l]) * grad_sum[l] / steps for l in layers])
     return attr, _completeness_error(attr, layers, f_clean, f_base if completeness else None)
 
@@ -469,6 +490,87 @@ def target_probability(logits: Float[Tensor, "row d_vocab"], target: int) -> Flo
     return _TargetProbability.apply(logits, int(target))
 
 
+class _UnembedTargetProbability(torch.autograd.Function):
+    """P(target) = softmax(h W^T + b)[target] per row, with the unembedding fused into the objective.
+
+    The vocabulary is processed in tiles: each tile's logits are computed, shifted by the tile's
+    row maximum and exponentiated in place while they are still in cache, so the whole forward
+    holds one [rows, d_vocab] buffer and no logits, softmax or one-hot copies. The backward needs
+    no vocabulary-sized buffer at all: dP/dh = P (W[target] - softmax(z) W), one tiled product.
+    Same numbers as the model's own unembedding + softmax, up to float rounding (tested)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, target: int, tile: int) -> Tensor:
+        h = hidden.to(weight.dtype)
+        acc = torch.promote_types(weight.dtype, torch.float32)  # softmax in at least float32
+        exps, row_max, row_sum = [], [], []
+        for start in range(0, weight.shape[0], tile):
+            z = torch.mm(h, weight[start : start + tile].T)
+            if bias is not None:
+                z += bias[start : start + tile]
+            z = z.to(acc)
+            m = z.amax(-1, keepdim=True)
+            z.sub_(m).exp_()
+            exps.append(z)
+            row_max.append(m[:, 0])
+            row_sum.append(z.sum(-1))
+        maxes = torch.stack(row_max)  # [tiles, rows]
+        scale = (maxes - maxes.amax(0)).exp_()
+        scale /= (torch.stack(row_sum) * scale).sum(0)  # p = exps[i] * scale[i]
+        i, j = divmod(int(target), tile)
+        prob = exps[i][:, j] * scale[i]
+        ctx.exps, ctx.scale, ctx.tile, ctx.target = exps, scale, tile, int(target)
+        ctx.save_for_backward(weight, prob)
+        ctx.hidden_dtype = hidden.dtype
+        return prob
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        weight, prob = ctx.saved_tensors
+        mean_row = None  # softmax(z) @ W, accumulated over tiles
+        for i, e in enumerate(ctx.exps):
+            part = torch.mm(e.to(weight.dtype), weight[i * ctx.tile : (i + 1) * ctx.tile]).to(e.dtype)
+            part *= ctx.scale[i][:, None]
+            mean_row = part if mean_row is None else mean_row.add_(part)
+        d_hidden = (grad * prob)[:, None] * (weight[ctx.target].to(mean_row.dtype)[None] - mean_row)
+        return d_hidden.to(ctx.hidden_dtype), None, None, None, None
+
+
+def unembed_target_probability(
+    hidden: Float[Tensor, "row d_model"],
+    weight: Float[Tensor, "d_vocab d_model"],
+    target: int,
+    bias: Float[Tensor, "d_vocab"] | None = None,
+    tile: int = 4096,
+) -> Float[Tensor, "row"]:
+    """P(target) per row from the final (normalised) residual stream, differentiable in ``hidden``:
+    the unembedding and softmax in one memory-lean function (see :class:`_UnembedTargetProbability`)."""
+    if hidden.ndim != 2 or hidden.shape[-1] != weight.shape[-1]:
+        raise ValueError(f"hidden must have shape [rows, {weight.shape[-1]}], got {tuple(hidden.shape)}")
+    if not 0 <= int(target) < weight.shape[0]:
+        raise ValueError(f"target {target} is outside the vocabulary of {weight.shape[0]} tokens")
+    return _UnembedTargetProbability.apply(hidden, weight, bias, int(target), int(tile))
+
+
+def _unembedding(model):
+    """(W_U as [d_vocab, d_model], bias or None) when the logits are exactly ln_final's output times
+    the unembedding (+ bias); None for models that change the logits afterwards (e.g. Gemma 2's
+    final soft-capping) or whose unembedding is not a plain linear map."""
+    hf_config = getattr(getattr(model, "original_model", None), "config", None)
+    if hf_config is None or getattr(hf_config, "final_logit_softcapping", None):
+        return None
+    if "ln_final.hook_out" not in getattr(model, "hook_dict", {}):
+        return None
+    linear = getattr(getattr(model, "unembed", None), "original_component", None)
+    weight = getattr(linear, "weight", None)
+    if not isinstance(linear, torch.nn.Linear) or weight is None or weight.ndim != 2:
+        return None
+    bias = linear.bias
+    if bias is not None and not bool(bias.detach().any()):
+        bias = None
+    return weight.detach(), (None if bias is None else bias.detach())
+
+
 class _FastMismatch(RuntimeError):
     """The fast path's clean probability disagrees with the full forward."""
 
@@ -498,10 +600,14 @@ def _baselines(baseline, layers, d_mlp):
     return {l: baseline[l].detach().float().cpu() for l in layers}
 
 
-def _alphas(steps: int, grid: Grid, completeness: bool) -> Tensor:
-    """Row coefficients of one layer: the grid, led by alpha = 0 (the baseline, for F(b)) when
-    the completeness error is wanted."""
-    return torch.cat([torch.zeros(1), step_grid(steps, grid)]) if completeness else step_grid(steps, grid)
+def _alphas(steps: int, grid: Grid, completeness: bool) -> tuple[Tensor, Tensor]:
+    """Row coefficients of one layer and which rows enter the Riemann sum. With the completeness
+    check, row 0 is alpha = 0 (the baseline, giving F(b)): an extra row for the "right" grid,
+    the grid's own first step for "linspace" (which already starts at alpha = 0)."""
+    grid_alphas = step_grid(steps, grid)
+    if not completeness or grid == "linspace":
+        return grid_alphas, torch.ones(steps, dtype=torch.bool)
+    return torch.cat([torch.zeros(1), grid_alphas]), torch.arange(steps + 1) > 0
 
 
 def _completeness_error(attr, layers, f_clean: float, f_base: dict | None) -> Float[Tensor, "layer"]:
@@ -518,16 +624,18 @@ def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid,
     base = _baselines(baseline, layers, d_mlp)
     # 2. rows = (layer, step); step 0 of each layer is alpha = 0, the baseline, giving F(b) for
     # the completeness check (with grid="linspace" alpha = 0 is also a real step: kept apart)
-    alphas = _alphas(steps, grid, completeness)
+    alphas, in_sum = _alphas(steps, grid, completeness)
     row_layer = torch.tensor(layers).repeat_interleave(len(alphas))
     row_alpha = alphas.repeat(len(layers))
     row_is_base = ((torch.arange(len(row_layer)) % len(alphas)) == 0) & completeness
+    row_in_sum = in_sum.repeat(len(layers))
     grad_sum = {l: torch.zeros(d_mlp) for l in layers}
     f_base = {}
     for start in range(0, len(row_layer), batch_size):
         chunk_layer = row_layer[start : start + batch_size]
         chunk_alpha = row_alpha[start : start + batch_size]
         chunk_base = row_is_base[start : start + batch_size]
+        chunk_in_sum = row_in_sum[start : start + batch_size]
         leaves: dict[int, Tensor] = {}
         fwd_hooks = []
         for l in chunk_layer.unique().tolist():
@@ -540,7 +648,7 @@ def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid,
         for l, g in zip(keys, grads):
             rows = (chunk_layer == l).nonzero()[:, 0]
             is_base = chunk_base[rows]
-            grad_sum[l] += g.detach().float().cpu()[~is_base].sum(0)
+            grad_sum[l] += g.detach().float().cpu()[chunk_in_sum[rows]].sum(0)
             if is_base.any():
                 f_base[l] = float(probs.detach()[rows[is_base][0]])
     attr = torch.stack([(clean[l].float().cpu() - base[l]) * grad_sum[l] / steps for l in layers])
@@ -606,8 +714,8 @@ def memory_estimate(
 
     An estimate, not a measurement: weights; per row the copied key/value cache of the prompt;
     activations saved for the backward pass of one position through every layer (about
-    6 x d_model + 3 x d_mlp values a layer); and the answer position's logits, softmax and their
-    gradient (3 x d_vocab). Example (Llama-3-8B, bfloat16, chunk 64):
+    6 x d_model + 3 x d_mlp values a layer); and the answer position's exponentiated logits (one
+    float32 d_vocab buffer: the objective fuses the unembedding, softmax and gradient). Example (Llama-3-8B, bfloat16, chunk 64):
     ``memory_estimate(n_params=8.0e9, n_layers=32, d_model=4096, d_mlp=14336, d_vocab=128256,
     n_kv_heads=8, d_head=128)``.
     """
@@ -615,7 +723,23 @@ def memory_estimate(
     weights = n_params * weight_bytes
     kv = batch_size * n_layers * 2 * n_kv_heads * d_head * prompt_len * weight_bytes
     saved = batch_size * n_layers * (6 * d_model + 3 * d_mlp) * act_bytes
-    logits = batch_size * 3 * d_vocab * act_bytes
+    logits = batch_size * d_vocab * 4
     out = {"weights": weights / gib, "kv_cache": kv / gib, "activations": saved / gib, "logits": logits / gib}
     out["total"] = sum(out.values())
     return out
+
+
+def auto_batch_size(model, prompt_len: int, n_rows: int, *, full_sequence: bool = False) -> int:
+    """Rows per pass for ``batch_size=None``: as many as keep one chunk's activations, key/value
+    copies and vocabulary buffer (:func:`memory_estimate` without the weights) within
+    ``CHUNK_MEMORY_GIB``, at least 16 (or ``n_rows`` if fewer) and at most ``n_rows``.
+    ``full_sequence``: each row recomputes the whole prompt (the reference loop)."""
+    cfg = model.cfg
+    elt = next(model.parameters()).element_size()
+    per_row = memory_estimate(
+        n_params=0, n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), d_mlp=int(cfg.d_mlp),
+        d_vocab=int(cfg.d_vocab), n_kv_heads=int(cfg.n_heads), d_head=int(cfg.d_head), prompt_len=prompt_len,
+        batch_size=1, weight_bytes=elt, act_bytes=max(elt, 4))
+    rows = per_row["kv_cache"] + per_row["logits"] + per_row["activations"] * (prompt_len if full_sequence else 1)
+    fit = int(CHUNK_MEMORY_GIB / max(rows, 1e-12))
+    return max(1, min(n_rows, max(16, fit)))

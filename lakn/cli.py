@@ -54,8 +54,9 @@ def register_localize(sub) -> None:
     p.add_argument("--attribution", choices=["auto", "fast", "reference", "approx", "coarse-to-fine"],
                    default="auto", help="exact IG: fast single-position path where verified (auto), or the "
                                         "reference loop; approx / coarse-to-fine: approximate screening")
-    p.add_argument("--batch-size", type=_positive_int, default=64,
-                   help="rows per forward/backward pass (chunk size; results do not depend on it)")
+    p.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="rows per forward/backward pass (chunk size; results do not depend on it; "
+                        "default: as many as fit about 1 GiB, see lakn.attribution.auto_batch_size)")
     p.add_argument("--drop-incomplete", action="store_true", help="skip facts lacking a requested language")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cpu; under torchrun 'cuda' means the process's LOCAL_RANK GPU)")
     p.set_defaults(handler=_run_localize)

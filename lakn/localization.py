@@ -61,7 +61,7 @@ def localize(
     min_reference: int = 5,
     common_fraction: float | None = None,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     drop_incomplete: bool = False,
     out: str | Path | None = None,
     data: str = "",

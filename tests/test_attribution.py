@@ -393,3 +393,48 @@ def test_coarse_to_fine_refines_chosen_layers(models):
         assert torch.allclose(res.attributions[l], target.attributions[l], atol=1e-5 * scale, rtol=1e-4)
     with pytest.raises(ValueError):
         coarse_to_fine(model, q, refine_layers=0)
+
+
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_unembedding_objective_matches_softmax(with_bias):
+    """The fast path's objective unembeds ln_final's output itself, tile by tile: its value and
+    gradient equal softmax(h W^T + b)[y] (float64, a vocabulary that the tiles do not divide,
+    the target in the last, partial tile)."""
+    from lakn.attribution import unembed_target_probability
+
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(6, 16, dtype=torch.float64, generator=g)
+    weight = torch.randn(300, 16, dtype=torch.float64, generator=g)
+    bias = torch.randn(300, dtype=torch.float64, generator=g) if with_bias else None
+    row_w = torch.rand(6, dtype=torch.float64, generator=g)
+    for target in (5, 299):
+        x = hidden.clone().requires_grad_(True)
+        got = unembed_target_probability(x, weight, target, bias, tile=64)
+        (got * row_w).sum().backward()
+        y = hidden.clone().requires_grad_(True)
+        logits = y @ weight.T + (0 if bias is None else bias)
+        want = logits.softmax(-1)[:, target]
+        (want * row_w).sum().backward()
+        assert torch.allclose(got, want.detach(), rtol=1e-12)
+        assert torch.allclose(x.grad, y.grad, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda h: unembed_target_probability(h, weight, 7, bias, tile=32),
+                                    (hidden[:2].clone().requires_grad_(True),))
+    with pytest.raises(ValueError, match="hidden must have shape"):
+        unembed_target_probability(hidden[:, :3], weight, 5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        unembed_target_probability(hidden, weight, 300)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
+def test_fused_unembedding_leaves_fast_path_results_unchanged(models, arch, monkeypatch):
+    """The branching fast path with the fused objective equals the same path with the model's own
+    unembedding (``_unembedding`` disabled)."""
+    model = models(arch, n_layers=3)
+    q = query(model)
+    assert attribution._unembedding(model) is not None
+    fused = integrated_gradients(model, q, steps=4, mode="fast", batch_size=9)
+    monkeypatch.setattr(attribution, "_unembedding", lambda model: None)
+    plain = integrated_gradients(model, q, steps=4, mode="fast", batch_size=9)
+    scale = plain.attributions.abs().max()
+    assert torch.allclose(fused.attributions, plain.attributions, atol=1e-6 * scale, rtol=1e-5)
+    assert torch.allclose(fused.completeness_error, plain.completeness_error, atol=1e-6 * scale + 1e-9, rtol=1e-4)

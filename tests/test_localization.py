@@ -141,10 +141,16 @@ def test_bad_arguments_fail_before_computation(tiny_llama, toy_facts, monkeypatc
 
 
 def test_hooks_removed_when_attribution_fails(tiny_llama, toy_facts, monkeypatch):
-    def boom(model, tokens, **kwargs):
-        raise RuntimeError("simulated failure inside the hooked forward")
+    def failing(original):
+        def run(model, tokens, *args, **kwargs):
+            if active_hook_count(model):  # only inside a hooked forward
+                raise RuntimeError("simulated failure inside the hooked forward")
+            return original(model, tokens, *args, **kwargs)
 
-    monkeypatch.setattr(attribution, "last_logits", boom)
+        return run
+
+    monkeypatch.setattr(attribution, "last_logits", failing(attribution.last_logits))
+    monkeypatch.setattr(attribution, "logits_at", failing(attribution.logits_at))
     with pytest.raises(RuntimeError, match="simulated failure"):
         localize(tiny_llama, toy_facts[:1], languages=["en"], **SETTINGS)
     assert active_hook_count(tiny_llama) == 0
