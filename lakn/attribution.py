@@ -36,23 +36,25 @@ steps; results do not depend on it.
 from __future__ import annotations
 
 import copy
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from .facts import Query
 from .hooks import MLP_POST, capture_hook, hook_name, interpolation_hook
-from .tokens import (AnswerStats, EncodedQuery, answer_probabilities, encode_query, last_logits, logits_at,
-                     stats_from_logits)
+from .tokens import AnswerStats, EncodedQuery, answer_probabilities, encode_query, last_logits, logits_at
 
 __all__ = [
     "QueryAttribution",
     "integrated_gradients",
+    "attribute_queries",
     "coarse_to_fine",
     "step_grid",
     "fast_path_supported",
@@ -171,26 +173,24 @@ def integrated_gradients(
     if mode == "fast" and encoded.masked:
         raise ValueError("mode='fast' is for causal LMs; a masked LM sees every position, use 'reference' or 'auto'")
     n_tokens = 1 if first_token_only else len(encoded.answer)
-    # approx on a causal LM: one full pass per answer token gives the gradient and, from the same
-    # logits, the answer's statistics (no separate statistics pass, no cache pass)
-    direct = mode == "approx" and not encoded.masked and n_tokens == len(encoded.answer)
-    fast = not direct and (mode == "fast" or (mode in ("auto", "approx") and fast_path_supported(model)))
-    stats = None if direct else answer_probabilities(model, encoded)
-    seen_logits = []
+    check = (mode != "approx") if completeness is None else bool(completeness)
+    if mode == "approx" and not encoded.masked and not check:
+        # one full pass per answer token gives the gradient and, from the same pass, the answer's
+        # statistics (no statistics pass, no cache pass); shared with attribute_queries
+        return _approx_batch(model, [encoded], layers=layers, baseline=baseline, first_token_only=first_token_only,
+                             point=point, batch_size=batch_size)[0]
+    fast = mode == "fast" or (mode in ("auto", "approx") and fast_path_supported(model))
+    stats = answer_probabilities(model, encoded)
     total = None
     error = torch.zeros(len(layers))
     used = "approx" if mode == "approx" else ("fast" if fast else "reference")
     one = _approx_one_token if mode == "approx" else _ig_one_token
-    check = (mode != "approx") if completeness is None else bool(completeness)
     n_rows = len(layers) * (1 if mode == "approx" else steps + 1) + 1
     for t in range(n_tokens):
         tokens, position = encoded.step(t)
         target = int(encoded.answer[t])
         result = None
-        if direct:
-            run = _reference_runner(model, tokens, keep_logits=seen_logits)
-            result = one(run, target, layers, steps, baseline, 1, point, grid, check)
-        elif fast:
+        if fast:
             chunk = batch_size or auto_batch_size(model, len(tokens), n_rows)
             run = _fast_runner(model, tokens, float(stats.token_probs[t]))
             fn = _suffix_ig if mode != "approx" and _architecture(model) in SUFFIX_VERIFIED_ARCHITECTURES else one
@@ -207,9 +207,116 @@ def integrated_gradients(
         attr_t, err_t = result
         total = attr_t if total is None else total + attr_t
         error += err_t
-    if stats is None:
-        stats = stats_from_logits(torch.stack(seen_logits), encoded.answer)
     return QueryAttribution(total / n_tokens, error / n_tokens, stats, layers, n_tokens, used)
+
+
+def attribute_queries(
+    model,
+    queries: Sequence[Query | EncodedQuery],
+    *,
+    mode: Mode = "auto",
+    batch_size: int | None = None,
+    **kwargs,
+) -> list[QueryAttribution]:
+    """:func:`integrated_gradients` for several queries, sharing passes between queries where that
+    pays: ``mode="approx"`` on a causal LM runs the rows of all queries (one per answer token)
+    together, right-padded (a causal LM's real positions never see the padding, so no mask or
+    position shift is needed), with ``batch_size`` rows (sequences) per pass. Exact modes run
+    query by query: each query's (layer, step) rows already fill its passes. Same results as
+    calling :func:`integrated_gradients` on each query (tested)."""
+    from .models import is_masked_lm
+
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    encoded = [encode_query(model, q) if isinstance(q, Query) else q for q in queries]
+    if mode == "approx" and not is_masked_lm(model) and not kwargs.get("completeness"):
+        known = {"layers", "baseline", "first_token_only", "point", "steps", "grid", "completeness"}
+        unknown = set(kwargs) - known
+        if unknown:
+            raise TypeError(f"unexpected arguments {sorted(unknown)}")
+        return _approx_batch(model, encoded, layers=kwargs.get("layers"), baseline=kwargs.get("baseline"),
+                             first_token_only=kwargs.get("first_token_only", False),
+                             point=kwargs.get("point", MLP_POST), batch_size=batch_size)
+    return [integrated_gradients(model, e, mode=mode, batch_size=batch_size, **kwargs) for e in encoded]
+
+
+def _approx_batch(model, encoded: Sequence[EncodedQuery], *, layers=None, baseline=None, first_token_only=False,
+                  point=MLP_POST, batch_size=None) -> list[QueryAttribution]:
+    """Activation x gradient for many causal-LM queries: one row per (query, answer token), the
+    input prompt + answer[:t] right-padded to the longest row of its pass; a zero leaf added at
+    each row's own last position of every layer gives dP/da there. P, entropy and rank come from
+    the same pass (rows of later answer tokens only add P(y_t) when ``first_token_only``)."""
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    bad = [l for l in layers if not 0 <= l < n_layers]
+    if bad or not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1} without repeats, got {layers}")
+    if baseline is not None and (baseline.ndim != 2 or tuple(baseline.shape) != (n_layers, d_mlp)):
+        raise ValueError(f"baseline must have shape [n_layers={n_layers}, {d_mlp}], got {tuple(baseline.shape)}")
+    base = _baselines(baseline, layers, d_mlp)
+    device = _device(model)
+    unembed = _unembedding(model)
+    rows = [(qi, t) for qi, e in enumerate(encoded) for t in range(len(e.answer))]
+    rows.sort(key=lambda r: len(encoded[r[0]].prompt) + r[1])  # similar lengths share a pass
+    attr: dict[tuple[int, int], Tensor] = {}
+    prob, entropy, rank = {}, {}, {}
+    longest = max((len(encoded[qi].prompt) + t for qi, t in rows), default=1)
+    size = batch_size or auto_batch_size(model, longest, len(rows), full_sequence=True)
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        inputs = [encoded[qi].step(t)[0] for qi, t in chunk]
+        length = max(len(x) for x in inputs)
+        tokens = torch.stack([torch.cat([x, x[:1].expand(length - len(x))]) for x in inputs]).to(device)
+        pos = torch.tensor([len(x) - 1 for x in inputs], device=device)
+        targets = torch.tensor([int(encoded[qi].answer[t]) for qi, t in chunk], device=device)
+        idx = torch.arange(len(chunk), device=device)
+        leaves: dict[int, Tensor] = {}
+        clean: dict[int, Tensor] = {}
+
+        def gradient_hook(act, hook=None, key=None):
+            clean[key] = act[idx, pos].detach()
+            leaves[key] = torch.zeros_like(clean[key]).requires_grad_(True)
+            out = act.clone()
+            out[idx, pos] = act[idx, pos] + leaves[key]
+            return out
+
+        hooks = [(hook_name(l, point), partial(gradient_hook, key=l)) for l in layers]
+        final: dict[str, Tensor] = {}
+        if unembed is not None:
+            hooks.append(("ln_final.hook_out", lambda x, hook=None: final.setdefault("h", x)))
+        with model.hooks(fwd_hooks=hooks):
+            if unembed is not None:
+                logits_at(model, tokens, torch.zeros(0, dtype=torch.long, device=device))
+            else:
+                logits = model(tokens)[idx, pos].float()
+        if unembed is not None:
+            p, ent, rk = unembed_target_probability(final["h"][idx, pos], unembed[0], targets, unembed[1],
+                                                    with_stats=True)
+        else:
+            p = target_probability(logits, targets)
+            lp = logits.detach().log_softmax(-1)
+            ent = -(lp.exp() * lp).sum(-1)
+            rk = (lp > lp.gather(-1, targets[:, None])).sum(-1)
+        weight = torch.tensor([1.0 if (t == 0 or not first_token_only) else 0.0 for _, t in chunk], device=device)
+        grads = torch.autograd.grad((p * weight).sum(), [leaves[l] for l in layers])
+        for j, (qi, t) in enumerate(chunk):
+            prob[qi, t], entropy[qi, t], rank[qi, t] = float(p[j].detach()), float(ent[j]), int(rk[j])
+            if weight[j]:
+                attr[qi, t] = torch.stack([(clean[l][j].float().cpu() - base[l]) * grads[i][j].float().cpu()
+                                           for i, l in enumerate(layers)])
+        del p, grads
+        final.clear()  # free this pass's graph before the next
+    log_v = math.log(int(model.cfg.d_vocab))
+    out = []
+    for qi, e in enumerate(encoded):
+        n_tokens = 1 if first_token_only else len(e.answer)
+        token_probs = torch.tensor([prob[qi, t] for t in range(len(e.answer))])
+        stats = AnswerStats(token_probs, float(token_probs.log().mean().exp()), entropy[qi, 0] / log_v, rank[qi, 0])
+        total = sum(attr[qi, t] for t in range(n_tokens)) / n_tokens
+        out.append(QueryAttribution(total, torch.full((len(layers),), float("nan")), stats, layers, n_tokens, "approx"))
+    return out
 
 
 def coarse_to_fine(
@@ -251,10 +358,9 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _reference_runner(model, tokens, position: int | None = None, keep_logits: list | None = None):
+def _reference_runner(model, tokens, position: int | None = None):
     """Full recomputation of the whole sequence; logits at ``position`` (None: the last token,
-    for causal LMs; a mask position for masked LMs, which see every position). With
-    ``keep_logits`` the first call's first row is appended to it (the clean logits, for stats)."""
+    for causal LMs; a mask position for masked LMs, which see every position)."""
     tokens = tokens[None].to(_device(model))
 
     def run(n_rows: int, fwd_hooks) -> Float[Tensor, "row d_vocab"]:
@@ -263,12 +369,7 @@ def _reference_runner(model, tokens, position: int | None = None, keep_logits: l
                 out = last_logits(model, tokens.expand(n_rows, -1)).float()
             else:
                 out = model(tokens.expand(n_rows, -1))[:, position].float()
-        if keep_logits is not None and not run.kept:
-            keep_logits.append(out[0].detach())
-            run.kept = True
         return out
-
-    run.kept = False
 
     run.position = -1 if position is None else position
     return run
@@ -458,49 +559,55 @@ def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, co
             grad_sum[l] += g.detach().float().cpu()[real].sum(0)
             if completeness and bool((ks == 0).any()):
                 f_base[l] = float(probs.detach()[offsets[l] - 1 + int((ks == 0).nonzero()[0])])
-        del probs, out, final, grads  # free this chunk's graph (vocabulary-sized buffers) before the next
+        del probs, out, grads  # free this chunk's graph (vocabulary-sized buffers) before the next
+        final.clear()
     attr = torch.stack([(clean[l] - base[l]) * grad_sum[l] / steps for l in layers])
     return attr, _completeness_error(attr, layers, f_clean, f_base if completeness else None)
 
 
 class _TargetProbability(torch.autograd.Function):
-    """softmax(logits)[:, target] with a lean backward, dP/dz = P (onehot - softmax(z)), built in
+    """softmax(logits)[r, target_r] with a lean backward, dP/dz = P (onehot - softmax(z)), built in
     one [rows, d_vocab] buffer: autograd's softmax + index would add a zero-filled one-hot
-    tensor, a softmax output and a softmax-backward buffer of that size (Gemma 3: 262k columns)."""
+    tensor, a softmax output and a softmax-backward buffer of that size (Gemma 3: 262k columns).
+    Used where the model's own logits are needed (the fused objective does not apply)."""
 
     @staticmethod
-    def forward(ctx, logits: Tensor, target: int) -> Tensor:
+    def forward(ctx, logits: Tensor, targets: Tensor) -> Tensor:
         lse = torch.logsumexp(logits, dim=-1)
-        prob = (logits[:, target] - lse).exp()
-        ctx.save_for_backward(logits, lse, prob)
-        ctx.target = target
+        prob = (logits.gather(-1, targets[:, None])[:, 0] - lse).exp()
+        ctx.save_for_backward(logits, lse, prob, targets)
         return prob
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        logits, lse, prob = ctx.saved_tensors
+        logits, lse, prob, targets = ctx.saved_tensors
         scaled = grad * prob
         out = logits.sub(lse[:, None]).exp_().mul_(-scaled[:, None])
-        out[:, ctx.target] += scaled
+        out[torch.arange(len(targets), device=out.device), targets] += scaled
         return out, None
 
 
-def target_probability(logits: Float[Tensor, "row d_vocab"], target: int) -> Float[Tensor, "row"]:
-    """P(target) per row from logits, differentiable (the IG objective F)."""
-    return _TargetProbability.apply(logits, int(target))
+def target_probability(logits: Float[Tensor, "row d_vocab"], target: int | Int[Tensor, "row"]) -> Float[Tensor, "row"]:
+    """P(target) per row from logits, differentiable (the IG objective F); ``target`` is one token
+    id for every row or one per row."""
+    targets = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
+    if targets.numel() == 1:
+        targets = targets.expand(logits.shape[0])
+    return _TargetProbability.apply(logits, targets.contiguous())
 
 
 class _UnembedTargetProbability(torch.autograd.Function):
-    """P(target) = softmax(h W^T + b)[target] per row, with the unembedding fused into the objective.
+    """P(target_r) = softmax(h_r W^T + b)[target_r] per row, the unembedding fused into the objective.
 
     The vocabulary is processed in tiles: each tile's logits are computed, shifted by the tile's
-    row maximum and exponentiated in place while they are still in cache, so the whole forward
-    holds one [rows, d_vocab] buffer and no logits, softmax or one-hot copies. The backward needs
-    no vocabulary-sized buffer at all: dP/dh = P (W[target] - softmax(z) W), one tiled product.
-    Same numbers as the model's own unembedding + softmax, up to float rounding (tested)."""
+    row maximum and exponentiated in place while they are still in cache, so the forward holds
+    one [rows, d_vocab] buffer and no logits, softmax or one-hot copies. The backward needs no
+    vocabulary-sized buffer at all: dP/dh = P (W[target] - softmax(z) W), one tiled product.
+    With ``want_stats`` it also returns each row's entropy (nats) and the target's rank (0 = top),
+    from the same tiles. Same numbers as the model's unembedding + softmax up to rounding (tested)."""
 
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, target: int, tile: int) -> Tensor:
+    def forward(ctx, hidden, weight, bias, targets, tile: int, want_stats: bool):
         h = hidden.to(weight.dtype)
         acc = torch.promote_types(weight.dtype, torch.float32)  # softmax in at least float32
         exps, row_max, row_sum = [], [], []
@@ -517,39 +624,60 @@ class _UnembedTargetProbability(torch.autograd.Function):
         maxes = torch.stack(row_max)  # [tiles, rows]
         scale = (maxes - maxes.amax(0)).exp_()
         scale /= (torch.stack(row_sum) * scale).sum(0)  # p = exps[i] * scale[i]
-        i, j = divmod(int(target), tile)
-        prob = exps[i][:, j] * scale[i]
-        ctx.exps, ctx.scale, ctx.tile, ctx.target = exps, scale, tile, int(target)
-        ctx.save_for_backward(weight, prob)
+        prob = torch.empty(h.shape[0], dtype=acc, device=h.device)
+        tile_of = targets // tile
+        for i in tile_of.unique().tolist():
+            rows = (tile_of == i).nonzero()[:, 0]
+            prob[rows] = exps[i][rows, targets[rows] - i * tile] * scale[i, rows]
+        ctx.exps, ctx.scale, ctx.tile = exps, scale, tile
+        ctx.save_for_backward(weight, prob, targets)
         ctx.hidden_dtype = hidden.dtype
-        return prob
+        if not want_stats:
+            return prob
+        entropy = torch.zeros_like(prob)
+        rank = torch.zeros(len(prob), dtype=torch.long, device=h.device)
+        for i, e in enumerate(exps):
+            s = scale[i][:, None]
+            # -sum p log p with p = e * s:  -s * (sum e log e + log s * sum e)
+            entropy -= (s * (torch.special.xlogy(e, e).sum(-1, keepdim=True) + s.log() * e.sum(-1, keepdim=True)))[:, 0]
+            rank += ((e * s) > prob[:, None]).sum(-1)
+        ctx.mark_non_differentiable(entropy, rank)
+        return prob, entropy, rank
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        weight, prob = ctx.saved_tensors
+    def backward(ctx, grad, *unused):
+        weight, prob, targets = ctx.saved_tensors
         mean_row = None  # softmax(z) @ W, accumulated over tiles
         for i, e in enumerate(ctx.exps):
             part = torch.mm(e.to(weight.dtype), weight[i * ctx.tile : (i + 1) * ctx.tile]).to(e.dtype)
             part *= ctx.scale[i][:, None]
             mean_row = part if mean_row is None else mean_row.add_(part)
-        d_hidden = (grad * prob)[:, None] * (weight[ctx.target].to(mean_row.dtype)[None] - mean_row)
-        return d_hidden.to(ctx.hidden_dtype), None, None, None, None
+        d_hidden = (grad * prob)[:, None] * (weight[targets].to(mean_row.dtype) - mean_row)
+        return d_hidden.to(ctx.hidden_dtype), None, None, None, None, None
 
 
 def unembed_target_probability(
     hidden: Float[Tensor, "row d_model"],
     weight: Float[Tensor, "d_vocab d_model"],
-    target: int,
+    target: int | Int[Tensor, "row"],
     bias: Float[Tensor, "d_vocab"] | None = None,
     tile: int = 4096,
-) -> Float[Tensor, "row"]:
+    with_stats: bool = False,
+):
     """P(target) per row from the final (normalised) residual stream, differentiable in ``hidden``:
-    the unembedding and softmax in one memory-lean function (see :class:`_UnembedTargetProbability`)."""
+    the unembedding and softmax in one memory-lean function (see :class:`_UnembedTargetProbability`).
+    ``target``: one token id for every row, or one per row. ``with_stats``: return
+    ``(prob, entropy in nats, rank of the target)`` per row instead of ``prob``."""
     if hidden.ndim != 2 or hidden.shape[-1] != weight.shape[-1]:
         raise ValueError(f"hidden must have shape [rows, {weight.shape[-1]}], got {tuple(hidden.shape)}")
-    if not 0 <= int(target) < weight.shape[0]:
-        raise ValueError(f"target {target} is outside the vocabulary of {weight.shape[0]} tokens")
-    return _UnembedTargetProbability.apply(hidden, weight, bias, int(target), int(tile))
+    targets = torch.as_tensor(target, dtype=torch.long, device=hidden.device).reshape(-1)
+    if targets.numel() == 1:
+        targets = targets.expand(hidden.shape[0])
+    if targets.shape[0] != hidden.shape[0]:
+        raise ValueError(f"target must be one token id or one per row ({hidden.shape[0]}), got {targets.shape[0]}")
+    if targets.numel() and not (0 <= int(targets.min()) and int(targets.max()) < weight.shape[0]):
+        raise ValueError(f"target {targets.tolist()} is outside the vocabulary of {weight.shape[0]} tokens")
+    return _UnembedTargetProbability.apply(hidden, weight, bias, targets.contiguous(), int(tile), bool(with_stats))
 
 
 def _unembedding(model):

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import torch
 
 from . import __version__
-from .attribution import coarse_to_fine, integrated_gradients
-from .facts import Fact, FactsError, select_facts
+from .attribution import attribute_queries, coarse_to_fine
+from .facts import Fact, select_facts
 from .models import is_masked_lm, model_name
 from .results import FactRecord, LocalizationResult, write_json_atomic
 from .scoring import (
@@ -184,18 +184,27 @@ def localize(
 
 def _attribute_fact(model, plan: dict[str, list], attribution: str, cache: dict | None, **kwargs):
     """Attribute every planned query of one fact: stacked maps, confidence and entropy per
-    language, and one statistics row per query. ``cache`` (optional) memoises attributions."""
+    language, and one statistics row per query. The fact's queries (all languages) go to
+    :func:`attribute_queries` together, so approx shares passes between them. ``cache``
+    (optional) memoises attributions."""
+    def key(encoded):
+        return (tuple(encoded.prompt.tolist()), tuple(encoded.answer.tolist()), attribution,
+                kwargs["steps"], kwargs["first_token_only"])
+
+    found = {} if cache is None else {key(e): cache[key(e)] for qs in plan.values() for _, e in qs if key(e) in cache}
+    missing = {key(e): e for qs in plan.values() for _, e in qs if key(e) not in found}
+    if attribution == "coarse-to-fine":
+        computed = [coarse_to_fine(model, e, **kwargs) for e in missing.values()]
+    else:
+        computed = attribute_queries(model, list(missing.values()), mode=attribution, **kwargs)
+    found.update(zip(missing, computed))
+    if cache is not None:
+        cache.update(zip(missing, computed))
     attributions, confidence, entropy, rows = {}, {}, {}, []
     for lang, queries in plan.items():
         maps, probs, ents = [], [], []
         for query, encoded in queries:
-            key = (tuple(encoded.prompt.tolist()), tuple(encoded.answer.tolist()), attribution,
-                   kwargs["steps"], kwargs["first_token_only"])
-            ig = cache.get(key) if cache is not None else None
-            if ig is None:
-                ig = _attribute(model, encoded, attribution, **kwargs)
-                if cache is not None:
-                    cache[key] = ig
+            ig = found[key(encoded)]
             maps.append(ig.attributions)
             probs.append(ig.stats.probability)
             ents.append(ig.stats.entropy)
@@ -212,12 +221,6 @@ def _attribute_fact(model, plan: dict[str, list], attribution: str, cache: dict 
         confidence[lang] = torch.tensor(probs)
         entropy[lang] = torch.tensor(ents)
     return attributions, confidence, entropy, rows
-
-
-def _attribute(model, encoded, attribution: str, **kwargs):
-    if attribution == "coarse-to-fine":
-        return coarse_to_fine(model, encoded, **kwargs)
-    return integrated_gradients(model, encoded, mode=attribution, **kwargs)
 
 
 def _init_distributed(requested: bool | None) -> tuple[int, int]:

@@ -438,3 +438,59 @@ def test_fused_unembedding_leaves_fast_path_results_unchanged(models, arch, monk
     scale = plain.attributions.abs().max()
     assert torch.allclose(fused.attributions, plain.attributions, atol=1e-6 * scale, rtol=1e-5)
     assert torch.allclose(fused.completeness_error, plain.completeness_error, atol=1e-6 * scale + 1e-9, rtol=1e-4)
+
+
+def test_fused_unembedding_statistics_and_per_row_targets():
+    """Per-row targets, entropy (nats) and rank from the fused objective equal the softmax's."""
+    from lakn.attribution import target_probability, unembed_target_probability
+
+    g = torch.Generator().manual_seed(1)
+    hidden = torch.randn(5, 12, dtype=torch.float64, generator=g) * 2
+    weight = torch.randn(260, 12, dtype=torch.float64, generator=g)
+    targets = torch.tensor([0, 63, 64, 200, 259])
+    prob, entropy, rank = unembed_target_probability(hidden, weight, targets, tile=64, with_stats=True)
+    log_p = (hidden @ weight.T).log_softmax(-1)
+    want = log_p.gather(-1, targets[:, None])[:, 0]
+    assert torch.allclose(prob, want.exp(), rtol=1e-12)
+    assert torch.allclose(entropy, -(log_p.exp() * log_p).sum(-1), rtol=1e-10)
+    assert rank.tolist() == (log_p > want[:, None]).sum(-1).tolist()
+    assert torch.allclose(target_probability(hidden @ weight.T, targets), want.exp(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_attribute_queries_batches_approx_exactly(models, arch):
+    """approx rows of several queries (different prompt and answer lengths) share right-padded
+    passes: attributions and statistics equal each query attributed on its own, for any batch."""
+    from lakn.attribution import attribute_queries
+    from lakn.tokens import answer_probabilities
+
+    model = models(arch)
+    qs = [query(model, n_answer=2), query(model, n_answer=1, prompt="Paris is the capital city of"),
+          query(model, n_answer=3, prompt="Berlin")]
+    for first in (False, True):
+        alone = [integrated_gradients(model, q, mode="approx", completeness=True, first_token_only=first) for q in qs]
+        for batch_size in (None, 2):
+            together = attribute_queries(model, qs, mode="approx", first_token_only=first, batch_size=batch_size)
+            for a, b, q in zip(together, alone, qs):
+                scale = b.attributions.abs().max()
+                assert a.mode == "approx" and a.n_answer_tokens == b.n_answer_tokens
+                assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
+                ref = answer_probabilities(model, q)
+                assert torch.allclose(a.stats.token_probs, ref.token_probs, rtol=1e-4, atol=1e-7)
+                assert a.stats.rank == ref.rank and a.stats.entropy == pytest.approx(ref.entropy, rel=1e-4)
+
+
+def test_attribute_queries_exact_modes_equal_single_queries(models):
+    from lakn.attribution import attribute_queries
+
+    model = models("llama")
+    qs = [query(model, n_answer=2), query(model, prompt="Berlin")]
+    for mode in ("fast", "reference"):
+        together = attribute_queries(model, qs, mode=mode, steps=3)
+        for a, q in zip(together, qs):
+            b = integrated_gradients(model, q, mode=mode, steps=3)
+            assert torch.equal(a.attributions, b.attributions) and a.mode == b.mode
+    with pytest.raises(ValueError, match="unknown mode"):
+        attribute_queries(model, qs, mode="nope")
+    with pytest.raises(TypeError, match="unexpected"):
+        attribute_queries(model, qs, mode="approx", chunk=3)

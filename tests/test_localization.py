@@ -87,7 +87,7 @@ def test_interrupted_run_resumes_to_same_result(tiny_llama, toy_facts, tmp_path,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("lakn.localization.integrated_gradients", flaky)
+    monkeypatch.setattr(attribution, "integrated_gradients", flaky)
     with pytest.raises(KeyboardInterrupt):
         localize(tiny_llama, toy_facts, languages=["en", "zh"], out=tmp_path, **SETTINGS)
     done = sorted(p.stem for p in (tmp_path / "facts").glob("*.json"))
@@ -95,14 +95,14 @@ def test_interrupted_run_resumes_to_same_result(tiny_llama, toy_facts, tmp_path,
     assert not (tmp_path / "neurons.json").exists()
     assert active_hook_count(tiny_llama) == 0
 
-    monkeypatch.setattr("lakn.localization.integrated_gradients", real)
+    monkeypatch.setattr(attribution, "integrated_gradients", real)
     counted = {"n": 0}
 
     def counting(*args, **kwargs):
         counted["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("lakn.localization.integrated_gradients", counting)
+    monkeypatch.setattr(attribution, "integrated_gradients", counting)
     resumed = localize(tiny_llama, toy_facts, languages=["en", "zh"], out=tmp_path, **SETTINGS)
     assert counted["n"] == 2 * 2 * 2  # only the two unfinished facts were attributed
     assert resumed.lakn == full.lakn
@@ -122,7 +122,7 @@ def test_bad_arguments_fail_before_computation(tiny_llama, toy_facts, monkeypatc
     def never(*a, **k):
         raise AssertionError("attribution must not start")
 
-    monkeypatch.setattr("lakn.localization.integrated_gradients", never)
+    monkeypatch.setattr("lakn.localization.attribute_queries", never)
     with pytest.raises(ValueError, match="steps must be at least 1"):
         localize(tiny_llama, toy_facts, steps=0, progress=False)
     with pytest.raises(lakn.FactsError, match="unknown or unsupported language"):
