@@ -9,7 +9,8 @@
     ``python -m venv /tmp/knenv --system-site-packages && /tmp/knenv/bin/pip install
     knowledge-neurons==0.0.2 --no-deps`` (its imports are all in lakn's environment already);
 (b) the embedded Gemma 3 270M: seconds per query at m = 20, reference vs fast vs approx, peak
-    RSS growth, approx-vs-exact agreement (Spearman, top-neuron overlap);
+    RSS growth, approx-vs-exact agreement (Spearman, top-neuron overlap); approx on 32 of lakn's
+    demo queries one at a time vs sharing passes (``attribute_queries``);
 (c) roofline: FLOPs of the minimal exact computation / measured matmul throughput;
 (d) scaling of the fast path with prompt length, steps and answer length.
 No downloads. Timings are wall-clock on a shared machine: repeat with ``--repeats``.
@@ -33,7 +34,8 @@ from lakn.attribution import integrated_gradients
 from lakn.models import bridge_from_hf
 from lakn.tokens import EncodedQuery
 
-BIG_CHUNK = 512  # rows per pass in the large-chunk column: every (layer, step) row of a query in one pass
+SMALL_CHUNK = 64  # rows per pass in the small-chunk column (the default, batch_size=None, fits ~1 GiB)
+N_BATCHED = 32  # queries in the batched approx measurement (demo facts written for lakn)
 
 PROMPTS = [
     ("The capital of France is", " Paris"),
@@ -148,19 +150,19 @@ def part_a(repeats: int):
         kw = dict(steps=20, point="mlp.hook_pre", grid="linspace")
         t_ref, r_ref = timed(lambda: integrated_gradients(model, q, mode="reference", **kw), repeats)
         t_fast, r_fast = timed(lambda: integrated_gradients(model, q, mode="fast", **kw), repeats)
-        t_big, _ = timed(lambda: integrated_gradients(model, q, mode="fast", batch_size=BIG_CHUNK, **kw), repeats)
+        t_small, _ = timed(lambda: integrated_gradients(model, q, mode="fast", batch_size=SMALL_CHUNK, **kw), repeats)
         t_apx, r_apx = timed(lambda: integrated_gradients(model, q, mode="approx", **kw), repeats)
         a, b = s_kn.flatten().double(), r_fast.attributions.flatten().double()
-        rows.append([repr(prompt + answer), len(ids), f"{t_kn:.2f}", f"{t_ref:.2f}", f"{t_fast:.2f}", f"{t_big:.2f}",
-                     f"{t_apx:.3f}", f"{t_kn / t_fast:.1f}x / {t_kn / t_big:.1f}x", f"{pearsonr(a, b)[0]:.6f}",
+        rows.append([repr(prompt + answer), len(ids), f"{t_kn:.2f}", f"{t_ref:.2f}", f"{t_fast:.2f}", f"{t_small:.2f}",
+                     f"{t_apx:.3f}", f"{t_kn / t_fast:.1f}x / {t_kn / t_small:.1f}x", f"{pearsonr(a, b)[0]:.6f}",
                      f"{(a - b).abs().max() / a.abs().max():.1e}", f"{overlap(s_kn, r_fast.attributions):.3f}",
                      f"{minimal_flops(model, 20, len(ids)) / (peak * 1e9):.2f}",
                      f"{t_kn * peak * 1e9 / minimal_flops(model, 20, len(ids)):.0f}x"])
         agree.append((r_fast.attributions, r_apx.attributions))
     print("(a) knowledge-neurons 0.0.2 vs lakn, GPT-2-small shape, m = 20, hook_pre, linspace grid "
           "(seconds per prompt, best of %d)" % repeats)
-    table(rows, ["prompt", "tokens", "kn s", "lakn ref s", "lakn fast s", f"fast s, chunk {BIG_CHUNK}", "lakn approx s",
-                 f"fast speed-up vs kn (chunk 64 / {BIG_CHUNK})",
+    table(rows, ["prompt", "tokens", "kn s", "lakn ref s", "lakn fast s", f"fast s, chunk {SMALL_CHUNK}",
+                 "lakn approx s", f"fast speed-up vs kn (default / chunk {SMALL_CHUNK})",
                  "Pearson(kn, fast)", "max rel diff", "overlap >=0.2max", "roofline s",
                  "kn s / roofline s (best possible speed-up)"])
     print(f"roofline: minimal exact FLOPs (as in (c)) / {peak:.0f} GFLOP/s, this machine's fp32 1024^3 matmul rate")
@@ -179,18 +181,27 @@ def gemma_queries(model):
     return out
 
 
+def demo_queries(model, n: int):
+    """First ``n`` causal queries of lakn's own demo facts (en, fr, zh, ru; 2 paraphrases each)."""
+    from lakn.facts import load_facts
+    from lakn.tokens import encode_query
+
+    out = [encode_query(model, q) for f in load_facts("demo") for lang in ("en", "fr", "zh", "ru")
+           for q in f.queries(lang)[:2]]
+    return out[:n]
+
+
 def part_b(repeats: int):
+    from lakn.attribution import attribute_queries
     from lakn.models import load_model
 
     model = load_model()
     rows, agree = [], []
     for text, q in gemma_queries(model):
         res = {}
-        res["big"] = timed(lambda: integrated_gradients(model, q, steps=20, mode="fast", first_token_only=True,
-                                                        batch_size=BIG_CHUNK), repeats)[0]
+        res["small"] = timed(lambda: integrated_gradients(model, q, steps=20, mode="fast", first_token_only=True,
+                                                          batch_size=SMALL_CHUNK), repeats)[0]
         for mode in ("reference", "fast", "approx"):
-            if mode == "reference" and res.get("skip_ref"):
-                continue
             with PeakRSS() as mem:
                 t, r = timed(lambda: integrated_gradients(model, q, steps=20, mode=mode, first_token_only=True),
                              repeats if mode != "reference" else 1)
@@ -198,16 +209,35 @@ def part_b(repeats: int):
         (t_ref, r_ref, m_ref), (t_fast, r_fast, m_fast), (t_apx, r_apx, m_apx) = (
             res["reference"], res["fast"], res["approx"])
         diff = (r_ref.attributions - r_fast.attributions).abs().max() / r_ref.attributions.abs().max()
-        t_big = res["big"]
-        rows.append([repr(text), len(q.prompt), f"{t_ref:.1f}", f"{t_fast:.2f}", f"{t_big:.2f}", f"{t_apx:.3f}",
-                     f"{t_ref / t_fast:.1f}x / {t_ref / t_big:.1f}x", f"{t_fast / t_apx:.0f}x", f"{diff:.1e}",
+        t_small = res["small"]
+        rows.append([repr(text), len(q.prompt), f"{t_ref:.1f}", f"{t_fast:.2f}", f"{t_small:.2f}", f"{t_apx:.3f}",
+                     f"{t_ref / t_fast:.1f}x / {t_ref / t_small:.1f}x", f"{t_fast / t_apx:.0f}x", f"{diff:.1e}",
                      f"{m_ref:.0f} / {m_fast:.0f} / {m_apx:.0f}"])
         agree.append((r_fast.attributions, r_apx.attributions))
     print("(b) Gemma 3 270M (embedded), m = 20, first answer token, 18 layers x 2048 neurons "
-          "(seconds per query; fast/approx best of %d)" % repeats)
-    table(rows, ["query", "tokens", "reference s", "fast s", f"fast s, chunk {BIG_CHUNK}", "approx s",
-                 f"fast vs ref (chunk 64 / {BIG_CHUNK})", "approx vs fast",
+          "(seconds per query; fast/approx best of %d; default chunk = batch_size=None)" % repeats)
+    table(rows, ["query", "tokens", "reference s", "fast s", f"fast s, chunk {SMALL_CHUNK}", "approx s",
+                 f"fast vs ref (default / chunk {SMALL_CHUNK})", "approx vs fast",
                  "max rel diff ref/fast", "peak RSS growth MiB ref/fast/approx"])
+
+    # queries sharing passes: lakn's demo queries, one at a time vs together (attribute_queries)
+    qs = demo_queries(model, N_BATCHED)
+    kw = dict(steps=20, first_token_only=True)
+    t_fast, _ = timed(lambda: [integrated_gradients(model, x, mode="fast", **kw) for x in qs[:4]], 1)
+    t_fast /= 4
+    t_one, _ = timed(lambda: [integrated_gradients(model, x, mode="approx", **kw) for x in qs], repeats)
+    with PeakRSS() as mem:
+        t_all, together = timed(lambda: attribute_queries(model, qs, mode="approx", **kw), repeats)
+    alone = [integrated_gradients(model, x, mode="approx", **kw) for x in qs[:4]]
+    diff = max(float((a.attributions - b.attributions).abs().max() / b.attributions.abs().max())
+               for a, b in zip(together, alone))
+    lengths = [len(x.prompt) for x in qs]
+    print(f"(b2) {len(qs)} demo queries (en/fr/zh/ru, prompts of {min(lengths)}-{max(lengths)} tokens), "
+          "seconds per query")
+    table([[f"{t_fast:.2f}", f"{t_one / len(qs):.3f}", f"{t_all / len(qs):.3f}",
+            f"{t_fast * len(qs) / t_one:.0f}x / {t_fast * len(qs) / t_all:.0f}x", f"{diff:.1e}", f"{mem.mib:.0f}"]],
+          ["fast s (mean of 4)", "approx s, one query a pass", "approx s, queries share passes",
+           "approx vs fast (alone / shared)", "max rel diff shared/alone", "peak RSS growth MiB (shared)"])
     return model, agree
 
 

@@ -9,7 +9,7 @@
 
 __version__ = "0.1.0"
 
-from .attribution import QueryAttribution, integrated_gradients, step_grid
+from .attribution import QueryAttribution, attribute_queries, coarse_to_fine, integrated_gradients, step_grid
 from .facts import LANGUAGES, Fact, FactsError, Query, load_facts, select_facts
 from .hooks import capture_hook, hook_name, neuron_hooks, scale_hook, set_hook, add_hook
 from .localization import RunConfigError, localize
@@ -25,7 +25,7 @@ from .evaluation import (
 
 __all__ = [
     "__version__",
-    "QueryAttribution", "integrated_gradients", "step_grid",
+    "QueryAttribution", "attribute_queries", "coarse_to_fine", "integrated_gradients", "step_grid",
     "LANGUAGES", "Fact", "FactsError", "Query", "load_facts", "select_facts",
     "capture_hook", "hook_name", "neuron_hooks", "scale_hook", "set_hook", "add_hook",
     "RunConfigError", "localize",

@@ -29,8 +29,14 @@ From a zero baseline the gradient is then homogeneous of degree -1 and IG equals
 ``H_m * (a * dF/da)`` exactly (H_m the m-th harmonic number): the per-layer sums are ~0 and the
 completeness check against F(a) - F(0) fails by design, because the path jumps at alpha = 0.
 
+The fast path's objective P(y) unembeds ln_final's output itself, tile by tile over the
+vocabulary (:func:`unembed_target_probability`), so neither the forward nor the backward holds
+logits, softmax or gradient copies of the vocabulary. :func:`attribute_queries` attributes many
+queries; in ``"approx"`` their rows share right-padded passes.
+
 Memory is bounded by ``batch_size`` rows (the chunk size), whatever the number of layers and
-steps; results do not depend on it.
+steps; results do not depend on it. The default (None) fits a chunk into about
+``CHUNK_MEMORY_GIB`` (:func:`auto_batch_size`).
 """
 
 from __future__ import annotations

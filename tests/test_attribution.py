@@ -494,3 +494,30 @@ def test_attribute_queries_exact_modes_equal_single_queries(models):
         attribute_queries(model, qs, mode="nope")
     with pytest.raises(TypeError, match="unexpected"):
         attribute_queries(model, qs, mode="approx", chunk=3)
+
+
+def test_default_chunk_follows_the_memory_budget(models, monkeypatch):
+    """batch_size=None sizes the chunk from memory_estimate and CHUNK_MEMORY_GIB: all rows when they
+    fit, fewer for longer prompts and for the full-sequence reference, never under 16 rows; the
+    result does not depend on it."""
+    from lakn.attribution import auto_batch_size, memory_estimate
+
+    model = models("llama")
+    assert auto_batch_size(model, 6, 50) == 50  # a tiny model: everything fits
+    monkeypatch.setattr(attribution, "CHUNK_MEMORY_GIB", 1e-4)  # ~100 KiB a chunk
+    cfg = model.cfg
+    per_row = memory_estimate(n_params=0, n_layers=cfg.n_layers, d_model=cfg.d_model, d_mlp=cfg.d_mlp,
+                              d_vocab=cfg.d_vocab, n_kv_heads=cfg.n_heads, d_head=cfg.d_head, prompt_len=6,
+                              batch_size=1, weight_bytes=4)["total"]
+    assert auto_batch_size(model, 6, 10_000) == max(16, int(1e-4 / per_row))
+    assert auto_batch_size(model, 200, 10_000) <= auto_batch_size(model, 6, 10_000)
+    assert auto_batch_size(model, 6, 10_000, full_sequence=True) <= auto_batch_size(model, 6, 10_000)
+    assert auto_batch_size(model, 10_000, 10_000, full_sequence=True) == 16
+    assert auto_batch_size(model, 6, 5) == 5
+    q = query(model)
+    assert auto_batch_size(model, len(q.prompt), 2 * 31 + 1) < 2 * 31 + 1  # several chunks below
+    small = integrated_gradients(model, q, steps=30)
+    monkeypatch.setattr(attribution, "CHUNK_MEMORY_GIB", 1.0)
+    large = integrated_gradients(model, q, steps=30)
+    scale = large.attributions.abs().max()
+    assert torch.allclose(small.attributions, large.attributions, atol=1e-6 * scale, rtol=1e-5)
