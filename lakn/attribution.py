@@ -605,59 +605,71 @@ def target_probability(logits: Float[Tensor, "row d_vocab"], target: int | Int[T
 class _UnembedTargetProbability(torch.autograd.Function):
     """P(target_r) = softmax(h_r W^T + b)[target_r] per row, the unembedding fused into the objective.
 
-    The vocabulary is processed in tiles: each tile's logits are computed, shifted by the tile's
-    row maximum and exponentiated in place while they are still in cache, so the forward holds
-    one [rows, d_vocab] buffer and no logits, softmax or one-hot copies. The backward needs no
-    vocabulary-sized buffer at all: dP/dh = P (W[target] - softmax(z) W), one tiled product.
-    With ``want_stats`` it also returns each row's entropy (nats) and the target's rank (0 = top),
-    from the same tiles. Same numbers as the model's unembedding + softmax up to rounding (tested)."""
+    One sweep over the vocabulary in tiles, with an online (running-maximum) softmax: each tile's
+    logits are exponentiated in place and, while the tile and its rows of W are still in cache,
+    folded into the row's normaliser and into softmax(z) W, which is all the backward needs:
+    dP/dh = P (W[target] - softmax(z) W). So W is read once, not twice, and no vocabulary-sized
+    buffer outlives its tile: no logits, softmax or one-hot copies. With ``want_stats`` the same
+    sweep also gives each row's entropy (nats) and the target's rank (0 = top). Same numbers as the
+    model's unembedding + softmax up to float rounding (tested)."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, tile: int, want_stats: bool):
         h = hidden.to(weight.dtype)
         acc = torch.promote_types(weight.dtype, torch.float32)  # softmax in at least float32
-        exps, row_max, row_sum = [], [], []
+        need_grad = ctx.needs_input_grad[0]
+        n, device = h.shape[0], h.device
+        run_max = torch.full((n,), float("-inf"), dtype=acc, device=device)
+        run_sum = torch.zeros(n, dtype=acc, device=device)
+        mean_row = torch.zeros(n, h.shape[1], dtype=acc, device=device) if need_grad else None
+        z_target = torch.zeros(n, dtype=acc, device=device)
+        if want_stats:
+            # the target's logit up front, for the rank (its own column is excluded below)
+            z_first = (h.to(acc) * weight[targets].to(acc)).sum(-1)
+            if bias is not None:
+                z_first += bias[targets].to(acc)
+            sum_ez = torch.zeros(n, dtype=acc, device=device)
+            rank = torch.zeros(n, dtype=torch.long, device=device)
         for start in range(0, weight.shape[0], tile):
-            z = torch.mm(h, weight[start : start + tile].T)
+            w_tile = weight[start : start + tile]
+            z = torch.mm(h, w_tile.T)
             if bias is not None:
                 z += bias[start : start + tile]
             z = z.to(acc)
-            m = z.amax(-1, keepdim=True)
-            z.sub_(m).exp_()
-            exps.append(z)
-            row_max.append(m[:, 0])
-            row_sum.append(z.sum(-1))
-        maxes = torch.stack(row_max)  # [tiles, rows]
-        scale = (maxes - maxes.amax(0)).exp_()
-        scale /= (torch.stack(row_sum) * scale).sum(0)  # p = exps[i] * scale[i]
-        prob = torch.empty(h.shape[0], dtype=acc, device=h.device)
-        tile_of = targets // tile
-        for i in tile_of.unique().tolist():
-            rows = (tile_of == i).nonzero()[:, 0]
-            prob[rows] = exps[i][rows, targets[rows] - i * tile] * scale[i, rows]
-        ctx.exps, ctx.scale, ctx.tile = exps, scale, tile
-        ctx.save_for_backward(weight, prob, targets)
+            here = ((targets >= start) & (targets < start + w_tile.shape[0])).nonzero()[:, 0]
+            if len(here):
+                z_target[here] = z[here, targets[here] - start]
+            if want_stats:
+                above = z > z_first[:, None]
+                above[here, targets[here] - start] = False
+                rank += above.sum(-1)
+            m = z.amax(-1)
+            new_max = torch.maximum(run_max, m)
+            keep, add = (run_max - new_max).exp(), (m - new_max).exp()
+            if want_stats:
+                e = (z - m[:, None]).exp()
+                sum_ez.mul_(keep).add_((e * z).sum(-1) * add)
+            else:
+                e = z.sub_(m[:, None]).exp_()
+            run_sum.mul_(keep).add_(e.sum(-1) * add)
+            if need_grad:
+                mean_row.mul_(keep[:, None]).add_(torch.mm(e.to(weight.dtype), w_tile).to(acc) * add[:, None])
+            run_max = new_max
+        lse = run_max + run_sum.log()
+        prob = (z_target - lse).exp()
+        if need_grad:
+            mean_row /= run_sum[:, None]
+        ctx.save_for_backward(weight, prob, targets, mean_row)
         ctx.hidden_dtype = hidden.dtype
         if not want_stats:
             return prob
-        entropy = torch.zeros_like(prob)
-        rank = torch.zeros(len(prob), dtype=torch.long, device=h.device)
-        for i, e in enumerate(exps):
-            s = scale[i][:, None]
-            # -sum p log p with p = e * s:  -s * (sum e log e + log s * sum e)
-            entropy -= (s * (torch.special.xlogy(e, e).sum(-1, keepdim=True) + s.log() * e.sum(-1, keepdim=True)))[:, 0]
-            rank += ((e * s) > prob[:, None]).sum(-1)
+        entropy = lse - sum_ez / run_sum  # -sum p log p = lse - sum p z
         ctx.mark_non_differentiable(entropy, rank)
         return prob, entropy, rank
 
     @staticmethod
     def backward(ctx, grad, *unused):
-        weight, prob, targets = ctx.saved_tensors
-        mean_row = None  # softmax(z) @ W, accumulated over tiles
-        for i, e in enumerate(ctx.exps):
-            part = torch.mm(e.to(weight.dtype), weight[i * ctx.tile : (i + 1) * ctx.tile]).to(e.dtype)
-            part *= ctx.scale[i][:, None]
-            mean_row = part if mean_row is None else mean_row.add_(part)
+        weight, prob, targets, mean_row = ctx.saved_tensors
         d_hidden = (grad * prob)[:, None] * (weight[targets].to(mean_row.dtype) - mean_row)
         return d_hidden.to(ctx.hidden_dtype), None, None, None, None, None
 
@@ -667,7 +679,7 @@ def unembed_target_probability(
     weight: Float[Tensor, "d_vocab d_model"],
     target: int | Int[Tensor, "row"],
     bias: Float[Tensor, "d_vocab"] | None = None,
-    tile: int = 4096,
+    tile: int | None = None,
     with_stats: bool = False,
 ):
     """P(target) per row from the final (normalised) residual stream, differentiable in ``hidden``:
@@ -683,6 +695,8 @@ def unembed_target_probability(
         raise ValueError(f"target must be one token id or one per row ({hidden.shape[0]}), got {targets.shape[0]}")
     if targets.numel() and not (0 <= int(targets.min()) and int(targets.max()) < weight.shape[0]):
         raise ValueError(f"target {targets.tolist()} is outside the vocabulary of {weight.shape[0]} tokens")
+    if tile is None:  # measured on a 2-core CPU: small tiles stay in cache when many rows share them
+        tile = 512 if hidden.shape[0] > 128 else 2048
     return _UnembedTargetProbability.apply(hidden, weight, bias, targets.contiguous(), int(tile), bool(with_stats))
 
 
@@ -848,8 +862,8 @@ def memory_estimate(
 
     An estimate, not a measurement: weights; per row the copied key/value cache of the prompt;
     activations saved for the backward pass of one position through every layer (about
-    6 x d_model + 3 x d_mlp values a layer); and the answer position's exponentiated logits (one
-    float32 d_vocab buffer: the objective fuses the unembedding, softmax and gradient). Example (Llama-3-8B, bfloat16, chunk 64):
+    6 x d_model + 3 x d_mlp values a layer); and two float32 vocabulary tiles of the fused
+    objective (at most 2048 columns each; no full-vocabulary buffer). Example (Llama-3-8B, bfloat16, chunk 64):
     ``memory_estimate(n_params=8.0e9, n_layers=32, d_model=4096, d_mlp=14336, d_vocab=128256,
     n_kv_heads=8, d_head=128)``.
     """
@@ -857,7 +871,7 @@ def memory_estimate(
     weights = n_params * weight_bytes
     kv = batch_size * n_layers * 2 * n_kv_heads * d_head * prompt_len * weight_bytes
     saved = batch_size * n_layers * (6 * d_model + 3 * d_mlp) * act_bytes
-    logits = batch_size * d_vocab * 4
+    logits = batch_size * 2 * min(d_vocab, 2048) * 4
     out = {"weights": weights / gib, "kv_cache": kv / gib, "activations": saved / gib, "logits": logits / gib}
     out["total"] = sum(out.values())
     return out
