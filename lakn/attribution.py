@@ -227,9 +227,11 @@ def attribute_queries(
     """:func:`integrated_gradients` for several queries, sharing passes between queries where that
     pays: ``mode="approx"`` on a causal LM runs the rows of all queries (one per answer token)
     together, right-padded (a causal LM's real positions never see the padding, so no mask or
-    position shift is needed), with ``batch_size`` rows (sequences) per pass. Exact modes run
-    query by query: each query's (layer, step) rows already fill its passes. Same results as
-    calling :func:`integrated_gradients` on each query (tested)."""
+    position shift is needed), with ``batch_size`` rows (sequences) per pass. The exact fast path
+    lets the (query, answer token) inputs of equal length share passes, as many as the chunk holds
+    beside their (layer, step) rows (equal lengths need no padding, so the cached prompts need no
+    mask). The reference loop and masked LMs run query by query. Same results as calling
+    :func:`integrated_gradients` on each query (tested)."""
     from .models import is_masked_lm
 
     if mode not in MODES:
@@ -245,7 +247,66 @@ def attribute_queries(
         return _approx_batch(model, encoded, layers=kwargs.get("layers"), baseline=kwargs.get("baseline"),
                              first_token_only=kwargs.get("first_token_only", False),
                              point=kwargs.get("point", MLP_POST), batch_size=batch_size)
-    return [integrated_gradients(model, e, mode=mode, batch_size=batch_size, **kwargs) for e in encoded]
+    out: list[QueryAttribution | None] = [None] * len(encoded)
+    suffix = (not is_masked_lm(model) and _architecture(model) in SUFFIX_VERIFIED_ARCHITECTURES
+              and (mode == "fast" or (mode == "auto" and fast_path_supported(model))))
+    if suffix and len(encoded) > 1:
+        out = _fast_batch(model, encoded, batch_size=batch_size, **kwargs)
+    # single queries, other modes and anything the shared fast path handed back (with its warning)
+    return [o if o is not None else integrated_gradients(model, e, mode=mode, batch_size=batch_size, **kwargs)
+            for o, e in zip(out, encoded)]
+
+
+def _fast_batch(model, encoded: Sequence[EncodedQuery], *, steps: int = 20, layers=None, baseline=None,
+                first_token_only: bool = False, batch_size: int | None = None, point: str = MLP_POST,
+                grid: Grid = "right", completeness: bool | None = None) -> list[QueryAttribution | None]:
+    """Exact fast-path IG for several causal-LM queries: the (query, answer token) inputs of equal
+    length share passes (:func:`_suffix_ig_group`), as many per pass as the chunk holds. None for
+    a query whose group could not take the fast path (the caller runs it on its own)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    step_grid(steps, grid)
+    n_layers = model.cfg.n_layers
+    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    if not layers or len(set(layers)) != len(layers) or any(not 0 <= l < n_layers for l in layers):
+        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1} without repeats, got {layers}")
+    if baseline is not None and (baseline.ndim != 2 or baseline.shape[0] != n_layers):
+        raise ValueError(f"baseline must have shape [n_layers={n_layers}, d_mlp], got {tuple(baseline.shape)}")
+    check = True if completeness is None else bool(completeness)
+    stats = [answer_probabilities(model, e) for e in encoded]
+    n_tokens = [1 if first_token_only else len(e.answer) for e in encoded]
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for qi, e in enumerate(encoded):
+        for t in range(n_tokens[qi]):
+            groups.setdefault(len(e.step(t)[0]), []).append((qi, t))
+    rows = len(layers) * len(_alphas(steps, grid, check)[0])  # rows of one query token
+    parts: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+    failed: set[int] = set()
+    for length, members in groups.items():
+        chunk = batch_size or auto_batch_size(model, length, len(members) * (rows + 1))
+        size = max(1, chunk // (rows + 1))  # query tokens sharing a pass
+        for start in range(0, len(members), size):
+            group = members[start : start + size]
+            runs = [_fast_runner(model, encoded[qi].step(t)[0], float(stats[qi].token_probs[t])) for qi, t in group]
+            if any(r is None for r in runs):
+                failed.update(qi for qi, _ in group)
+                continue
+            try:
+                results = _suffix_ig_group(runs, [int(encoded[qi].answer[t]) for qi, t in group], layers, steps,
+                                           baseline, max(chunk, len(group) + 1), point, grid, check)
+            except _FastMismatch:
+                failed.update(qi for qi, _ in group)
+                continue
+            parts.update(zip(group, results))
+    out: list[QueryAttribution | None] = []
+    for qi, e in enumerate(encoded):
+        if qi in failed:
+            out.append(None)
+            continue
+        attr = sum(parts[qi, t][0] for t in range(n_tokens[qi])) / n_tokens[qi]
+        error = sum(parts[qi, t][1] for t in range(n_tokens[qi])) / n_tokens[qi]
+        out.append(QueryAttribution(attr, error, stats[qi], layers, n_tokens[qi], "fast"))
+    return out
 
 
 def _approx_batch(model, encoded: Sequence[EncodedQuery], *, layers=None, baseline=None, first_token_only=False,
@@ -480,95 +541,171 @@ def _grown_cache(cache, sizes: Sequence[int]):
 
 
 def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, completeness=True):
-    """Exact IG where each row runs only the layers its scaling can change.
+    """:func:`_suffix_ig_group` for one query token."""
+    return _suffix_ig_group([run], [target], layers, steps, baseline, batch_size, point, grid, completeness)[0]
 
-    One forward pass per chunk starts with a single clean row (the last token against the
-    prompt's cache). At the input of each chunk layer l, the rows of l (one per step) branch off
-    as copies of the clean row, and at l's neuron hook their activation is set to
-    b + alpha (a - b), a taken from the clean row in the same pass. So the blocks below l run once
-    for the whole chunk instead of once per row, and the backward pass of a row stops at its
-    layer. Rows of every layer and step share the batched matmuls above their branch point; each
-    layer's key/value cache holds as many (shared, unexpanded) prompt rows as the batch has there.
-    Same numbers as :func:`_ig_one_token` on the per-row runner (tested).
+
+def _suffix_ig_group(runs, targets, layers, steps, baseline, batch_size, point, grid, completeness=True):
+    """Exact IG where each row runs only the layers its scaling can change, for one or more
+    query tokens whose inputs have the same length (so they share passes without padding).
+
+    One forward pass per chunk starts with one clean row per query token (its last token against
+    its prompt's cache). At the input of each chunk layer l, the rows of l (one per query token
+    and step) branch off as copies of their clean row, and at l's neuron hook their activation is
+    set to b + alpha (a - b), a taken from the clean row in the same pass. So the blocks below l
+    run once for the whole chunk instead of once per row, and the backward pass of a row stops
+    at its layer. Rows of every query, layer and step share the batched matmuls above their
+    branch point; each layer's key/value cache holds the prompt rows the batch has there
+    (unexpanded views of one prompt's cache for a single query). Same numbers as
+    :func:`_ig_one_token` on the per-row runner (tested). Returns (attr, error) per query token.
     """
-    model = run.model
+    model = runs[0].model
+    n_queries = len(runs)
     n_layers = model.cfg.n_layers
     alphas, in_sum = _alphas(steps, grid, completeness)
-    plan = [(l, k) for l in sorted(layers) for k in range(len(alphas))]
-    per_chunk = max(1, batch_size - 1)  # the clean row rides along in every chunk
+    plan = [(l, q, k) for l in sorted(layers) for q in range(n_queries) for k in range(len(alphas))]
+    per_chunk = max(1, batch_size - n_queries)  # the clean rows ride along in every chunk
     base = _baselines(baseline, layers, int(model.cfg.d_mlp))
-    clean: dict[int, Tensor] = {}
-    grad_sum: dict[int, Tensor] = {}
-    f_base: dict[int, float] = {}
-    f_clean = None
+    clean: list[dict[int, Tensor]] = [{} for _ in runs]
+    grad_sum: list[dict[int, Tensor]] = [{} for _ in runs]
+    f_base: list[dict[int, float]] = [{} for _ in runs]
+    f_clean: list[float] | None = None
     unembed = _unembedding(model)
+    device = runs[0].last.device
+    last = torch.cat([r.last for r in runs])  # [queries, 1]
+    caches = [r.cache for r in runs]
+    stacked = None if caches[0] is None or n_queries == 1 else _stacked_cache(caches)
+    first = None if n_queries == 1 else _block0_inputs(model, last, stacked)
     for start in range(0, len(plan), per_chunk):
         chunk = plan[start : start + per_chunk]
-        counts: dict[int, list[int]] = {}
-        for l, k in chunk:
-            counts.setdefault(l, []).append(k)
-        sizes, total = [], 1
+        counts: dict[int, list[tuple[int, int]]] = {}
+        for l, q, k in chunk:
+            counts.setdefault(l, []).append((q, k))
+        row_query = list(range(n_queries))  # the query of every row, in batch order
+        sizes = []
         for i in range(n_layers):
-            total += len(counts.get(i, ()))
-            sizes.append(total)
-        offsets, at = {}, 1
+            row_query += [q for q, _ in counts.get(i, ())]
+            sizes.append(len(row_query))
+        offsets, at = {}, n_queries
         for l in sorted(counts):
             offsets[l] = at
             at += len(counts[l])
         leaves: dict[int, Tensor] = {}
-        hooks = []
-        for l, ks in counts.items():
-            n = len(ks)
+        # several queries: the pass runs query 0's last token (so the model's attention mask is
+        # for one row and broadcasts over every row) and block 0 receives all clean rows
+        hooks = [] if first is None else [("blocks.0.hook_in", lambda resid, hook=None: first.to(resid))]
+        for l, qk in counts.items():
+            qs = torch.tensor([q for q, _ in qk], device=device)
+            ks = torch.tensor([k for _, k in qk])
 
-            def branch(resid, hook=None, n=n):
-                return torch.cat([resid, resid[:1].detach().expand(n, *resid.shape[1:])])
+            def branch(resid, hook=None, qs=qs):
+                return torch.cat([resid, resid.detach().index_select(0, qs)])
 
-            def interpolate(act, hook=None, l=l, ks=ks):
-                a = act[0, -1].detach()
-                clean[l] = a.float().cpu()
+            def interpolate(act, hook=None, l=l, qs=qs, ks=ks, qk=qk):
+                a = act[:n_queries, -1].detach()
+                for q in range(n_queries):
+                    clean[q][l] = a[q].float().cpu()
                 b = base[l].to(act)
-                leaf = (b + alphas[ks].to(act)[:, None] * (a - b)).detach().requires_grad_(True)
+                leaf = (b + alphas[ks].to(act)[:, None] * (a.index_select(0, qs) - b)).detach().requires_grad_(True)
                 leaves[l] = leaf
                 out = act.clone()
-                out[offsets[l] : offsets[l] + len(ks), -1] = leaf
+                out[offsets[l] : offsets[l] + len(qk), -1] = leaf
                 return out
 
             hooks += [(f"blocks.{l}.hook_in", branch), (hook_name(l, point), interpolate)]
         kwargs = {}
-        if run.cache is not None:
-            kwargs["past_key_values"] = _grown_cache(run.cache, sizes)
+        if caches[0] is not None:
+            kwargs["past_key_values"] = (_grown_cache(caches[0], sizes) if stacked is None
+                                         else _indexed_cache(stacked, torch.tensor(row_query, device=device), sizes))
         final: dict[str, Tensor] = {}
         if unembed is not None:
             # the objective unembeds ln_final's output itself (fused, tiled): the model unembeds nothing
             hooks.append(("ln_final.hook_out", lambda x, hook=None: final.setdefault("h", x)))
         with _bridge_kv_cache(model), _quiet_cache_warning(), model.hooks(fwd_hooks=hooks):
             if unembed is None:
-                out = last_logits(model, run.last, **kwargs).float()
+                out = last_logits(model, last[:1], **kwargs).float()
             else:
-                logits_at(model, run.last, torch.zeros(0, dtype=torch.long, device=run.last.device), **kwargs)
+                logits_at(model, last[:1], torch.zeros(0, dtype=torch.long, device=device), **kwargs)
                 out = final["h"][:, -1]
         if out.shape[0] != sizes[-1]:
-            raise _FastMismatch(f"lakn: the batch did not grow as planned in {run.model_name}")
-        # P(y) of every row; row 0 is the clean row (its gradient is zero: only rows 1.. are summed)
-        probs = target_probability(out, target) if unembed is None else unembed_target_probability(
-            out, unembed[0], target, unembed[1])
+            raise _FastMismatch(f"lakn: the batch did not grow as planned in {runs[0].model_name}")
+        # P(y) of every row; rows < n_queries are the clean rows (zero gradient: only later rows are summed)
+        row_target = torch.tensor([targets[q] for q in row_query], device=device)
+        probs = target_probability(out, row_target) if unembed is None else unembed_target_probability(
+            out, unembed[0], row_target, unembed[1])
         if f_clean is None:
-            f_clean = float(probs[0].detach())
-            _check_clean(run, f_clean)
-        probs = probs[1:]
+            f_clean = [float(p) for p in probs[:n_queries].detach()]
+            for run, f in zip(runs, f_clean):
+                _check_clean(run, f)
         keys = sorted(leaves)
-        grads = torch.autograd.grad(probs.sum(), [leaves[l] for l in keys])
+        grads = torch.autograd.grad(probs[n_queries:].sum(), [leaves[l] for l in keys])
         for l, g in zip(keys, grads):
-            ks = torch.tensor(counts[l])
-            real = in_sum[ks]
-            grad_sum.setdefault(l, torch.zeros(g.shape[-1]))
-            grad_sum[l] += g.detach().float().cpu()[real].sum(0)
-            if completeness and bool((ks == 0).any()):
-                f_base[l] = float(probs.detach()[offsets[l] - 1 + int((ks == 0).nonzero()[0])])
-        del probs, out, grads  # free this chunk's graph (vocabulary-sized buffers) before the next
+            g = g.detach().float().cpu()
+            for j, (q, k) in enumerate(counts[l]):
+                if in_sum[k]:
+                    grad_sum[q][l] = g[j] + grad_sum[q].get(l, 0.0)
+                if completeness and k == 0:
+                    f_base[q][l] = float(probs[offsets[l] + j].detach())
+        del probs, out, grads  # free this chunk's graph before the next
         final.clear()
-    attr = torch.stack([(clean[l] - base[l]) * grad_sum[l] / steps for l in layers])
-    return attr, _completeness_error(attr, layers, f_clean, f_base if completeness else None)
+    results = []
+    for q in range(n_queries):
+        attr = torch.stack([(clean[q][l] - base[l]) * grad_sum[q][l] / steps for l in layers])
+        results.append((attr, _completeness_error(attr, layers, f_clean[q], f_base[q] if completeness else None)))
+    return results
+
+
+class _Stop(Exception):
+    """Ends a forward pass early from a hook."""
+
+
+def _block0_inputs(model, last, stacked) -> Tensor:
+    """What block 0 receives for each query's last token (embedding, plus position embedding
+    where the model has one), computed by the model itself with the queries' stacked caches
+    (for the positions); the pass stops there."""
+    got = {}
+
+    def stop(resid, hook=None):
+        got["resid"] = resid.detach()
+        raise _Stop
+
+    kwargs = {}
+    if stacked is not None:
+        kwargs["past_key_values"] = _indexed_cache(stacked, torch.arange(len(last), device=last.device),
+                                                   [len(last)] * len(stacked.layers))
+    try:
+        with torch.no_grad(), _bridge_kv_cache(model), _quiet_cache_warning(), model.hooks(fwd_hooks=[("blocks.0.hook_in", stop)]):
+            logits_at(model, last, torch.zeros(0, dtype=torch.long, device=last.device), **kwargs)
+    except _Stop:
+        pass
+    if "resid" not in got:
+        raise _FastMismatch("lakn: block 0's input could not be captured")
+    return got["resid"]
+
+
+def _stacked_cache(caches):
+    """One cache whose batch row q is query q's (batch-1) prompt cache; same lengths required."""
+    stacked = copy.copy(caches[0])
+    stacked.layers = []
+    for parts in zip(*(c.layers for c in caches)):
+        new = copy.copy(parts[0])
+        new.keys = torch.cat([p.keys for p in parts])
+        new.values = torch.cat([p.values for p in parts])
+        stacked.layers.append(new)
+    return stacked
+
+
+def _indexed_cache(stacked, row_query, sizes: Sequence[int]):
+    """A copy of a stacked prompt cache whose layer i holds, for each of its ``sizes[i]`` rows,
+    the prompt of that row's query."""
+    grown = copy.copy(stacked)
+    grown.layers = []
+    for layer, n in zip(stacked.layers, sizes):
+        new = copy.copy(layer)
+        new.keys = layer.keys.index_select(0, row_query[:n])
+        new.values = layer.values.index_select(0, row_query[:n])
+        grown.layers.append(new)
+    return grown
 
 
 class _TargetProbability(torch.autograd.Function):

@@ -521,3 +521,47 @@ def test_default_chunk_follows_the_memory_budget(models, monkeypatch):
     large = integrated_gradients(model, q, steps=30)
     scale = large.attributions.abs().max()
     assert torch.allclose(small.attributions, large.attributions, atol=1e-6 * scale, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3"])
+def test_exact_queries_of_equal_length_share_passes(models, arch, monkeypatch):
+    """The exact fast path runs (query, answer token) inputs of equal length in the same passes
+    (each row's key/value cache is its own query's prompt); the result equals each query alone,
+    for any chunk size, with multi-token answers, a baseline and a layer subset."""
+    from lakn.attribution import attribute_queries
+
+    model = models(arch, n_layers=3)
+    toks = model.to_tokens("The capital of France is Paris and Berlin is the capital of Germany")[0].cpu()
+    qs = [EncodedQuery(toks[i : i + 5], toks[i + 5 : i + 5 + n]) for i, n in [(0, 2), (2, 1), (4, 2), (1, 1)]]
+    groups = []
+    real = attribution._suffix_ig_group
+    monkeypatch.setattr(attribution, "_suffix_ig_group", lambda runs, *a, **k: groups.append(len(runs)) or real(runs, *a, **k))
+    baseline = 0.2 * torch.randn(3, model.cfg.d_mlp, generator=torch.Generator().manual_seed(1))
+    for kwargs in [dict(steps=3), dict(steps=4, layers=[2, 0], baseline=baseline, first_token_only=True)]:
+        alone = [integrated_gradients(model, q, mode="fast", **kwargs) for q in qs]
+        for batch_size in (None, 9, 40):
+            groups.clear()
+            together = attribute_queries(model, qs, mode="fast", batch_size=batch_size, **kwargs)
+            # several query tokens share passes when the chunk holds their rows (9 holds one)
+            assert (max(groups) > 1) == (batch_size != 9)
+            for a, b in zip(together, alone):
+                scale = b.attributions.abs().max()
+                assert a.mode == "fast" and a.n_answer_tokens == b.n_answer_tokens
+                assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
+                assert torch.allclose(a.completeness_error, b.completeness_error, atol=1e-5 * scale + 1e-8, rtol=1e-3)
+                assert torch.equal(a.stats.token_probs, b.stats.token_probs)
+    assert not any(len(hp.fwd_hooks) for hp in model.hook_dict.values())
+
+
+def test_exact_queries_share_passes_beyond_the_sliding_window(models):
+    """Equal-length prompts longer than Gemma 3's tiny sliding window (64) also share passes exactly."""
+    from lakn.attribution import attribute_queries
+
+    model = models("gemma3", n_layers=3)
+    toks = model.to_tokens(" ".join(["Paris is the capital of France. Berlin, Madrid, Rome."] * 8))[0].cpu()
+    qs = [EncodedQuery(toks[i : i + 70], toks[i + 70 : i + 71]) for i in (0, 3, 9)]
+    together = attribute_queries(model, qs, mode="fast", steps=2)
+    for a, q in zip(together, qs):
+        b = integrated_gradients(model, q, mode="fast", steps=2)
+        scale = b.attributions.abs().max()
+        assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
