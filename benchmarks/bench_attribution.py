@@ -12,7 +12,7 @@
     RSS growth, approx-vs-exact agreement (Spearman, top-neuron overlap); approx on 32 of lakn's
     demo queries one at a time vs sharing passes (``attribute_queries``);
 (c) roofline: FLOPs of the minimal exact computation / measured matmul throughput;
-(d) scaling of the fast path with prompt length, steps and answer length.
+(d) scaling with prompt length, steps, answer length and queries (time and memory).
 No downloads. Timings are wall-clock on a shared machine: repeat with ``--repeats``.
 """
 
@@ -301,16 +301,28 @@ def part_c(model, fast_seconds: float, prompt_len: int):
 
 
 def part_d(model, repeats: int):
+    from lakn.attribution import attribute_queries
+
     base = "The capital of France is Paris. Berlin is the capital of Germany. "
+    toks = model.to_tokens(base * 20)[0]
     rows = []
-    for n_prompt, steps, n_answer in [(8, 20, 1), (32, 20, 1), (128, 20, 1), (8, 5, 1), (8, 40, 1), (8, 20, 3)]:
-        toks = model.to_tokens(base * 20)[0]
-        q = EncodedQuery(toks[:n_prompt], toks[n_prompt : n_prompt + n_answer])
-        t_fast, _ = timed(lambda: integrated_gradients(model, q, steps=steps, mode="fast"), repeats)
-        t_apx, _ = timed(lambda: integrated_gradients(model, q, steps=steps, mode="approx"), repeats)
-        rows.append([n_prompt, steps, n_answer, f"{t_fast:.2f}", f"{t_apx:.3f}"])
-    print("(d) scaling of the fast path, Gemma 3 270M (seconds per query)")
-    table(rows, ["prompt tokens", "steps m", "answer tokens", "fast s", "approx s"])
+    for n_prompt, steps, n_answer, n_queries in [(8, 20, 1, 1), (32, 20, 1, 1), (128, 20, 1, 1), (8, 5, 1, 1),
+                                                 (8, 40, 1, 1), (8, 20, 3, 1), (8, 20, 1, 8), (8, 20, 1, 32)]:
+        # equal-length windows of the same text: queries that can share passes
+        qs = [EncodedQuery(toks[i : i + n_prompt], toks[i + n_prompt : i + n_prompt + n_answer])
+              for i in range(n_queries)]
+        fast = "-"
+        mem = None
+        if n_queries <= 8:
+            with PeakRSS() as mem:
+                t_fast, _ = timed(lambda: attribute_queries(model, qs, steps=steps, mode="fast"), repeats)
+            fast = f"{t_fast / n_queries:.2f}"
+        t_apx, _ = timed(lambda: attribute_queries(model, qs, mode="approx"), repeats)
+        rows.append([n_prompt, steps, n_answer, n_queries, fast, f"{t_apx / n_queries:.3f}",
+                     "-" if mem is None else f"{mem.mib:.0f}"])
+    print("(d) scaling, Gemma 3 270M (seconds per query; several queries go through attribute_queries together)")
+    table(rows, ["prompt tokens", "steps m", "answer tokens", "queries", "fast s", "approx s",
+                 "peak RSS growth MiB (fast)"])
 
 
 def main():
