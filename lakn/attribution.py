@@ -739,6 +739,14 @@ def target_probability(logits: Float[Tensor, "row d_vocab"], target: int | Int[T
     return _TargetProbability.apply(logits, targets.contiguous())
 
 
+_LOG_TINY = -80.0  # e^-80 ~ 1.8e-35: relative terms below it are dropped (float32 resolves 6e-8)
+
+
+def _factor(log_ratio: Tensor) -> Tensor:
+    """exp(log_ratio), exactly 0 where it would be below e^-80 (no denormal floats)."""
+    return torch.where(log_ratio > _LOG_TINY, log_ratio.exp(), torch.zeros_like(log_ratio))
+
+
 class _UnembedTargetProbability(torch.autograd.Function):
     """P(target_r) = softmax(h_r W^T + b)[target_r] per row, the unembedding fused into the objective.
 
@@ -780,17 +788,28 @@ class _UnembedTargetProbability(torch.autograd.Function):
                 above = z > z_first[:, None]
                 above[here, targets[here] - start] = False
                 rank += above.sum(-1)
-            m = z.amax(-1)
-            new_max = torch.maximum(run_max, m)
-            keep, add = (run_max - new_max).exp(), (m - new_max).exp()
+            new_max = torch.maximum(run_max, z.amax(-1))
+            keep = _factor(run_max - new_max)  # rescales what earlier tiles accumulated
+            if bool((keep != 1).any()):
+                run_sum.mul_(keep)
+                if need_grad:
+                    mean_row.mul_(keep[:, None])
+                if want_stats:
+                    sum_ez.mul_(keep)
+            # exponentiate relative to the running maximum, so this tile adds without rescaling; terms
+            # below e^-80 of it are far under float precision, and flooring them keeps the CPU out
+            # of denormal arithmetic (tens of times slower) without changing results
             if want_stats:
-                e = (z - m[:, None]).exp()
-                sum_ez.mul_(keep).add_((e * z).sum(-1) * add)
+                e = (z - new_max[:, None]).clamp_(min=_LOG_TINY).exp_()
+                sum_ez.add_((e * z).sum(-1))
             else:
-                e = z.sub_(m[:, None]).exp_()
-            run_sum.mul_(keep).add_(e.sum(-1) * add)
+                e = z.sub_(new_max[:, None]).clamp_(min=_LOG_TINY).exp_()
+            run_sum.add_(e.sum(-1))
             if need_grad:
-                mean_row.mul_(keep[:, None]).add_(torch.mm(e.to(weight.dtype), w_tile).to(acc) * add[:, None])
+                if e.dtype == weight.dtype:
+                    mean_row.addmm_(e, w_tile)
+                else:
+                    mean_row.add_(torch.mm(e.to(weight.dtype), w_tile).to(acc))
             run_max = new_max
         lse = run_max + run_sum.log()
         prob = (z_target - lse).exp()
