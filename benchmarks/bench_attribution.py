@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import ctypes
 import gc
 import os
 import platform
@@ -48,10 +49,22 @@ CORPUS = [p + a + "." for p, a in PROMPTS] * 3 + [
 ]
 
 
+def _release_freed_memory():
+    """Hand freed heap memory back to the OS (glibc), so that RSS growth measures the next block
+    and not what an earlier block left in the allocator."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakRSS:
-    """Peak resident memory growth (MiB) while the block runs, sampled every 5 ms."""
+    """Peak resident memory growth (MiB) while the block runs, sampled every 5 ms (after
+    returning freed memory to the OS)."""
 
     def __enter__(self):
+        _release_freed_memory()
         self.proc, self.start, self.peak, self.run = psutil.Process(), psutil.Process().memory_info().rss, 0, True
         self.thread = threading.Thread(target=self._sample, daemon=True)
         self.thread.start()
