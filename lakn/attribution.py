@@ -1044,6 +1044,10 @@ def auto_batch_size(model, prompt_len: int, n_rows: int, *, full_sequence: bool 
         n_params=0, n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), d_mlp=int(cfg.d_mlp),
         d_vocab=int(cfg.d_vocab), n_kv_heads=int(cfg.n_heads), d_head=int(cfg.d_head), prompt_len=prompt_len,
         batch_size=1, weight_bytes=elt, act_bytes=max(elt, 4))
-    rows = per_row["kv_cache"] + per_row["logits"] + per_row["activations"] * (prompt_len if full_sequence else 1)
+    if full_sequence:  # every position's activations; the model's own logits, softmax and gradient
+        gib = 1024**3
+        rows = per_row["activations"] * prompt_len + 3 * int(cfg.d_vocab) * 4 / gib
+    else:
+        rows = per_row["kv_cache"] + per_row["logits"] + per_row["activations"]
     fit = int(CHUNK_MEMORY_GIB / max(rows, 1e-12))
     return max(1, min(n_rows, max(16, fit)))
