@@ -133,6 +133,18 @@ def fast_path_supported(model) -> bool:
     return bool(blocks) and all(hasattr(getattr(b, "attn", None), "_update_kv_cache") for b in blocks)
 
 
+def _check_layers(model, layers, baseline) -> list[int]:
+    """The layers to attribute (all by default), validated with the baseline's shape."""
+    n_layers = int(model.cfg.n_layers)
+    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
+    if not layers or len(set(layers)) != len(layers) or any(not 0 <= l < n_layers for l in layers):
+        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1} without repeats, got {layers}")
+    if baseline is not None and (baseline.ndim != 2 or tuple(baseline.shape) != (n_layers, int(model.cfg.d_mlp))):
+        raise ValueError(f"baseline must have shape [n_layers={n_layers}, d_mlp={int(model.cfg.d_mlp)}], "
+                         f"got {tuple(baseline.shape)}")
+    return layers
+
+
 def integrated_gradients(
     model,
     query: Query | EncodedQuery,
@@ -169,13 +181,7 @@ def integrated_gradients(
         raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
     step_grid(steps, grid)  # validates grid
     encoded = encode_query(model, query) if isinstance(query, Query) else query
-    n_layers = model.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad or not layers or len(set(layers)) != len(layers):
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1} without repeats, got {layers}")
-    if baseline is not None and (baseline.ndim != 2 or baseline.shape[0] != n_layers):
-        raise ValueError(f"baseline must have shape [n_layers={n_layers}, d_mlp], got {tuple(baseline.shape)}")
+    layers = _check_layers(model, layers, baseline)
     if mode == "fast" and encoded.masked:
         raise ValueError("mode='fast' is for causal LMs; a masked LM sees every position, use 'reference' or 'auto'")
     n_tokens = 1 if first_token_only else len(encoded.answer)
@@ -266,12 +272,7 @@ def _fast_batch(model, encoded: Sequence[EncodedQuery], *, steps: int = 20, laye
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     step_grid(steps, grid)
-    n_layers = model.cfg.n_layers
-    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
-    if not layers or len(set(layers)) != len(layers) or any(not 0 <= l < n_layers for l in layers):
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1} without repeats, got {layers}")
-    if baseline is not None and (baseline.ndim != 2 or baseline.shape[0] != n_layers):
-        raise ValueError(f"baseline must have shape [n_layers={n_layers}, d_mlp], got {tuple(baseline.shape)}")
+    layers = _check_layers(model, layers, baseline)
     check = True if completeness is None else bool(completeness)
     stats = [answer_probabilities(model, e) for e in encoded]
     n_tokens = [1 if first_token_only else len(e.answer) for e in encoded]
@@ -315,13 +316,8 @@ def _approx_batch(model, encoded: Sequence[EncodedQuery], *, layers=None, baseli
     input prompt + answer[:t] right-padded to the longest row of its pass; a zero leaf added at
     each row's own last position of every layer gives dP/da there. P, entropy and rank come from
     the same pass (rows of later answer tokens only add P(y_t) when ``first_token_only``)."""
-    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
-    layers = list(range(n_layers)) if layers is None else [int(l) for l in layers]
-    bad = [l for l in layers if not 0 <= l < n_layers]
-    if bad or not layers or len(set(layers)) != len(layers):
-        raise ValueError(f"layers must be a non-empty subset of 0..{n_layers - 1} without repeats, got {layers}")
-    if baseline is not None and (baseline.ndim != 2 or tuple(baseline.shape) != (n_layers, d_mlp)):
-        raise ValueError(f"baseline must have shape [n_layers={n_layers}, {d_mlp}], got {tuple(baseline.shape)}")
+    layers = _check_layers(model, layers, baseline)
+    d_mlp = int(model.cfg.d_mlp)
     base = _baselines(baseline, layers, d_mlp)
     device = _device(model)
     unembed = _unembedding(model)
@@ -790,7 +786,7 @@ class _UnembedTargetProbability(torch.autograd.Function):
                 rank += above.sum(-1)
             new_max = torch.maximum(run_max, z.amax(-1))
             keep = _factor(run_max - new_max)  # rescales what earlier tiles accumulated
-            if bool((keep != 1).any()):
+            if h.device.type != "cpu" or bool((keep != 1).any()):  # (the check would sync a GPU)
                 run_sum.mul_(keep)
                 if need_grad:
                     mean_row.mul_(keep[:, None])

@@ -494,6 +494,12 @@ def test_attribute_queries_exact_modes_equal_single_queries(models):
         attribute_queries(model, qs, mode="nope")
     with pytest.raises(TypeError, match="unexpected"):
         attribute_queries(model, qs, mode="approx", chunk=3)
+    for mode in ("approx", "fast"):
+        with pytest.raises(ValueError, match="layers must be a non-empty subset"):
+            attribute_queries(model, qs, mode=mode, layers=[0, 99])
+        with pytest.raises(ValueError, match="baseline must have shape"):
+            attribute_queries(model, qs, mode=mode, baseline=torch.zeros(2, 3))
+    assert attribute_queries(model, [], mode="approx") == []
 
 
 def test_default_chunk_follows_the_memory_budget(models, monkeypatch):
