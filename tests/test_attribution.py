@@ -571,3 +571,29 @@ def test_exact_queries_share_passes_beyond_the_sliding_window(models):
         b = integrated_gradients(model, q, mode="fast", steps=2)
         scale = b.attributions.abs().max()
         assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
+
+
+def test_fused_unembedding_with_extreme_logits_and_bfloat16():
+    """Tiles far below the maximum (floored at e^-80 to avoid denormals) change nothing at float32
+    precision, and a bfloat16 unembedding accumulates in float32."""
+    from lakn.attribution import unembed_target_probability
+
+    g = torch.Generator().manual_seed(2)
+    hidden = torch.randn(4, 8, generator=g)
+    weight = torch.randn(512, 8, generator=g)
+    weight[:256] *= 40.0  # logits spanning hundreds of nats between tiles
+    logits = hidden.double() @ weight.double().T
+    second = logits.argsort(-1, descending=True)[:, 1]  # a likely token (the top one's P is ~1)
+    targets = torch.cat([second[:3], torch.tensor([400])])  # and one in a far-below tile
+    x = hidden.clone().requires_grad_(True)
+    got = unembed_target_probability(x, weight, targets, tile=64)
+    got.sum().backward()
+    h64 = hidden.double().requires_grad_(True)
+    want = (h64 @ weight.double().T).softmax(-1).gather(-1, targets[:, None])[:, 0]
+    want.sum().backward()
+    assert torch.isfinite(got).all() and torch.allclose(got.double(), want, rtol=1e-4, atol=1e-30)
+    assert torch.allclose(x.grad.double(), h64.grad, rtol=1e-4, atol=1e-6 * float(h64.grad.abs().max()))
+    half = unembed_target_probability(hidden.bfloat16(), weight.bfloat16(), targets, tile=64)
+    assert half.dtype == torch.float32
+    ref = (hidden.bfloat16() @ weight.bfloat16().T).float().softmax(-1).gather(-1, targets[:, None])[:, 0]
+    assert torch.allclose(half, ref, rtol=2e-2, atol=1e-6)
