@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
 
 import lakn.attribution as attribution
+import lakn.objective as objective
 from lakn.attribution import (
     FAST_VERIFIED_ARCHITECTURES,
     coarse_to_fine,
@@ -428,12 +428,12 @@ def test_fused_unembedding_objective_matches_softmax(with_bias):
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
 def test_fused_unembedding_leaves_fast_path_results_unchanged(models, arch, monkeypatch):
     """The branching fast path with the fused objective equals the same path with the model's own
-    unembedding (``_unembedding`` disabled)."""
+    unembedding (``lakn.objective.unembedding`` disabled)."""
     model = models(arch, n_layers=3)
     q = query(model)
-    assert attribution._unembedding(model) is not None
+    assert objective.unembedding(model) is not None
     fused = integrated_gradients(model, q, steps=4, mode="fast", batch_size=9)
-    monkeypatch.setattr(attribution, "_unembedding", lambda model: None)
+    monkeypatch.setattr(objective, "unembedding", lambda model: None)
     plain = integrated_gradients(model, q, steps=4, mode="fast", batch_size=9)
     scale = plain.attributions.abs().max()
     assert torch.allclose(fused.attributions, plain.attributions, atol=1e-6 * scale, rtol=1e-5)
