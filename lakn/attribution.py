@@ -42,11 +42,9 @@ steps; results do not depend on it. The default (None) fits a chunk into about
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from typing import Literal, Sequence
 
 import torch
@@ -56,7 +54,7 @@ from torch import Tensor
 from .facts import Query
 from . import objective
 from .hooks import MLP_POST, capture_hook, hook_name, interpolation_hook
-from .objective import target_probability, unembed_target_probability
+from .objective import target_probability
 from .tokens import AnswerStats, EncodedQuery, answer_probabilities, encode_query, last_logits, logits_at
 
 __all__ = [
@@ -134,6 +132,18 @@ def fast_path_supported(model) -> bool:
     return bool(blocks) and all(hasattr(getattr(b, "attn", None), "_update_kv_cache") for b in blocks)
 
 
+def _check_args(model, steps: int, batch_size: int | None, mode: str, grid: str, layers, baseline) -> list[int]:
+    """Validate integrated-gradient arguments; returns the layers to attribute (all by default)."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
+    step_grid(steps, grid)  # validates grid
+    return _check_layers(model, layers, baseline)
+
+
 def _check_layers(model, layers, baseline) -> list[int]:
     """The layers to attribute (all by default), validated with the baseline's shape."""
     n_layers = int(model.cfg.n_layers)
@@ -174,15 +184,8 @@ def integrated_gradients(
     Example: ``attr = integrated_gradients(model, fact.queries("en")[0], steps=20)``;
     ``attr.attributions[l].sum()`` ~= P(y) - P(y | layer l at baseline).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
-    step_grid(steps, grid)  # validates grid
+    layers = _check_args(model, steps, batch_size, mode, grid, layers, baseline)
     encoded = encode_query(model, query) if isinstance(query, Query) else query
-    layers = _check_layers(model, layers, baseline)
     if mode == "fast" and encoded.masked:
         raise ValueError("mode='fast' is for causal LMs; a masked LM sees every position, use 'reference' or 'auto'")
     n_tokens = 1 if first_token_only else len(encoded.answer)
@@ -227,53 +230,48 @@ def attribute_queries(
     model,
     queries: Sequence[Query | EncodedQuery],
     *,
-    mode: Mode = "auto",
+    steps: int = 20,
+    layers: Sequence[int] | None = None,
+    baseline: Float[Tensor, "layer d_mlp"] | None = None,
+    first_token_only: bool = False,
     batch_size: int | None = None,
-    **kwargs,
+    point: str = MLP_POST,
+    grid: Grid = "right",
+    mode: Mode = "auto",
+    completeness: bool | None = None,
 ) -> list[QueryAttribution]:
-    """:func:`integrated_gradients` for several queries, sharing passes between queries where that
-    pays: ``mode="approx"`` on a causal LM runs the rows of all queries (one per answer token)
-    together, right-padded (a causal LM's real positions never see the padding, so no mask or
-    position shift is needed), with ``batch_size`` rows (sequences) per pass. The exact fast path
-    lets the (query, answer token) inputs of equal length share passes, as many as the chunk holds
-    beside their (layer, step) rows (equal lengths need no padding, so the cached prompts need no
-    mask). The reference loop and masked LMs run query by query. Same results as calling
-    :func:`integrated_gradients` on each query (tested)."""
+    """:func:`integrated_gradients` for several queries (same arguments), sharing passes between
+    queries where that pays: ``mode="approx"`` on a causal LM runs the rows of all queries (one per
+    answer token) together, right-padded (a causal LM's real positions never see the padding, so no
+    mask or position shift is needed), with ``batch_size`` rows (sequences) per pass. The exact
+    fast path lets the (query, answer token) inputs of equal length share passes, as many as the
+    chunk holds beside their (layer, step) rows (equal lengths need no padding, so the cached
+    prompts need no mask). The reference loop and masked LMs run query by query. Same results as
+    calling :func:`integrated_gradients` on each query (tested)."""
     from .models import is_masked_lm
 
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: use one of {MODES}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    layers = _check_args(model, steps, batch_size, mode, grid, layers, baseline)
     encoded = [encode_query(model, q) if isinstance(q, Query) else q for q in queries]
-    if mode == "approx" and not is_masked_lm(model) and not kwargs.get("completeness"):
-        known = {"layers", "baseline", "first_token_only", "point", "steps", "grid", "completeness"}
-        unknown = set(kwargs) - known
-        if unknown:
-            raise TypeError(f"unexpected arguments {sorted(unknown)}")
-        return _approx_batch(model, encoded, layers=kwargs.get("layers"), baseline=kwargs.get("baseline"),
-                             first_token_only=kwargs.get("first_token_only", False),
-                             point=kwargs.get("point", MLP_POST), batch_size=batch_size)
+    if mode == "approx" and not is_masked_lm(model) and not completeness:
+        return _approx_batch(model, encoded, layers=layers, baseline=baseline, first_token_only=first_token_only,
+                             point=point, batch_size=batch_size)
+    kwargs = dict(steps=steps, layers=layers, baseline=baseline, first_token_only=first_token_only,
+                  batch_size=batch_size, point=point, grid=grid, completeness=completeness)
     out: list[QueryAttribution | None] = [None] * len(encoded)
     suffix = (not is_masked_lm(model) and _architecture(model) in SUFFIX_VERIFIED_ARCHITECTURES
               and (mode == "fast" or (mode == "auto" and fast_path_supported(model))))
     if suffix and len(encoded) > 1:
-        out = _fast_batch(model, encoded, batch_size=batch_size, **kwargs)
+        out = _fast_batch(model, encoded, **kwargs)
     # single queries, other modes and anything the shared fast path handed back (with its warning)
-    return [o if o is not None else integrated_gradients(model, e, mode=mode, batch_size=batch_size, **kwargs)
-            for o, e in zip(out, encoded)]
+    return [o if o is not None else integrated_gradients(model, e, mode=mode, **kwargs) for o, e in zip(out, encoded)]
 
 
-def _fast_batch(model, encoded: Sequence[EncodedQuery], *, steps: int = 20, layers=None, baseline=None,
-                first_token_only: bool = False, batch_size: int | None = None, point: str = MLP_POST,
-                grid: Grid = "right", completeness: bool | None = None) -> list[QueryAttribution | None]:
-    """Exact fast-path IG for several causal-LM queries: the (query, answer token) inputs of equal
-    length share passes (:func:`_suffix_ig_group`), as many per pass as the chunk holds. None for
-    a query whose group could not take the fast path (the caller runs it on its own)."""
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    step_grid(steps, grid)
-    layers = _check_layers(model, layers, baseline)
+def _fast_batch(model, encoded: Sequence[EncodedQuery], *, steps, layers, baseline, first_token_only, batch_size,
+                point, grid, completeness) -> list[QueryAttribution | None]:
+    """Exact fast-path IG for several causal-LM queries (arguments validated by the caller): the
+    (query, answer token) inputs of equal length share passes (:func:`_suffix_ig_group`), as many
+    per pass as the chunk holds. None for a query whose group could not take the fast path (the
+    caller runs it on its own)."""
     check = True if completeness is None else bool(completeness)
     stats = [answer_probabilities(model, e) for e in encoded]
     n_tokens = [1 if first_token_only else len(e.answer) for e in encoded]
@@ -311,13 +309,13 @@ def _fast_batch(model, encoded: Sequence[EncodedQuery], *, steps: int = 20, laye
     return out
 
 
-def _approx_batch(model, encoded: Sequence[EncodedQuery], *, layers=None, baseline=None, first_token_only=False,
-                  point=MLP_POST, batch_size=None) -> list[QueryAttribution]:
+def _approx_batch(model, encoded: Sequence[EncodedQuery], *, layers, baseline, first_token_only, point,
+                  batch_size) -> list[QueryAttribution]:
     """Activation x gradient for many causal-LM queries: one row per (query, answer token), the
     input prompt + answer[:t] right-padded to the longest row of its pass; a zero leaf added at
     each row's own last position of every layer gives dP/da there. P, entropy and rank come from
-    the same pass (rows of later answer tokens only add P(y_t) when ``first_token_only``)."""
-    layers = _check_layers(model, layers, baseline)
+    the same pass (rows of later answer tokens only add P(y_t) when ``first_token_only``).
+    Arguments validated by the caller."""
     d_mlp = int(model.cfg.d_mlp)
     base = _baselines(baseline, layers, d_mlp)
     device = _device(model)
@@ -325,7 +323,7 @@ def _approx_batch(model, encoded: Sequence[EncodedQuery], *, layers=None, baseli
     rows = [(qi, t) for qi, e in enumerate(encoded) for t in range(len(e.answer))]
     rows.sort(key=lambda r: len(encoded[r[0]].prompt) + r[1])  # similar lengths share a pass
     attr: dict[tuple[int, int], Tensor] = {}
-    prob, entropy, rank = {}, {}, {}
+    log_p, entropy, rank = {}, {}, {}
     longest = max((len(encoded[qi].prompt) + t for qi, t in rows), default=1)
     size = batch_size or auto_batch_size(model, longest, len(rows), full_sequence=True)
     for start in range(0, len(rows), size):
@@ -335,52 +333,28 @@ def _approx_batch(model, encoded: Sequence[EncodedQuery], *, layers=None, baseli
         tokens = torch.stack([torch.cat([x, x[:1].expand(length - len(x))]) for x in inputs]).to(device)
         pos = torch.tensor([len(x) - 1 for x in inputs], device=device)
         targets = torch.tensor([int(encoded[qi].answer[t]) for qi, t in chunk], device=device)
-        idx = torch.arange(len(chunk), device=device)
         leaves: dict[int, Tensor] = {}
         clean: dict[int, Tensor] = {}
-
-        def gradient_hook(act, hook=None, key=None):
-            clean[key] = act[idx, pos].detach()
-            leaves[key] = torch.zeros_like(clean[key]).requires_grad_(True)
-            out = act.clone()
-            out[idx, pos] = act[idx, pos] + leaves[key]
-            return out
-
-        hooks = [(hook_name(l, point), partial(gradient_hook, key=l)) for l in layers]
-        final: dict[str, Tensor] = {}
-        if unembed is not None:
-            hooks.append(("ln_final.hook_out", lambda x, hook=None: final.setdefault("h", x)))
-        with model.hooks(fwd_hooks=hooks):
-            if unembed is not None:
-                logits_at(model, tokens, torch.zeros(0, dtype=torch.long, device=device))
-            else:
-                logits = model(tokens)[idx, pos].float()
-        if unembed is not None:
-            p, ent, rk = unembed_target_probability(final["h"][idx, pos], unembed[0], targets, unembed[1],
-                                                    with_stats=True)
-        else:
-            p = target_probability(logits, targets)
-            lp = logits.detach().log_softmax(-1)
-            ent = -(lp.exp() * lp).sum(-1)
-            rk = (lp > lp.gather(-1, targets[:, None])).sum(-1)
+        hooks = [(hook_name(l, point), _gradient_hook(leaves, clean, l, pos)) for l in layers]
+        out = _final_pass(model, tokens, hooks, unembed, pos)
+        p, ent, rk = objective.answer_probability(out, unembed, targets, with_stats=True)
         weight = torch.tensor([1.0 if (t == 0 or not first_token_only) else 0.0 for _, t in chunk], device=device)
         grads = torch.autograd.grad((p * weight).sum(), [leaves[l] for l in layers])
         for j, (qi, t) in enumerate(chunk):
-            prob[qi, t], entropy[qi, t], rank[qi, t] = float(p[j].detach()), float(ent[j]), int(rk[j])
+            log_p[qi, t], entropy[qi, t], rank[qi, t] = float(p[j].detach().log()), float(ent[j]), int(rk[j])
             if weight[j]:
                 attr[qi, t] = torch.stack([(clean[l][j].float().cpu() - base[l]) * grads[i][j].float().cpu()
                                            for i, l in enumerate(layers)])
-        del p, grads
-        final.clear()  # free this pass's graph before the next
-    log_v = math.log(int(model.cfg.d_vocab))
-    out = []
+        del p, out, grads  # free this pass's graph before the next
+    results = []
     for qi, e in enumerate(encoded):
         n_tokens = 1 if first_token_only else len(e.answer)
-        token_probs = torch.tensor([prob[qi, t] for t in range(len(e.answer))])
-        stats = AnswerStats(token_probs, float(token_probs.log().mean().exp()), entropy[qi, 0] / log_v, rank[qi, 0])
+        stats = AnswerStats.from_log_probs(torch.tensor([log_p[qi, t] for t in range(len(e.answer))]),
+                                           entropy[qi, 0], rank[qi, 0], int(model.cfg.d_vocab))
         total = sum(attr[qi, t] for t in range(n_tokens)) / n_tokens
-        out.append(QueryAttribution(total, torch.full((len(layers),), float("nan")), stats, layers, n_tokens, "approx"))
-    return out
+        error = _completeness_error(total, layers, stats.token_probs[0], None)  # not computed: NaN
+        results.append(QueryAttribution(total, error, stats, layers, n_tokens, "approx"))
+    return results
 
 
 def coarse_to_fine(
@@ -430,10 +404,8 @@ def _reference_runner(model, tokens, position: int | None = None):
     def run(n_rows: int, fwd_hooks) -> Float[Tensor, "row d_vocab"]:
         with model.hooks(fwd_hooks=fwd_hooks):
             if position is None:
-                out = last_logits(model, tokens.expand(n_rows, -1)).float()
-            else:
-                out = model(tokens.expand(n_rows, -1))[:, position].float()
-        return out
+                return last_logits(model, tokens.expand(n_rows, -1)).float()
+            return model(tokens.expand(n_rows, -1))[:, position].float()
 
     run.position = -1 if position is None else position
     return run
@@ -523,20 +495,6 @@ def _fast_runner(model, tokens, p_full: float | None = None):
     return run
 
 
-def _grown_cache(cache, sizes: Sequence[int]):
-    """A copy of a batch-1 prompt cache whose layer i holds ``sizes[i]`` identical rows (views)."""
-    if cache is None:
-        return None
-    grown = copy.copy(cache)
-    grown.layers = []
-    for layer, n in zip(cache.layers, sizes):
-        new = copy.copy(layer)
-        new.keys = layer.keys.expand(n, *layer.keys.shape[1:])
-        new.values = layer.values.expand(n, *layer.values.shape[1:])
-        grown.layers.append(new)
-    return grown
-
-
 def _suffix_ig(run, target, layers, steps, baseline, batch_size, point, grid, completeness=True):
     """:func:`_suffix_ig_group` for one query token."""
     return _suffix_ig_group([run], [target], layers, steps, baseline, batch_size, point, grid, completeness)[0]
@@ -571,7 +529,7 @@ def _suffix_ig_group(runs, targets, layers, steps, baseline, batch_size, point, 
     device = runs[0].last.device
     last = torch.cat([r.last for r in runs])  # [queries, 1]
     caches = [r.cache for r in runs]
-    stacked = None if caches[0] is None or n_queries == 1 else _stacked_cache(caches)
+    stacked = None if caches[0] is None else _stacked_cache(caches)
     first = None if n_queries == 1 else _block0_inputs(model, last, stacked)
     for start in range(0, len(plan), per_chunk):
         chunk = plan[start : start + per_chunk]
@@ -611,25 +569,14 @@ def _suffix_ig_group(runs, targets, layers, steps, baseline, batch_size, point, 
 
             hooks += [(f"blocks.{l}.hook_in", branch), (hook_name(l, point), interpolate)]
         kwargs = {}
-        if caches[0] is not None:
-            kwargs["past_key_values"] = (_grown_cache(caches[0], sizes) if stacked is None
-                                         else _indexed_cache(stacked, torch.tensor(row_query, device=device), sizes))
-        final: dict[str, Tensor] = {}
-        if unembed is not None:
-            # the objective unembeds ln_final's output itself (fused, tiled): the model unembeds nothing
-            hooks.append(("ln_final.hook_out", lambda x, hook=None: final.setdefault("h", x)))
-        with _bridge_kv_cache(model), _quiet_cache_warning(), model.hooks(fwd_hooks=hooks):
-            if unembed is None:
-                out = last_logits(model, last[:1], **kwargs).float()
-            else:
-                logits_at(model, last[:1], torch.zeros(0, dtype=torch.long, device=device), **kwargs)
-                out = final["h"][:, -1]
+        if stacked is not None:
+            kwargs["past_key_values"] = _indexed_cache(stacked, torch.tensor(row_query, device=device), sizes)
+        with _bridge_kv_cache(model), _quiet_cache_warning():
+            out = _final_pass(model, last[:1], hooks, unembed, **kwargs)
         if out.shape[0] != sizes[-1]:
             raise _FastMismatch(f"lakn: the batch did not grow as planned in {runs[0].model_name}")
         # P(y) of every row; rows < n_queries are the clean rows (zero gradient: only later rows are summed)
-        row_target = torch.tensor([targets[q] for q in row_query], device=device)
-        probs = target_probability(out, row_target) if unembed is None else unembed_target_probability(
-            out, unembed[0], row_target, unembed[1])
+        probs = objective.answer_probability(out, unembed, torch.tensor([targets[q] for q in row_query], device=device))
         if f_clean is None:
             f_clean = [float(p) for p in probs[:n_queries].detach()]
             for run, f in zip(runs, f_clean):
@@ -644,12 +591,31 @@ def _suffix_ig_group(runs, targets, layers, steps, baseline, batch_size, point, 
                 if completeness and k == 0:
                     f_base[q][l] = float(probs[offsets[l] + j].detach())
         del probs, out, grads  # free this chunk's graph before the next
-        final.clear()
     results = []
     for q in range(n_queries):
         attr = torch.stack([(clean[q][l] - base[l]) * grad_sum[q][l] / steps for l in layers])
         results.append((attr, _completeness_error(attr, layers, f_clean[q], f_base[q] if completeness else None)))
     return results
+
+
+def _final_pass(model, tokens, hooks, unembed, position: Tensor | None = None, **kwargs) -> Tensor:
+    """Run the model with ``hooks`` and return, at each row's ``position`` (None: the last), what
+    the objective needs: the final residual stream (ln_final's output) when ``unembed`` is given,
+    so that the objective unembeds it itself and the model unembeds nothing; else the logits."""
+    final: dict[str, Tensor] = {}
+    if unembed is not None:
+        hooks = [*hooks, ("ln_final.hook_out", lambda x, hook=None: final.setdefault("h", x))]
+    with model.hooks(fwd_hooks=hooks):
+        if unembed is not None:
+            logits_at(model, tokens, torch.zeros(0, dtype=torch.long, device=tokens.device), **kwargs)
+        elif position is None:
+            return last_logits(model, tokens, **kwargs).float()
+        else:
+            out = model(tokens, **kwargs)
+    rows = None if position is None else torch.arange(len(position), device=position.device)
+    if unembed is not None:
+        return final["h"][:, -1] if position is None else final["h"][rows, position]
+    return out[rows, position].float()
 
 
 class _Stop(Exception):
@@ -681,7 +647,10 @@ def _block0_inputs(model, last, stacked) -> Tensor:
 
 
 def _stacked_cache(caches):
-    """One cache whose batch row q is query q's (batch-1) prompt cache; same lengths required."""
+    """One cache whose batch row q is query q's (batch-1) prompt cache; same lengths required.
+    A single cache is returned as it is."""
+    if len(caches) == 1:
+        return caches[0]
     stacked = copy.copy(caches[0])
     stacked.layers = []
     for parts in zip(*(c.layers for c in caches)):
@@ -694,13 +663,17 @@ def _stacked_cache(caches):
 
 def _indexed_cache(stacked, row_query, sizes: Sequence[int]):
     """A copy of a stacked prompt cache whose layer i holds, for each of its ``sizes[i]`` rows,
-    the prompt of that row's query."""
+    the prompt of that row's query: unexpanded views when there is one query, else copies."""
     grown = copy.copy(stacked)
     grown.layers = []
     for layer, n in zip(stacked.layers, sizes):
         new = copy.copy(layer)
-        new.keys = layer.keys.index_select(0, row_query[:n])
-        new.values = layer.values.index_select(0, row_query[:n])
+        if layer.keys.shape[0] == 1:
+            new.keys = layer.keys.expand(n, *layer.keys.shape[1:])
+            new.values = layer.values.expand(n, *layer.values.shape[1:])
+        else:
+            new.keys = layer.keys.index_select(0, row_query[:n])
+            new.values = layer.values.index_select(0, row_query[:n])
         grown.layers.append(new)
     return grown
 
@@ -789,16 +762,19 @@ def _ig_one_token(run, target, layers, steps, baseline, batch_size, point, grid,
     return attr, _completeness_error(attr, layers, f_clean, f_base if completeness else None)
 
 
-def _gradient_hook(leaves: dict, clean: dict, key, position: int = -1):
-    """Add a zero leaf at ``position`` (its gradient is dF/da with every path intact, later
-    layers included) and record the real activation a."""
+def _gradient_hook(leaves: dict, clean: dict, key, position: int | Tensor = -1):
+    """Add a zero leaf at each row's ``position`` (one index for every row, or one per row): its
+    gradient is dF/da with every path intact, later layers included. Records the real
+    activations a there (``[batch, d_mlp]``)."""
 
     def hook(activation: Float[Tensor, "batch pos d_mlp"], hook=None) -> Tensor:
-        clean[key] = activation[0, position].detach().clone()
-        delta = torch.zeros_like(activation[:, position]).requires_grad_(True)
-        leaves[key] = delta
+        rows = torch.arange(activation.shape[0], device=activation.device)
+        at = position if isinstance(position, Tensor) else torch.full_like(rows, position)
+        a = activation[rows, at]
+        clean[key] = a.detach()
+        leaves[key] = torch.zeros_like(a).requires_grad_(True)
         out = activation.clone()
-        out[:, position] = activation[:, position] + delta
+        out[rows, at] = a + leaves[key]
         return out
 
     return hook
@@ -813,6 +789,7 @@ def _approx_one_token(run, target, layers, steps, baseline, batch_size, point, g
     f_clean = float(prob[0].detach())
     _check_clean(run, f_clean)
     grads = torch.autograd.grad(prob[0], [leaves[l] for l in layers])
+    clean = {l: a[0] for l, a in clean.items()}
     d_mlp = clean[layers[0]].shape[-1]
     base = _baselines(baseline, layers, d_mlp)
     attr = torch.stack([(clean[l].float().cpu() - base[l]) * g[0].float().cpu() for l, g in zip(layers, grads)])

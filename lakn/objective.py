@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["target_probability", "unembed_target_probability", "unembedding"]
+__all__ = ["target_probability", "unembed_target_probability", "unembedding", "answer_probability"]
 
 
 class _TargetProbability(torch.autograd.Function):
@@ -39,13 +39,29 @@ class _TargetProbability(torch.autograd.Function):
         return out, None
 
 
-def target_probability(logits: Float[Tensor, "row d_vocab"], target: int | Int[Tensor, "row"]) -> Float[Tensor, "row"]:
+def target_probability(logits: Float[Tensor, "row d_vocab"], target: int | Int[Tensor, "row"],
+                       with_stats: bool = False):
     """P(target) per row from logits, differentiable (the IG objective F); ``target`` is one token
-    id for every row or one per row."""
+    id for every row or one per row. ``with_stats``: return ``(prob, entropy in nats, rank of the
+    target)`` per row, as :func:`unembed_target_probability` does."""
     targets = torch.as_tensor(target, dtype=torch.long, device=logits.device).reshape(-1)
     if targets.numel() == 1:
         targets = targets.expand(logits.shape[0])
-    return _TargetProbability.apply(logits, targets.contiguous())
+    prob = _TargetProbability.apply(logits, targets.contiguous())
+    if not with_stats:
+        return prob
+    log_p = logits.detach().log_softmax(-1)
+    entropy = -(log_p.exp() * log_p).sum(-1)
+    rank = (log_p > log_p.gather(-1, targets[:, None])).sum(-1)
+    return prob, entropy, rank
+
+
+def answer_probability(out: Tensor, unembed, target: int | Int[Tensor, "row"], with_stats: bool = False):
+    """The objective on what a pass produced: ``out`` is the final residual stream when
+    ``unembed`` (from :func:`unembedding`) is given, else the model's logits."""
+    if unembed is None:
+        return target_probability(out, target, with_stats=with_stats)
+    return unembed_target_probability(out, unembed[0], target, unembed[1], with_stats=with_stats)
 
 
 _LOG_TINY = -80.0  # e^-80 ~ 1.8e-35: relative terms below it are dropped (float32 resolves 6e-8)

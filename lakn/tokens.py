@@ -110,6 +110,14 @@ class AnswerStats:
     entropy: float  # next-token entropy at the first answer position, / log |V|
     rank: int  # rank of the first answer token among all tokens (0 = top)
 
+    @classmethod
+    def from_log_probs(cls, token_log_probs: Float[Tensor, "answer_pos"], entropy_nats, rank: int,
+                       d_vocab: int) -> "AnswerStats":
+        """From log P of each answer token and the first answer position's entropy (nats) and rank."""
+        token_lp = torch.as_tensor(token_log_probs, dtype=torch.float32).detach().cpu()
+        entropy = float(torch.as_tensor(entropy_nats, dtype=torch.float32) / torch.log(torch.tensor(float(d_vocab))))
+        return cls(token_lp.exp(), float(token_lp.mean().exp()), entropy, int(rank))
+
 
 def answer_probabilities(model, encoded: EncodedQuery) -> AnswerStats:
     """P(y_t | prompt, y_<t) for every answer token, in a single teacher-forced forward pass
@@ -131,9 +139,8 @@ def stats_from_logits(logits: Float[Tensor, "answer_pos d_vocab"], answer: Int[T
     answer = answer.to(log_probs.device)
     token_lp = log_probs.gather(-1, answer[:, None])[:, 0]
     first = log_probs[0]
-    entropy = float(-(first.exp() * first).sum() / torch.log(torch.tensor(float(first.shape[-1]))))
-    rank = int((first > first[answer[0]]).sum())
-    return AnswerStats(token_lp.exp().cpu(), float(token_lp.mean().exp()), entropy, rank)
+    return AnswerStats.from_log_probs(token_lp, -(first.exp() * first).sum(), int((first > first[answer[0]]).sum()),
+                                      first.shape[-1])
 
 
 def logits_at(

@@ -367,7 +367,7 @@ def test_approx_statistics_come_from_its_own_pass(models, arch):
 
 
 def test_target_probability_gradient_matches_softmax():
-    from lakn.attribution import target_probability
+    from lakn.objective import target_probability
 
     logits = torch.randn(5, 300, dtype=torch.float64) * 3
     weights = torch.rand(5, dtype=torch.float64)
@@ -400,7 +400,7 @@ def test_fused_unembedding_objective_matches_softmax(with_bias):
     """The fast path's objective unembeds ln_final's output itself, tile by tile: its value and
     gradient equal softmax(h W^T + b)[y] (float64, a vocabulary that the tiles do not divide,
     the target in the last, partial tile)."""
-    from lakn.attribution import unembed_target_probability
+    from lakn.objective import unembed_target_probability
 
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(6, 16, dtype=torch.float64, generator=g)
@@ -442,7 +442,7 @@ def test_fused_unembedding_leaves_fast_path_results_unchanged(models, arch, monk
 
 def test_fused_unembedding_statistics_and_per_row_targets():
     """Per-row targets, entropy (nats) and rank from the fused objective equal the softmax's."""
-    from lakn.attribution import target_probability, unembed_target_probability
+    from lakn.objective import target_probability, unembed_target_probability
 
     g = torch.Generator().manual_seed(1)
     hidden = torch.randn(5, 12, dtype=torch.float64, generator=g) * 2
@@ -455,6 +455,9 @@ def test_fused_unembedding_statistics_and_per_row_targets():
     assert torch.allclose(entropy, -(log_p.exp() * log_p).sum(-1), rtol=1e-10)
     assert rank.tolist() == (log_p > want[:, None]).sum(-1).tolist()
     assert torch.allclose(target_probability(hidden @ weight.T, targets), want.exp(), rtol=1e-12)
+    p2, ent2, rank2 = target_probability(hidden @ weight.T, targets, with_stats=True)
+    assert torch.allclose(p2, prob, rtol=1e-12) and torch.allclose(ent2, entropy, rtol=1e-10)
+    assert rank2.tolist() == rank.tolist()
 
 
 @pytest.mark.parametrize("arch", CAUSAL)
@@ -478,6 +481,23 @@ def test_attribute_queries_batches_approx_exactly(models, arch):
                 ref = answer_probabilities(model, q)
                 assert torch.allclose(a.stats.token_probs, ref.token_probs, rtol=1e-4, atol=1e-7)
                 assert a.stats.rank == ref.rank and a.stats.entropy == pytest.approx(ref.entropy, rel=1e-4)
+
+
+def test_approx_batches_with_the_models_own_unembedding(models, monkeypatch):
+    """Where the objective cannot unembed itself (lakn.objective.unembedding gives None), shared
+    approx passes read the model's logits and give the same attributions and statistics."""
+    from lakn.attribution import attribute_queries
+
+    model = models("gemma3")
+    qs = [query(model, n_answer=2), query(model, n_answer=1, prompt="Paris is the capital city of")]
+    fused = attribute_queries(model, qs, mode="approx")
+    monkeypatch.setattr(objective, "unembedding", lambda model: None)
+    plain = attribute_queries(model, qs, mode="approx")
+    for a, b in zip(plain, fused):
+        scale = b.attributions.abs().max()
+        assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
+        assert torch.allclose(a.stats.token_probs, b.stats.token_probs, rtol=1e-4, atol=1e-7)
+        assert a.stats.rank == b.stats.rank and a.stats.entropy == pytest.approx(b.stats.entropy, rel=1e-4)
 
 
 def test_attribute_queries_exact_modes_equal_single_queries(models):
@@ -576,7 +596,7 @@ def test_exact_queries_share_passes_beyond_the_sliding_window(models):
 def test_fused_unembedding_with_extreme_logits_and_bfloat16():
     """Tiles far below the maximum (floored at e^-80 to avoid denormals) change nothing at float32
     precision, and a bfloat16 unembedding accumulates in float32."""
-    from lakn.attribution import unembed_target_probability
+    from lakn.objective import unembed_target_probability
 
     g = torch.Generator().manual_seed(2)
     hidden = torch.randn(4, 8, generator=g)
