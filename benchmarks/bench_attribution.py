@@ -1,6 +1,6 @@
 """Benchmark lakn's integrated gradients: speed, agreement and memory.
 
-    /tmp/knenv/bin/python benchmarks/bench_attribution.py [--parts a,b,c,d] [--repeats 1]
+    /tmp/knenv/bin/python benchmarks/bench_attribution.py [--parts a,b,c,d,e] [--repeats 1]
 
 (a) against EleutherAI knowledge-neurons 0.0.2 on a GPT-2-small-shaped model (12 layers,
     d_model 768, d_vocab 50257, random fixed weights, byte-level BPE trained here), m = 20,
@@ -12,7 +12,9 @@
     RSS growth, approx-vs-exact agreement (Spearman, top-neuron overlap); approx on 32 of lakn's
     demo queries one at a time vs sharing passes (``attribute_queries``);
 (c) roofline: FLOPs of the minimal exact computation / measured matmul throughput;
-(d) scaling with prompt length, steps, answer length and queries (time and memory).
+(d) scaling with prompt length, steps, answer length and queries (time and memory);
+(e) what one approx query streams (the bound of approx alone) and exact passes shared by
+    queries with a 4-layer subset.
 No downloads. Timings are wall-clock on a shared machine: repeat with ``--repeats``.
 """
 
@@ -338,9 +340,49 @@ def part_d(model, repeats: int):
                  "peak RSS growth MiB (fast)"])
 
 
+# --- (e) bounds and shared exact passes --------------------------------------------------------
+
+
+def part_e(model, repeats: int):
+    """What one approx query cannot avoid streaming on this machine, and exact passes shared by
+    queries when each query has few rows (a 4-layer subset)."""
+    from lakn.attribution import attribute_queries
+    from lakn.objective import unembed_target_probability
+    from lakn.tokens import logits_at
+
+    weight = model.unembed.original_component.weight.detach()
+    h = torch.randn(1, weight.shape[1])
+    q = gemma_queries(model)[0][1]
+
+    def fused_row():
+        x = h.clone().requires_grad_(True)
+        torch.autograd.grad(unembed_target_probability(x, weight, 0).sum(), x)
+
+    with torch.no_grad():
+        t_matvec, _ = timed(lambda: h @ weight.T, max(repeats, 5))
+        t_blocks, _ = timed(lambda: logits_at(model, q.prompt[None], torch.zeros(0, dtype=torch.long)),
+                            max(repeats, 5))
+    t_fused, _ = timed(fused_row, max(repeats, 5))
+    t_apx, _ = timed(lambda: integrated_gradients(model, q, mode="approx", first_token_only=True), max(repeats, 3))
+    print("(e) one approx query on Gemma 3 270M: what it streams (seconds, best of 5)")
+    table([[f"{t_matvec:.3f}", f"{t_fused:.3f}", f"{t_blocks:.3f}", f"{t_apx:.3f}"]],
+          ["1-row unembedding matvec", "fused objective, 1 row, forward + backward",
+           f"forward over the {len(q.prompt)}-token prompt, no unembedding", "approx, whole query"])
+
+    qs = demo_queries(model, 16)
+    kw = dict(steps=20, first_token_only=True, layers=[10, 12, 14, 16])
+    t_alone, alone = timed(lambda: [integrated_gradients(model, x, **kw) for x in qs], repeats)
+    t_shared, shared = timed(lambda: attribute_queries(model, qs, **kw), repeats)
+    diff = max(float((a.attributions - b.attributions).abs().max() / b.attributions.abs().max())
+               for a, b in zip(shared, alone))
+    print(f"(e2) exact IG on layers 10, 12, 14, 16 (m = 20), {len(qs)} demo queries, seconds per query")
+    table([[f"{t_alone / len(qs):.3f}", f"{t_shared / len(qs):.3f}", f"{diff:.1e}"]],
+          ["one query at a time", "equal-length queries share passes", "max rel diff"])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="a,b,c,d")
+    parser.add_argument("--parts", default="a,b,c,d,e")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -349,7 +391,7 @@ def main():
     agree = []
     if "a" in parts:
         agree += agreement("gpt2-small-shape (hook_pre)", part_a(args.repeats))
-    if parts & {"b", "c", "d"}:
+    if parts & {"b", "c", "d", "e"}:
         model, pairs = part_b(args.repeats) if "b" in parts else (None, [])
         agree += agreement("gemma-3-270m", pairs)
         if model is None:
@@ -362,6 +404,8 @@ def main():
             part_c(model, t_fast, len(q.prompt))
         if "d" in parts:
             part_d(model, args.repeats)
+        if "e" in parts:
+            part_e(model, args.repeats)
     if agree:
         print("approx (activation x gradient, one pass) vs exact IG (fast path, m = 20)")
         table(agree, ["model", "query", "Spearman", "top-20 overlap", "top-100 overlap", "Jaccard >=0.2max"])
