@@ -5,37 +5,53 @@
     facts = lakn.load_facts("demo")
     result = lakn.localize(model, facts[:3], languages=["en", "fr", "zh"], steps=10)
     result.neurons(facts[0].fact_id)                # [(layer, neuron), ...]
+
+The data path, one module per step (README "Architecture"): facts / models / hooks -> tokens ->
+probability / objective -> attribution -> selection / scoring -> results -> localization ->
+interventions / editing -> evaluation -> plotting -> cli.
 """
 
-__version__ = "0.1.0"
-
+from ._deprecation import deprecated_names
+from ._version import __version__
 from .attribution import QueryAttribution, attribute_queries, coarse_to_fine, integrated_gradients, step_grid
+from .config import RunConfig, RunConfigError
 from .facts import LANGUAGES, Fact, FactsError, Query, load_facts, select_facts
-from .hooks import capture_hook, hook_name, neuron_hooks, scale_hook, set_hook, add_hook
-from .localization import RunConfigError, localize
+from .hooks import Neuron, add_hook, capture_hook, hook_name, neuron_hooks, scale_hook, set_hook
 from .models import ModelLoadError, cache_dir, load_model
+from .probability import AnswerStats, answer_probability, answer_stats, batch_answer_probability, change_rate
 from .results import LocalizationResult
-from .scoring import FactScores, score_fact, select_neurons, specific_scores
-from .tokens import answer_probabilities, encode_query
-from .interventions import Edit, answer_probability, edit_fact, enhance, inject_fact, intervene, suppress, w_out
+from .scoring import FactScores, score_fact
+from .selection import neuron_sets, select_neurons, specific_scores
+from .splits import Split, split_facts
+from .tokens import encode_query
+from .interventions import enhance, intervene, suppress
+from .editing import Edit, edit_fact, inject_fact, w_out
+from .localization import localize
 from .evaluation import (
-    ChangeRateResult, EditingResult, EnhancementResult, InjectionResult, Split, change_rates, editing_experiment,
-    enhancement_experiment, injection_experiment, localize_methods, split_facts,
+    ChangeRateResult, EditingResult, EnhancementResult, InjectionResult, change_rates, editing_experiment,
+    enhancement_experiment, injection_experiment, localize_methods,
 )
+from . import plotting  # (figures: lakn.plotting.layer_distribution, write_run_figures, ...)
 
 __all__ = [
     "__version__",
     "QueryAttribution", "attribute_queries", "coarse_to_fine", "integrated_gradients", "step_grid",
+    "RunConfig", "RunConfigError",
     "LANGUAGES", "Fact", "FactsError", "Query", "load_facts", "select_facts",
-    "capture_hook", "hook_name", "neuron_hooks", "scale_hook", "set_hook", "add_hook",
-    "RunConfigError", "localize",
+    "Neuron", "capture_hook", "hook_name", "neuron_hooks", "scale_hook", "set_hook", "add_hook",
     "ModelLoadError", "cache_dir", "load_model",
+    "AnswerStats", "answer_probability", "answer_stats", "batch_answer_probability", "change_rate",
     "LocalizationResult",
-    "FactScores", "score_fact", "select_neurons", "specific_scores",
-    "answer_probabilities", "encode_query",
-    "Edit", "answer_probability", "edit_fact", "enhance", "inject_fact", "intervene", "suppress", "w_out",
-    "ChangeRateResult", "EditingResult", "EnhancementResult", "InjectionResult", "Split", "change_rates",
-    "editing_experiment", "enhancement_experiment", "injection_experiment", "localize_methods", "split_facts",
+    "FactScores", "score_fact",
+    "neuron_sets", "select_neurons", "specific_scores",
+    "Split", "split_facts",
+    "encode_query",
+    "enhance", "intervene", "suppress",
+    "Edit", "edit_fact", "inject_fact", "w_out",
+    "localize",
+    "ChangeRateResult", "EditingResult", "EnhancementResult", "InjectionResult", "change_rates",
+    "editing_experiment", "enhancement_experiment", "injection_experiment", "localize_methods",
+    "plotting",
 ]
 
-from . import plotting  # noqa: E402  (figures: lakn.plotting.layer_distribution, write_run_figures, ...)
+__getattr__ = deprecated_names(__name__, {"answer_probabilities": "lakn.probability:answer_stats"})

@@ -176,6 +176,10 @@ def neuron_hooks(
         raise ValueError("give exactly one of factor= or value=")
     hooks = []
     for layer, idx in group_by_layer(neurons).items():
-        fn = scale_hook(idx, factor, position) if factor is not None else set_hook(idx, value, position)
+        if factor is not None:
+            fn = scale_hook(idx, factor, position)
+        else:
+            assert value is not None  # exactly one of the two is given
+            fn = set_hook(idx, value, position)
         hooks.append((hook_name(layer, point), fn))
     return hooks

@@ -8,39 +8,25 @@ same arguments skips finished facts and ends with the same result.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from . import __version__
 from .attribution import attribute_queries, coarse_to_fine
+from .config import ATTRIBUTIONS, RunConfig, RunConfigError
 from .facts import Fact, select_facts
 from .models import is_masked_lm, model_name
 from .results import FactRecord, LocalizationResult, write_json_atomic
-from .scoring import (
-    common_neuron_filter,
-    random_neurons,
-    reference_sets,
-    score_fact,
-    select_neurons,
-    specific_scores,
-)
+from .scoring import score_fact
+from .selection import finalize
 from .tokens import encode_query
+from ._progress import progress as _progress
 
 __all__ = ["localize", "RunConfigError", "ATTRIBUTIONS"]
 
-ATTRIBUTIONS = ("auto", "fast", "reference", "approx", "coarse-to-fine")
-
-# arguments that do not change results: a resumed run may differ in these
-_VOLATILE = {"batch_size", "progress", "created", "device"}
-_EXACT = {"auto", "fast", "reference"}
-
-
-class RunConfigError(ValueError):
-    """A run folder holds a run made with other arguments; the message lists the differences."""
+_D = RunConfig()  # the defaults: localize's keyword defaults come from the run configuration
 
 
 def localize(
@@ -49,19 +35,19 @@ def localize(
     *,
     languages: Sequence[str] | None = None,
     n_facts: int | None = None,
-    method: str = "matrice",
-    steps: int = 20,
-    attribution: str = "auto",
-    max_queries: int | None = None,
-    first_token_only: bool = False,
-    threshold: float = 0.2,
-    top_k: int | None = None,
-    specificity: str = "auto",
-    reference: str = "others",
-    min_reference: int = 5,
-    common_fraction: float | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
+    method: str = _D.method,
+    steps: int = _D.steps,
+    attribution: str = _D.attribution,
+    max_queries: int | None = _D.max_queries,
+    first_token_only: bool = _D.first_token_only,
+    threshold: float = _D.threshold,
+    top_k: int | None = _D.top_k,
+    specificity: str = _D.specificity,
+    reference: str = _D.reference,
+    min_reference: int = _D.min_reference,
+    common_fraction: float | None = _D.common_fraction,
+    seed: int = _D.seed,
+    batch_size: int | None = _D.batch_size,
     drop_incomplete: bool = False,
     out: str | Path | None = None,
     data: str = "",
@@ -95,18 +81,15 @@ def localize(
 
     Example: ``result = lakn.localize(model, lakn.load_facts("demo")[:3], languages=["en", "fr"])``.
     """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    if max_queries is not None and max_queries < 1:
-        raise ValueError(f"max_queries must be at least 1, got {max_queries}")
-    if attribution not in ATTRIBUTIONS:
-        raise ValueError(f"attribution must be one of {ATTRIBUTIONS}, got {attribution!r}")
-    if specificity not in ("auto", "raw", "specific"):
-        raise ValueError(f"specificity must be 'auto', 'raw' or 'specific', got {specificity!r}")
+    # the arguments first (RunConfig validates them), so a bad one fails before any model work
+    config = RunConfig(method=method, method_kwargs=dict(method_kwargs), steps=steps, max_queries=max_queries,
+                       first_token_only=first_token_only, threshold=threshold, top_k=top_k,
+                       specificity=specificity, reference=reference, min_reference=min_reference,
+                       common_fraction=common_fraction, seed=seed, attribution=attribution, batch_size=batch_size)
     causal = not is_masked_lm(model)
     chosen, langs = select_facts(facts, languages=languages, n_facts=n_facts, causal=causal,
                                  drop_incomplete=drop_incomplete)
-    _check_method(method, threshold, top_k, method_kwargs)
+    _check_method(config)
     # tokenise every query before the long computation, so a bad answer fails now
     plan: dict[str, dict[str, list]] = {}
     for fact in chosen:
@@ -114,33 +97,9 @@ def localize(
         for lang in langs:
             queries = fact.queries(lang, causal=causal)[:max_queries]
             plan[fact.fact_id][lang] = [(q, encode_query(model, q)) for q in queries]
-
-    config = {
-        "lakn_version": __version__,
-        "model": model_name(model),
-        "n_layers": int(model.cfg.n_layers),
-        "d_mlp": int(model.cfg.d_mlp),
-        "data": str(data),
-        "fact_ids": [f.fact_id for f in chosen],
-        "languages": langs,
-        "method": method,
-        "method_kwargs": dict(sorted(method_kwargs.items())),
-        "steps": steps,
-        "max_queries": max_queries,
-        "first_token_only": first_token_only,
-        "threshold": threshold,
-        "top_k": top_k,
-        "specificity": specificity,
-        "reference": reference,
-        "min_reference": min_reference,
-        "common_fraction": common_fraction,
-        "seed": seed,
-        "attribution": attribution,
-        "baseline": "zero",
-        "hook_point": "mlp.hook_post",
-        "batch_size": batch_size,
-        "versions": _versions(),
-    }
+    config = config.replace(model=model_name(model), n_layers=int(model.cfg.n_layers), d_mlp=int(model.cfg.d_mlp),
+                            data=str(data), fact_ids=[f.fact_id for f in chosen], languages=langs,
+                            versions=_versions())
     rank, world = _init_distributed(distributed)
     folder = None
     if out is not None:
@@ -152,7 +111,7 @@ def localize(
 
     records: dict[str, FactRecord] = {}
     mine = chosen[rank::world]
-    bar = _progress(mine, progress and rank == 0)
+    bar = _progress(mine, progress and rank == 0, "lakn localize", unit="fact")
     for fact in bar:
         if folder is not None and FactRecord.done(folder / "facts", fact.fact_id):
             records[fact.fact_id] = FactRecord.load(folder / "facts", fact.fact_id)
@@ -163,7 +122,7 @@ def localize(
             steps=steps, first_token_only=first_token_only, batch_size=batch_size,
         )
         scores = score_fact("matrice" if method == "random" else method, attributions, confidence, entropy,
-                            threshold=threshold, top_k=top_k, **method_kwargs)
+                            threshold=threshold, top_k=top_k, **config.method_kwargs)
         record = FactRecord(fact.fact_id, fact.relation, scores.laa, scores.per_language, scores.lakn,
                             scores.language_specific, rows, time.perf_counter() - t0, rank)
         if folder is not None:
@@ -173,9 +132,10 @@ def localize(
             bar.set_postfix(fact=fact.fact_id, lakns=len(scores.lakn))
 
     if world > 1:  # merge the shards: every rank reads all finished facts, in the data's order
+        assert folder is not None  # a distributed run has out= (checked above)
         _barrier(world)
         records = {f.fact_id: FactRecord.load(folder / "facts", f.fact_id) for f in chosen}
-    result = _finalize(config, records, chosen)
+    result = finalize(config, records)
     if folder is not None and rank == 0:
         result.save(folder)
     _barrier(world)
@@ -196,7 +156,7 @@ def _attribute_fact(model, plan: dict[str, list], attribution: str, cache: dict 
     if attribution == "coarse-to-fine":
         computed = [coarse_to_fine(model, e, **kwargs) for e in missing.values()]
     else:
-        computed = attribute_queries(model, list(missing.values()), mode=attribution, **kwargs)
+        computed = attribute_queries(model, list(missing.values()), attribution=attribution, **kwargs)
     found.update(zip(missing, computed))
     if cache is not None:
         cache.update(zip(missing, computed))
@@ -215,7 +175,7 @@ def _attribute_fact(model, plan: dict[str, list], attribution: str, cache: dict 
                 # None when not computed (approx skips it): JSON has no NaN
                 "completeness_error": (None if bool(ig.completeness_error.isnan().all())
                                        else float(ig.completeness_error.nan_to_num(0.0).max())),
-                "attribution": ig.mode,
+                "attribution": ig.attribution,
             })
         attributions[lang] = torch.stack(maps)
         confidence[lang] = torch.tensor(probs)
@@ -247,74 +207,30 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _finalize(config: dict, records: dict[str, FactRecord], facts: Sequence[Fact]) -> LocalizationResult:
-    """Cross-fact step: fact-specific scores, random controls, common-neuron filter, language sets."""
-    method, threshold, top_k = config["method"], config["threshold"], config["top_k"]
-    lakn = {fid: list(rec.lakn) for fid, rec in records.items()}
-    language_specific = {fid: dict(rec.language_specific) for fid, rec in records.items()}
-    specific: dict = {}
-    selection = "sets" if method in ("kn", "amig") else "raw"
-    if method not in ("kn", "amig") and config["specificity"] != "raw":
-        relations = {f.fact_id: f.relation for f in facts}
-        refs = reference_sets(list(records), relations, config["reference"])
-        enough = min(len(r) for r in refs.values()) >= config["min_reference"]
-        if config["specificity"] == "specific" or enough:
-            specific = specific_scores({fid: rec.laa for fid, rec in records.items()}, relations, config["reference"])
-            selection = "specific"
-            lakn = {fid: select_neurons(specific[fid], threshold, top_k) for fid in records}
-    if config["common_fraction"] is not None:
-        lakn = common_neuron_filter(lakn, config["common_fraction"])
-    if method == "random":
-        d_mlp = config["d_mlp"]
-        for i, fid in enumerate(records):
-            generator = torch.Generator().manual_seed(config["seed"] * 100_003 + i)
-            lakn[fid] = random_neurons(lakn[fid], d_mlp, generator)
-    if method not in ("kn", "amig"):
-        for fid, rec in records.items():
-            chosen = set(lakn[fid])
-            language_specific[fid] = {
-                lang: [n for n in select_neurons(s, threshold, top_k) if n not in chosen]
-                for lang, s in rec.per_language.items()
-            }
-    return LocalizationResult(config, records, lakn, language_specific, selection, specific)
-
-
-def _check_method(method: str, threshold: float, top_k: int | None, method_kwargs: dict) -> None:
-    """Run the scoring method once on a tiny input so a bad method or argument fails before IG."""
+def _check_method(config: RunConfig) -> None:
+    """Run the scoring method once on a tiny input so a bad method argument fails before IG."""
     one = {"en": torch.rand(2, 1, 4)}
     probs = {"en": torch.full((2,), 0.5)}
-    kwargs = dict(method_kwargs)
-    if method == "random":
+    kwargs = dict(config.method_kwargs)
+    if config.method == "random":
         kwargs["generator"] = torch.Generator().manual_seed(0)
-    score_fact(method, one, probs, probs, threshold=threshold, top_k=top_k, **kwargs)
+    score_fact(config.method, one, probs, probs, threshold=config.threshold, top_k=config.top_k, **kwargs)
 
 
-def _prepare_folder(folder: Path, config: dict, write: bool = True) -> None:
+def _prepare_folder(folder: Path, config: RunConfig, write: bool = True) -> None:
     """Create the run folder, or check that an existing one was made with the same arguments."""
     path = folder / "config.json"
     if path.is_file():
-        old = json.loads(path.read_text())
-        keys = (set(old) | set(config)) - _VOLATILE - {"versions", "lakn_version"}
-        diff = sorted(k for k in keys if old.get(k) != json.loads(json.dumps(config.get(k))))
-        if "attribution" in diff and {old.get("attribution"), config.get("attribution")} <= _EXACT:
-            diff.remove("attribution")  # every exact mode gives the same attributions
+        diff = RunConfig.load(path).diff(config)
         if diff:
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
+            shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(diff.items())[:6])
             raise RunConfigError(
                 f"{folder} holds a run with other arguments ({shown}); resume with the same arguments "
                 "or choose another --out folder"
             )
     if write:
         (folder / "facts").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, config)
-
-
-def _progress(items, enabled: bool):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="lakn localize", unit="fact")
+        write_json_atomic(path, config.to_dict())
 
 
 def _versions() -> dict:

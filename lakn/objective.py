@@ -5,7 +5,8 @@ unembedding that costs a [rows, d_vocab] logits tensor plus softmax, one-hot and
 the same size (Gemma 3: 262,144 columns per row). :func:`unembed_target_probability` instead takes
 the final normalised residual stream and the unembedding matrix and does the unembedding, softmax
 and gradient in one sweep over vocabulary tiles; :func:`target_probability` is the lean version for
-when only the model's logits are available. Both take one target per row.
+when only the model's logits are available; :func:`output_target_probability` picks between them.
+All take one target per row. (The user-facing P(answer) of a query is :mod:`lakn.probability`.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-__all__ = ["target_probability", "unembed_target_probability", "unembedding", "answer_probability"]
+from ._deprecation import deprecated_names
+
+__all__ = ["target_probability", "unembed_target_probability", "output_target_probability", "unembedding"]
+
+__getattr__ = deprecated_names(__name__, {"answer_probability": "lakn.objective:output_target_probability"})
 
 
 class _TargetProbability(torch.autograd.Function):
@@ -56,8 +61,8 @@ def target_probability(logits: Float[Tensor, "row d_vocab"], target: int | Int[T
     return prob, entropy, rank
 
 
-def answer_probability(out: Tensor, unembed, target: int | Int[Tensor, "row"], with_stats: bool = False):
-    """The objective on what a pass produced: ``out`` is the final residual stream when
+def output_target_probability(out: Tensor, unembed, target: int | Int[Tensor, "row"], with_stats: bool = False):
+    """The objective P(target) on what a pass produced: ``out`` is the final residual stream when
     ``unembed`` (from :func:`unembedding`) is given, else the model's logits."""
     if unembed is None:
         return target_probability(out, target, with_stats=with_stats)
@@ -91,7 +96,8 @@ class _UnembedTargetProbability(torch.autograd.Function):
         n, device = h.shape[0], h.device
         run_max = torch.full((n,), float("-inf"), dtype=acc, device=device)
         run_sum = torch.zeros(n, dtype=acc, device=device)
-        mean_row = torch.zeros(n, h.shape[1], dtype=acc, device=device) if need_grad else None
+        # softmax(z) W per row, for the backward (empty when no gradient is wanted)
+        mean_row = torch.zeros(n if need_grad else 0, h.shape[1], dtype=acc, device=device)
         z_target = torch.zeros(n, dtype=acc, device=device)
         if want_stats:
             # the target's logit up front, for the rank (its own column is excluded below)

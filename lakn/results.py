@@ -10,6 +10,9 @@ On disk a run folder holds::
     result.json          final neuron sets, selection rule, query statistics
 
 ``facts/`` is what makes a run resumable; the other files are written when the run ends.
+
+:class:`ResultTable` is the base of every experiment's result (one row per measurement plus the
+settings that made it; ``save`` / ``load`` as JSON, ``to_dataframe``): see :mod:`lakn.evaluation`.
 """
 
 from __future__ import annotations
@@ -18,22 +21,18 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
-__all__ = ["LocalizationResult", "FactRecord", "write_json_atomic"]
+from ._io import write_json_atomic
+from .config import RunConfig
+from .hooks import Neuron
 
-Neuron = tuple[int, int]
+__all__ = ["LocalizationResult", "FactRecord", "ResultTable", "write_json_atomic"]
 
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON through a temporary file and a rename, so a crash never leaves half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1))
-    os.replace(tmp, path)
+T = TypeVar("T", bound="ResultTable")
 
 
 def _save_tensors(path: Path, tensors: dict[str, Tensor]) -> None:
@@ -139,6 +138,11 @@ class LocalizationResult:
     def d_mlp(self) -> int:
         return int(next(iter(self.records.values())).laa.shape[1])
 
+    @property
+    def run_config(self) -> RunConfig:
+        """:attr:`config` as a typed :class:`~lakn.config.RunConfig`."""
+        return RunConfig.from_dict(self.config)
+
     def neurons(self, fact_id: str) -> list[Neuron]:
         """The LAKNs of one fact as (layer, neuron) pairs, best first."""
         if fact_id not in self.lakn:
@@ -223,3 +227,35 @@ class LocalizationResult:
             selection=result["selection"],
             specific={k[9:]: v for k, v in tensors.items() if k.startswith("specific.")},
         )
+
+
+@dataclass
+class ResultTable:
+    """Rows of one experiment and the settings that made it; subclasses add a ``table()`` summary.
+
+    On disk: ``{"kind": <class name>, "config": {...}, "rows": [{...}, ...]}``; ``load`` refuses a
+    file of another kind, so each file has one schema that readers address by column name.
+    """
+
+    rows: list[dict]
+    config: dict = field(default_factory=dict)
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, {"kind": type(self).__name__, "config": self.config, "rows": self.rows})
+        return path
+
+    @classmethod
+    def load(cls: type[T], path: str | Path) -> T:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("rows"), list):
+            raise ValueError(f"{path} is not a lakn result table (a JSON object with a list under 'rows')")
+        if data.get("kind") not in (None, cls.__name__):
+            raise ValueError(f"{path} holds a {data.get('kind')}, not a {cls.__name__}")
+        return cls(rows=data["rows"], config=data.get("config", {}))

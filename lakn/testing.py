@@ -9,6 +9,7 @@ GPT-2/mGPT (``gpt2``), LLaMA (``llama``, gated MLP), BLOOM (``bloom``) and Gemma
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
 
@@ -73,7 +74,8 @@ def tiny_tokenizer(vocab_size: int = 400):
 def _config(architecture: str, vocab: int, n_layers: int, d_model: int, d_mlp: int, n_heads: int):
     from transformers import BertConfig, BloomConfig, Gemma3TextConfig, GPT2Config, LlamaConfig
 
-    special = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    special: dict[str, Any] = dict(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg: Any
     if architecture == "gpt2":
         cfg = GPT2Config(vocab_size=vocab, n_positions=256, n_embd=d_model, n_layer=n_layers, n_head=n_heads,
                          n_inner=d_mlp, **special)

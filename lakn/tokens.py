@@ -1,11 +1,10 @@
-"""Turn cloze queries into token ids, and read the model's probability of the answer.
+"""Turn cloze queries into token ids, and run the model for the logits of a few positions.
 
-A query's answer is scored as the continuation of its prompt (teacher forcing for multi-token
-answers): P(y | q) = prod_t P(y_t | q, y_<t). lakn reports the geometric mean over answer tokens
-so answers of different lengths compare.
-
-Masked LMs (BERT style) read the whole sentence with one mask token per answer token; answer
-token t is predicted at mask t with the masks before it filled in (the same teacher forcing).
+A query's answer is the continuation of its prompt: :class:`EncodedQuery` holds the prompt's and
+the answer's token ids and says which input predicts answer token t (teacher forcing). Masked LMs
+(BERT style) read the whole sentence with one mask token per answer token; answer token t is
+predicted at mask t with the masks before it filled in. :func:`logits_at` unembeds only the
+positions asked for. The probability of the answer is read in :mod:`lakn.probability`.
 """
 
 from __future__ import annotations
@@ -19,8 +18,15 @@ from torch import Tensor
 
 from .facts import FactsError, Query
 
-__all__ = ["EncodedQuery", "encode_query", "encode_masked_query", "answer_probabilities", "AnswerStats",
-           "logits_at", "last_logits"]
+from ._deprecation import deprecated_names
+
+__all__ = ["EncodedQuery", "encode_query", "encode_masked_query", "logits_at", "last_logits", "model_device"]
+
+__getattr__ = deprecated_names(__name__, {
+    "answer_probabilities": "lakn.probability:answer_stats",
+    "AnswerStats": "lakn.probability:AnswerStats",
+    "stats_from_logits": "lakn.probability:stats_from_logits",
+})
 
 
 @dataclass(frozen=True)
@@ -50,9 +56,11 @@ class EncodedQuery:
         if not self.masked:
             tokens = self.prefix(t)
             return tokens, len(tokens) - 1
+        positions = self.mask_positions
+        assert positions is not None  # masked
         tokens = self.prompt.clone()
-        tokens[self.mask_positions[:t]] = self.answer[:t]
-        return tokens, int(self.mask_positions[t])
+        tokens[positions[:t]] = self.answer[:t]
+        return tokens, int(positions[t])
 
 
 def encode_query(model, query: Query) -> EncodedQuery:
@@ -101,48 +109,6 @@ def encode_masked_query(model, query: Query) -> EncodedQuery:
     return EncodedQuery(prompt, answer, positions)
 
 
-@dataclass(frozen=True)
-class AnswerStats:
-    """The model's view of one query's answer, from one forward pass."""
-
-    token_probs: Float[Tensor, "answer_pos"]
-    probability: float  # geometric mean of token_probs
-    entropy: float  # next-token entropy at the first answer position, / log |V|
-    rank: int  # rank of the first answer token among all tokens (0 = top)
-
-    @classmethod
-    def from_log_probs(cls, token_log_probs: Float[Tensor, "answer_pos"], entropy_nats, rank: int,
-                       d_vocab: int) -> "AnswerStats":
-        """From log P of each answer token and the first answer position's entropy (nats) and rank."""
-        token_lp = torch.as_tensor(token_log_probs, dtype=torch.float32).detach().cpu()
-        entropy = float(torch.as_tensor(entropy_nats, dtype=torch.float32) / torch.log(torch.tensor(float(d_vocab))))
-        return cls(token_lp.exp(), float(token_lp.mean().exp()), entropy, int(rank))
-
-
-def answer_probabilities(model, encoded: EncodedQuery) -> AnswerStats:
-    """P(y_t | prompt, y_<t) for every answer token, in a single teacher-forced forward pass
-    (one pass per answer token for a masked LM)."""
-    device = _device(model)
-    with torch.no_grad():
-        if encoded.masked:
-            steps = [encoded.step(t) for t in range(len(encoded.answer))]
-            logits = torch.stack([model(tokens[None].to(device))[0, pos] for tokens, pos in steps]).float()
-        else:
-            tokens = torch.cat([encoded.prompt, encoded.answer[:-1]])[None].to(device)
-            logits = logits_at(model, tokens, len(encoded.answer))[0].float()
-    return stats_from_logits(logits, encoded.answer)
-
-
-def stats_from_logits(logits: Float[Tensor, "answer_pos d_vocab"], answer: Int[Tensor, "answer_pos"]) -> AnswerStats:
-    """:class:`AnswerStats` from the logits at the positions that predict each answer token."""
-    log_probs = logits.detach().float().log_softmax(-1)
-    answer = answer.to(log_probs.device)
-    token_lp = log_probs.gather(-1, answer[:, None])[:, 0]
-    first = log_probs[0]
-    return AnswerStats.from_log_probs(token_lp, -(first.exp() * first).sum(), int((first > first[answer[0]]).sum()),
-                                      first.shape[-1])
-
-
 def logits_at(
     model, tokens: Int[Tensor, "batch pos"], keep: int | Int[Tensor, "n"], **kwargs
 ) -> Float[Tensor, "batch n d_vocab"]:
@@ -155,8 +121,10 @@ def logits_at(
     if getattr(model, "_lakn_logits_to_keep", True):
         try:
             return model(tokens, logits_to_keep=keep, **kwargs)
-        except TypeError:
-            model._lakn_logits_to_keep = False
+        except TypeError as err:
+            if "logits_to_keep" not in str(err):  # a TypeError of the model's own: not ours to hide
+                raise
+            model._lakn_logits_to_keep = False  # this model does not take the keyword: ask once
     logits = model(tokens, **kwargs)
     return logits[:, -keep:] if isinstance(keep, int) else logits[:, keep]
 
@@ -173,5 +141,6 @@ def _visible(text: str) -> bool:
     return any(unicodedata.category(ch)[0] not in "ZC" for ch in text)
 
 
-def _device(model) -> torch.device:
+def model_device(model) -> torch.device:
+    """The device of the model's parameters (where its inputs go)."""
     return next(model.parameters()).device

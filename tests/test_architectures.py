@@ -5,7 +5,8 @@ import torch
 
 import lakn
 from lakn.testing import ARCHITECTURES, active_hook_count, tiny_model
-from lakn.tokens import answer_probabilities, encode_query
+from lakn.probability import answer_stats
+from lakn.tokens import encode_query
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -23,10 +24,13 @@ def test_localize_and_suppress_each_family(arch, toy_facts):
     hooks = lakn.neuron_hooks(neurons, factor=0.0) + [(lakn.hook_name(layer), lakn.capture_hook(store, layer))]
     model.run_with_hooks(enc.prompt[None], fwd_hooks=hooks)
     assert float(store[layer][0, :, neuron].abs().max()) == 0.0
-    before = answer_probabilities(model, enc).probability
+    before = answer_stats(model, enc).probability
     with model.hooks(fwd_hooks=lakn.neuron_hooks(neurons, factor=0.0)):
-        after = answer_probabilities(model, enc).probability
-    assert after != before
+        after = answer_stats(model, enc).probability
+        with torch.no_grad():  # the same hooks, read by hand: P of the one-token answer at the last position
+            by_hand = float(model(enc.prompt[None])[0, -1].softmax(-1)[enc.answer[0]])
+    assert len(enc.answer) == 1 and after == pytest.approx(by_hand, rel=1e-5)
+    assert abs(after - before) > 1e-6 * before
     assert active_hook_count(model) == 0
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for lakn.attribution on tiny config-built models (no downloads, CPU, seconds).
+"""Unit tests for lakn.attribution (API, exact, approx, runners, memory) on tiny config-built models.
 
 - the reference implementation: completeness, Gemma's scale invariance (IG = H_m x act*grad),
   multi-token averaging, first-token-only, chunk-size invariance, layer subsets, baselines, errors;
@@ -13,8 +13,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lakn.attribution as attribution
+import lakn.attribution as attribution_api
 import lakn.objective as objective
+from lakn.attribution import exact, memory, runners
+from lakn.attribution.runners import FastRunner
+from lakn.hooks import capture_hook
 from lakn.attribution import (
     FAST_VERIFIED_ARCHITECTURES,
     coarse_to_fine,
@@ -79,7 +82,7 @@ def test_completeness_error_shrinks_with_steps(models, arch):
     q = query(model)
     errors = {}
     for m in (2, 8, 32):
-        res = integrated_gradients(model, q, steps=m, mode="reference")
+        res = integrated_gradients(model, q, steps=m, attribution="reference")
         errors[m] = res.completeness_error
         # the reported error is |sum_i Attr - (F(a) - F(0))|, recomputed here independently
         f_a = res.stats.token_probs[0].item()
@@ -99,30 +102,30 @@ def test_gemma_post_norm_scale_invariance_gives_harmonic_number(models):
     theorem for a degree-0 function), whatever F(a) - F(0) is: completeness fails by design."""
     model = models("gemma3")
     q = query(model)
-    grad_x_act = integrated_gradients(model, q, mode="approx").attributions
+    grad_x_act = integrated_gradients(model, q, attribution="approx").attributions
     for m in (1, 4, 10):
-        ig = integrated_gradients(model, q, steps=m, mode="reference").attributions
+        ig = integrated_gradients(model, q, steps=m, attribution="reference").attributions
         scale = grad_x_act.abs().max()
         assert torch.allclose(ig, harmonic(m) * grad_x_act, atol=2e-3 * scale * harmonic(m))
-    res = integrated_gradients(model, q, steps=10, mode="reference")
+    res = integrated_gradients(model, q, steps=10, attribution="reference")
     assert res.attributions.sum(-1).abs().max() < 1e-2 * res.attributions.abs().sum(-1).max()
     # scaling the whole activation leaves the output unchanged (up to the norm's eps)
     clean = {}
     with torch.no_grad(), model.hooks(fwd_hooks=[("blocks.0.mlp.hook_post",
-                                                   attribution.capture_hook(clean, 0, -1))]):
+                                                   capture_hook(clean, 0, -1))]):
         model(q.prompt[None])
     f_a = f_with_layer_at(model, q, 0, clean[0][0])
     assert f_with_layer_at(model, q, 0, 0.3 * clean[0][0]) == pytest.approx(f_a, rel=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["reference", "fast"])
-def test_multi_token_answer_is_mean_over_tokens(models, mode):
+@pytest.mark.parametrize("attribution", ["reference", "fast"])
+def test_multi_token_answer_is_mean_over_tokens(models, attribution):
     model = models("llama")
     q = query(model, n_answer=3)
-    res = integrated_gradients(model, q, steps=4, mode=mode)
+    res = integrated_gradients(model, q, steps=4, attribution=attribution)
     assert res.n_answer_tokens == 3
     per_token = [
-        integrated_gradients(model, EncodedQuery(q.prefix(t), q.answer[t : t + 1]), steps=4, mode=mode)
+        integrated_gradients(model, EncodedQuery(q.prefix(t), q.answer[t : t + 1]), steps=4, attribution=attribution)
         for t in range(3)
     ]
     mean = torch.stack([p.attributions for p in per_token]).mean(0)
@@ -134,18 +137,18 @@ def test_multi_token_answer_is_mean_over_tokens(models, mode):
 def test_first_token_only(models):
     model = models("gpt2")
     q = query(model, n_answer=3)
-    res = integrated_gradients(model, q, steps=4, first_token_only=True, mode="reference")
-    single = integrated_gradients(model, EncodedQuery(q.prompt, q.answer[:1]), steps=4, mode="reference")
+    res = integrated_gradients(model, q, steps=4, first_token_only=True, attribution="reference")
+    single = integrated_gradients(model, EncodedQuery(q.prompt, q.answer[:1]), steps=4, attribution="reference")
     assert res.n_answer_tokens == 1
     assert torch.equal(res.attributions, single.attributions)
     assert res.stats.token_probs.shape == (3,)  # stats still cover the whole answer
 
 
-@pytest.mark.parametrize("mode", ["reference", "fast", "approx"])
-def test_chunk_size_does_not_change_result(models, mode):
+@pytest.mark.parametrize("attribution", ["reference", "fast", "approx"])
+def test_chunk_size_does_not_change_result(models, attribution):
     model = models("gpt2", n_layers=3)
     q = query(model, n_answer=2)
-    results = [integrated_gradients(model, q, steps=5, batch_size=b, mode=mode, completeness=True) for b in (1, 4, 7, 1000)]
+    results = [integrated_gradients(model, q, steps=5, batch_size=b, attribution=attribution, completeness=True) for b in (1, 4, 7, 1000)]
     scale = results[0].attributions.abs().max()
     for other in results[1:]:  # equal up to float rounding (matmul kernels differ by batch size)
         assert torch.allclose(results[0].attributions, other.attributions, atol=1e-6 * scale, rtol=1e-4)
@@ -153,33 +156,33 @@ def test_chunk_size_does_not_change_result(models, mode):
                               rtol=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["reference", "fast", "approx"])
-def test_layer_subset_matches_full_rows(models, mode):
+@pytest.mark.parametrize("attribution", ["reference", "fast", "approx"])
+def test_layer_subset_matches_full_rows(models, attribution):
     model = models("bloom", n_layers=3)
     q = query(model)
-    full = integrated_gradients(model, q, steps=4, mode=mode)
-    sub = integrated_gradients(model, q, steps=4, layers=[2, 0], mode=mode)
+    full = integrated_gradients(model, q, steps=4, attribution=attribution)
+    sub = integrated_gradients(model, q, steps=4, layers=[2, 0], attribution=attribution)
     assert sub.layers == [2, 0] and sub.attributions.shape == (2, model.cfg.d_mlp)
     assert torch.allclose(sub.attributions, full.attributions[[2, 0]], atol=1e-10, rtol=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["reference", "fast"])
-def test_baseline(models, mode):
+@pytest.mark.parametrize("attribution", ["reference", "fast"])
+def test_baseline(models, attribution):
     model = models("llama")
     q = query(model)
     n, d = model.cfg.n_layers, model.cfg.d_mlp
     clean = {}
-    hooks = [(f"blocks.{l}.mlp.hook_post", attribution.capture_hook(clean, l, -1)) for l in range(n)]
+    hooks = [(f"blocks.{l}.mlp.hook_post", capture_hook(clean, l, -1)) for l in range(n)]
     with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         model(q.prompt[None])
     a = torch.stack([clean[l][0] for l in range(n)])
     # baseline = the real activation: nothing to attribute, F(b) = F(a)
-    same = integrated_gradients(model, q, steps=4, baseline=a, mode=mode)
+    same = integrated_gradients(model, q, steps=4, baseline=a, attribution=attribution)
     # (the fast path reads a from its own single-position pass: equal up to float rounding)
     assert same.attributions.abs().max() < 1e-7 and same.completeness_error.max() < 1e-7
     # a random baseline: completeness against F(b) computed independently
     b = 0.5 * a + 0.1 * torch.randn(n, d, generator=torch.Generator().manual_seed(0))
-    res = integrated_gradients(model, q, steps=64, baseline=b, mode=mode)
+    res = integrated_gradients(model, q, steps=64, baseline=b, attribution=attribution)
     for l in range(n):
         gap = res.stats.token_probs[0].item() - f_with_layer_at(model, q, l, b[l])
         assert res.attributions[l].sum().item() == pytest.approx(gap, abs=0.05 * abs(gap) + 1e-6)
@@ -195,10 +198,10 @@ def test_linspace_grid_counts_the_zero_step(models):
     m = 2 the sum is (g(0) + g(a)) / 2, checked against the m = 1 right-rule result g(a)."""
     model = models("gpt2")
     q = query(model)
-    g_a = integrated_gradients(model, q, steps=1, mode="reference").attributions  # a * g(a)
-    lin = integrated_gradients(model, q, steps=2, grid="linspace", mode="reference").attributions
+    g_a = integrated_gradients(model, q, steps=1, attribution="reference").attributions  # a * g(a)
+    lin = integrated_gradients(model, q, steps=2, grid="linspace", attribution="reference").attributions
     assert not torch.allclose(lin, g_a / 2)  # g(0) contributes
-    fast = integrated_gradients(model, q, steps=2, grid="linspace", mode="fast").attributions
+    fast = integrated_gradients(model, q, steps=2, grid="linspace", attribution="fast").attributions
     assert torch.allclose(fast, lin, atol=1e-5 * lin.abs().max(), rtol=1e-4)
 
 
@@ -214,7 +217,7 @@ def test_linspace_grid_counts_the_zero_step(models):
         (dict(baseline=torch.zeros(64)), "baseline"),
         (dict(baseline=torch.zeros(1, 64)), "baseline"),
         (dict(baseline=torch.zeros(2, 63)), "baseline"),
-        (dict(mode="magic"), "mode"),
+        (dict(attribution="magic"), "attribution"),
         (dict(grid="left"), "grid"),
     ],
 )
@@ -243,9 +246,9 @@ SHAPES = [
 def test_fast_matches_reference(models, arch, shape):
     model = models(arch, **shape)
     q = query(model, n_answer=2)
-    ref = integrated_gradients(model, q, steps=6, mode="reference", batch_size=9)
-    fast = integrated_gradients(model, q, steps=6, mode="fast", batch_size=5)
-    assert fast.mode == "fast" and ref.mode == "reference"
+    ref = integrated_gradients(model, q, steps=6, attribution="reference", batch_size=9)
+    fast = integrated_gradients(model, q, steps=6, attribution="fast", batch_size=5)
+    assert fast.attribution == "fast" and ref.attribution == "reference"
     scale = ref.attributions.abs().max()
     assert torch.allclose(fast.attributions, ref.attributions, atol=1e-5 * scale, rtol=1e-4)
     assert torch.allclose(fast.completeness_error, ref.completeness_error, atol=1e-5 * scale + 1e-8, rtol=1e-3)
@@ -259,8 +262,8 @@ def test_fast_matches_reference_long_prompt_and_pre_activation(models, arch):
     q = query(model, prompt=prompt)
     assert len(q.prompt) > 64
     point = "mlp.hook_pre" if arch != "bloom" else "mlp.hook_post"
-    ref = integrated_gradients(model, q, steps=3, mode="reference", point=point, grid="linspace")
-    fast = integrated_gradients(model, q, steps=3, mode="fast", point=point, grid="linspace")
+    ref = integrated_gradients(model, q, steps=3, attribution="reference", point=point, grid="linspace")
+    fast = integrated_gradients(model, q, steps=3, attribution="fast", point=point, grid="linspace")
     scale = ref.attributions.abs().max()
     assert torch.allclose(fast.attributions, ref.attributions, atol=1e-5 * scale, rtol=1e-4)
 
@@ -274,12 +277,12 @@ def test_branching_rows_match_per_row_fast_path(models, arch, batch_size):
     q = query(model)
     tokens, _ = q.step(0)
     target = int(q.answer[0])
-    run = attribution._fast_runner(model, tokens)
+    run = FastRunner.prepare(model, tokens)
     baseline = 0.3 * torch.randn(model.cfg.n_layers, model.cfg.d_mlp, generator=torch.Generator().manual_seed(0))
     layers = [2, 0]
     args = (run, target, layers, 4, baseline, batch_size, "mlp.hook_post", "right", True)
-    branched, err_b = attribution._suffix_ig(*args)
-    per_row, err_r = attribution._ig_one_token(*args)
+    branched, err_b = exact.suffix_ig(*args)
+    per_row, err_r = exact.ig_one_token(*args)
     scale = per_row.abs().max()
     assert torch.allclose(branched, per_row, atol=1e-5 * scale, rtol=1e-4)
     assert torch.allclose(err_b, err_r, atol=1e-5 * scale + 1e-8, rtol=1e-3)
@@ -290,14 +293,14 @@ def test_branching_rows_match_per_row_fast_path(models, arch, batch_size):
 def test_auto_uses_fast_path_on_verified_families(models, arch):
     model = models(arch)
     assert fast_path_supported(model)
-    assert integrated_gradients(model, query(model), steps=2).mode == "fast"
+    assert integrated_gradients(model, query(model), steps=2).attribution == "fast"
 
 
 def test_fast_path_leaves_model_unchanged(models):
     model = models("gemma3")
     q = query(model)
     before = model(q.prompt[None])
-    integrated_gradients(model, q, steps=2, mode="fast")
+    integrated_gradients(model, q, steps=2, attribution="fast")
     assert all("_update_kv_cache" not in block.attn.__dict__ for block in model.blocks)
     assert not any(len(hp.fwd_hooks) for hp in model.hook_dict.values())
     assert torch.equal(model(q.prompt[None]), before)
@@ -306,18 +309,18 @@ def test_fast_path_leaves_model_unchanged(models):
 def test_fast_path_falls_back_when_it_disagrees(models, monkeypatch):
     model = models("gpt2")
     q = query(model)
-    ref = integrated_gradients(model, q, steps=3, mode="reference")
-    monkeypatch.setattr(attribution, "_FAST_CHECK_TOL", -1.0)  # every check fails
+    ref = integrated_gradients(model, q, steps=3, attribution="reference")
+    monkeypatch.setattr(runners, "FAST_CHECK_TOL", -1.0)  # every check fails
     with pytest.warns(UserWarning, match="fast path"):
-        res = integrated_gradients(model, q, steps=3, mode="fast")
-    assert res.mode == "reference" and torch.equal(res.attributions, ref.attributions)
+        res = integrated_gradients(model, q, steps=3, attribution="fast")
+    assert res.attribution == "reference" and torch.equal(res.attributions, ref.attributions)
 
 
 def test_unverified_architecture_uses_reference(models, monkeypatch):
     model = models("gpt2")
-    monkeypatch.setattr(attribution, "FAST_VERIFIED_ARCHITECTURES", frozenset())
+    monkeypatch.setattr(attribution_api, "FAST_VERIFIED_ARCHITECTURES", frozenset())
     assert not fast_path_supported(model)
-    assert integrated_gradients(model, query(model), steps=2).mode == "reference"
+    assert integrated_gradients(model, query(model), steps=2).attribution == "reference"
     assert "GPT2LMHeadModel" in FAST_VERIFIED_ARCHITECTURES
 
 
@@ -329,38 +332,42 @@ def test_approx_is_one_step_integrated_gradients(models, arch):
     """Activation x gradient from one pass equals exact IG with m = 1 (alpha = 1 only)."""
     model = models(arch)
     q = query(model, n_answer=2)
-    approx = integrated_gradients(model, q, mode="approx", completeness=True)
-    one_step = integrated_gradients(model, q, steps=1, mode="reference")
-    assert approx.mode == "approx"
+    approx = integrated_gradients(model, q, attribution="approx", completeness=True)
+    one_step = integrated_gradients(model, q, steps=1, attribution="reference")
+    assert approx.attribution == "approx"
     scale = one_step.attributions.abs().max()
     assert torch.allclose(approx.attributions, one_step.attributions, atol=1e-5 * scale, rtol=1e-4)
     assert torch.allclose(approx.completeness_error, one_step.completeness_error, atol=1e-5 * scale + 1e-8,
                           rtol=1e-3)
 
 
-@pytest.mark.parametrize("mode", ["approx", "fast", "reference"])
-def test_completeness_check_can_be_skipped_without_changing_attributions(models, mode):
+@pytest.mark.parametrize("attribution", ["approx", "fast", "reference"])
+def test_completeness_check_can_be_skipped_without_changing_attributions(models, attribution):
     model = models("gemma3")
     q = query(model, n_answer=2)
-    checked = integrated_gradients(model, q, steps=3, mode=mode, completeness=True)
-    skipped = integrated_gradients(model, q, steps=3, mode=mode, completeness=False)
-    assert torch.equal(checked.attributions, skipped.attributions) or torch.allclose(
-        checked.attributions, skipped.attributions, rtol=1e-5, atol=1e-7 * float(checked.attributions.abs().max()))
+    checked = integrated_gradients(model, q, steps=3, attribution=attribution, completeness=True)
+    skipped = integrated_gradients(model, q, steps=3, attribution=attribution, completeness=False)
+    # exact modes: the same rows without the baseline ones; approx: completeness=True runs the per-token
+    # pass through the model's logits, completeness=False the shared padded pass with the fused
+    # objective, so they agree to float rounding (as in test_attribute_queries_batches_approx_exactly)
+    scale = float(checked.attributions.abs().max())
+    tol = dict(rtol=1e-4, atol=1e-5 * scale) if attribution == "approx" else dict(rtol=1e-5, atol=1e-7 * scale)
+    assert torch.allclose(checked.attributions, skipped.attributions, **tol)
     assert torch.isfinite(checked.completeness_error).all() and torch.isnan(skipped.completeness_error).all()
-    default = integrated_gradients(model, q, steps=3, mode=mode)
-    assert torch.isnan(default.completeness_error).all() == (mode == "approx")
+    default = integrated_gradients(model, q, steps=3, attribution=attribution)
+    assert torch.isnan(default.completeness_error).all() == (attribution == "approx")
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "gemma3"])
 def test_approx_statistics_come_from_its_own_pass(models, arch):
     """approx takes P(answer), entropy and rank from its gradient pass; they equal the separate
     teacher-forced pass that exact IG uses."""
-    from lakn.tokens import answer_probabilities
+    from lakn.probability import answer_stats
 
     model = models(arch)
     q = query(model, n_answer=3)
-    got = integrated_gradients(model, q, mode="approx").stats
-    ref = answer_probabilities(model, q)
+    got = integrated_gradients(model, q, attribution="approx").stats
+    ref = answer_stats(model, q)
     assert torch.allclose(got.token_probs, ref.token_probs, rtol=1e-4, atol=1e-7)
     assert got.rank == ref.rank and got.entropy == pytest.approx(ref.entropy, rel=1e-4)
     assert got.probability == pytest.approx(ref.probability, rel=1e-4)
@@ -385,8 +392,8 @@ def test_coarse_to_fine_refines_chosen_layers(models):
     q = query(model)
     res = coarse_to_fine(model, q, refine_layers=1, steps=4)
     exact = integrated_gradients(model, q, steps=4)
-    approx = integrated_gradients(model, q, mode="approx")
-    refined = int(res.mode.split(":")[1].rstrip(")"))
+    approx = integrated_gradients(model, q, attribution="approx")
+    refined = int(res.attribution.split(":")[1].rstrip(")"))
     scale = float(exact.attributions.abs().max())
     for l in range(3):  # equal up to float rounding (the rows share batches differently)
         target = exact if l == refined else approx
@@ -432,9 +439,9 @@ def test_fused_unembedding_leaves_fast_path_results_unchanged(models, arch, monk
     model = models(arch, n_layers=3)
     q = query(model)
     assert objective.unembedding(model) is not None
-    fused = integrated_gradients(model, q, steps=4, mode="fast", batch_size=9)
+    fused = integrated_gradients(model, q, steps=4, attribution="fast", batch_size=9)
     monkeypatch.setattr(objective, "unembedding", lambda model: None)
-    plain = integrated_gradients(model, q, steps=4, mode="fast", batch_size=9)
+    plain = integrated_gradients(model, q, steps=4, attribution="fast", batch_size=9)
     scale = plain.attributions.abs().max()
     assert torch.allclose(fused.attributions, plain.attributions, atol=1e-6 * scale, rtol=1e-5)
     assert torch.allclose(fused.completeness_error, plain.completeness_error, atol=1e-6 * scale + 1e-9, rtol=1e-4)
@@ -465,20 +472,20 @@ def test_attribute_queries_batches_approx_exactly(models, arch):
     """approx rows of several queries (different prompt and answer lengths) share right-padded
     passes: attributions and statistics equal each query attributed on its own, for any batch."""
     from lakn.attribution import attribute_queries
-    from lakn.tokens import answer_probabilities
+    from lakn.probability import answer_stats
 
     model = models(arch)
     qs = [query(model, n_answer=2), query(model, n_answer=1, prompt="Paris is the capital city of"),
           query(model, n_answer=3, prompt="Berlin")]
     for first in (False, True):
-        alone = [integrated_gradients(model, q, mode="approx", completeness=True, first_token_only=first) for q in qs]
+        alone = [integrated_gradients(model, q, attribution="approx", completeness=True, first_token_only=first) for q in qs]
         for batch_size in (None, 2):
-            together = attribute_queries(model, qs, mode="approx", first_token_only=first, batch_size=batch_size)
+            together = attribute_queries(model, qs, attribution="approx", first_token_only=first, batch_size=batch_size)
             for a, b, q in zip(together, alone, qs):
                 scale = b.attributions.abs().max()
-                assert a.mode == "approx" and a.n_answer_tokens == b.n_answer_tokens
+                assert a.attribution == "approx" and a.n_answer_tokens == b.n_answer_tokens
                 assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
-                ref = answer_probabilities(model, q)
+                ref = answer_stats(model, q)
                 assert torch.allclose(a.stats.token_probs, ref.token_probs, rtol=1e-4, atol=1e-7)
                 assert a.stats.rank == ref.rank and a.stats.entropy == pytest.approx(ref.entropy, rel=1e-4)
 
@@ -490,9 +497,9 @@ def test_approx_batches_with_the_models_own_unembedding(models, monkeypatch):
 
     model = models("gemma3")
     qs = [query(model, n_answer=2), query(model, n_answer=1, prompt="Paris is the capital city of")]
-    fused = attribute_queries(model, qs, mode="approx")
+    fused = attribute_queries(model, qs, attribution="approx")
     monkeypatch.setattr(objective, "unembedding", lambda model: None)
-    plain = attribute_queries(model, qs, mode="approx")
+    plain = attribute_queries(model, qs, attribution="approx")
     for a, b in zip(plain, fused):
         scale = b.attributions.abs().max()
         assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
@@ -505,32 +512,32 @@ def test_attribute_queries_exact_modes_equal_single_queries(models):
 
     model = models("llama")
     qs = [query(model, n_answer=2), query(model, prompt="Berlin")]
-    for mode in ("fast", "reference"):
-        together = attribute_queries(model, qs, mode=mode, steps=3)
+    for attribution in ("fast", "reference"):
+        together = attribute_queries(model, qs, attribution=attribution, steps=3)
         for a, q in zip(together, qs):
-            b = integrated_gradients(model, q, mode=mode, steps=3)
-            assert torch.equal(a.attributions, b.attributions) and a.mode == b.mode
-    with pytest.raises(ValueError, match="unknown mode"):
-        attribute_queries(model, qs, mode="nope")
+            b = integrated_gradients(model, q, attribution=attribution, steps=3)
+            assert torch.equal(a.attributions, b.attributions) and a.attribution == b.attribution
+    with pytest.raises(ValueError, match="unknown attribution"):
+        attribute_queries(model, qs, attribution="nope")
     with pytest.raises(TypeError, match="unexpected"):
-        attribute_queries(model, qs, mode="approx", chunk=3)
-    for mode in ("approx", "fast"):
+        attribute_queries(model, qs, attribution="approx", chunk=3)
+    for attribution in ("approx", "fast"):
         with pytest.raises(ValueError, match="layers must be a non-empty subset"):
-            attribute_queries(model, qs, mode=mode, layers=[0, 99])
+            attribute_queries(model, qs, attribution=attribution, layers=[0, 99])
         with pytest.raises(ValueError, match="baseline must have shape"):
-            attribute_queries(model, qs, mode=mode, baseline=torch.zeros(2, 3))
-    assert attribute_queries(model, [], mode="approx") == []
+            attribute_queries(model, qs, attribution=attribution, baseline=torch.zeros(2, 3))
+    assert attribute_queries(model, [], attribution="approx") == []
 
 
 def test_default_chunk_follows_the_memory_budget(models, monkeypatch):
     """batch_size=None sizes the chunk from memory_estimate and CHUNK_MEMORY_GIB: all rows when they
     fit, fewer for longer prompts and for the full-sequence reference, never under 16 rows; the
     result does not depend on it."""
-    from lakn.attribution import auto_batch_size, memory_estimate
+    from lakn.attribution.memory import auto_batch_size, memory_estimate
 
     model = models("llama")
     assert auto_batch_size(model, 6, 50) == 50  # a tiny model: everything fits
-    monkeypatch.setattr(attribution, "CHUNK_MEMORY_GIB", 1e-4)  # ~100 KiB a chunk
+    monkeypatch.setattr(memory, "CHUNK_MEMORY_GIB", 1e-4)  # ~100 KiB a chunk
     cfg = model.cfg
     per_row = memory_estimate(n_params=0, n_layers=cfg.n_layers, d_model=cfg.d_model, d_mlp=cfg.d_mlp,
                               d_vocab=cfg.d_vocab, n_kv_heads=cfg.n_heads, d_head=cfg.d_head, prompt_len=6,
@@ -543,7 +550,7 @@ def test_default_chunk_follows_the_memory_budget(models, monkeypatch):
     q = query(model)
     assert auto_batch_size(model, len(q.prompt), 2 * 31 + 1) < 2 * 31 + 1  # several chunks below
     small = integrated_gradients(model, q, steps=30)
-    monkeypatch.setattr(attribution, "CHUNK_MEMORY_GIB", 1.0)
+    monkeypatch.setattr(memory, "CHUNK_MEMORY_GIB", 1.0)
     large = integrated_gradients(model, q, steps=30)
     scale = large.attributions.abs().max()
     assert torch.allclose(small.attributions, large.attributions, atol=1e-6 * scale, rtol=1e-5)
@@ -560,19 +567,19 @@ def test_exact_queries_of_equal_length_share_passes(models, arch, monkeypatch):
     toks = model.to_tokens("The capital of France is Paris and Berlin is the capital of Germany")[0].cpu()
     qs = [EncodedQuery(toks[i : i + 5], toks[i + 5 : i + 5 + n]) for i, n in [(0, 2), (2, 1), (4, 2), (1, 1)]]
     groups = []
-    real = attribution._suffix_ig_group
-    monkeypatch.setattr(attribution, "_suffix_ig_group", lambda runs, *a, **k: groups.append(len(runs)) or real(runs, *a, **k))
+    real = exact.suffix_ig_group
+    monkeypatch.setattr(exact, "suffix_ig_group", lambda runs, *a, **k: groups.append(len(runs)) or real(runs, *a, **k))
     baseline = 0.2 * torch.randn(3, model.cfg.d_mlp, generator=torch.Generator().manual_seed(1))
     for kwargs in [dict(steps=3), dict(steps=4, layers=[2, 0], baseline=baseline, first_token_only=True)]:
-        alone = [integrated_gradients(model, q, mode="fast", **kwargs) for q in qs]
+        alone = [integrated_gradients(model, q, attribution="fast", **kwargs) for q in qs]
         for batch_size in (None, 9, 40):
             groups.clear()
-            together = attribute_queries(model, qs, mode="fast", batch_size=batch_size, **kwargs)
+            together = attribute_queries(model, qs, attribution="fast", batch_size=batch_size, **kwargs)
             # several query tokens share passes when the chunk holds their rows (9 holds one)
             assert (max(groups) > 1) == (batch_size != 9)
             for a, b in zip(together, alone):
                 scale = b.attributions.abs().max()
-                assert a.mode == "fast" and a.n_answer_tokens == b.n_answer_tokens
+                assert a.attribution == "fast" and a.n_answer_tokens == b.n_answer_tokens
                 assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
                 assert torch.allclose(a.completeness_error, b.completeness_error, atol=1e-5 * scale + 1e-8, rtol=1e-3)
                 assert torch.equal(a.stats.token_probs, b.stats.token_probs)
@@ -586,9 +593,9 @@ def test_exact_queries_share_passes_beyond_the_sliding_window(models):
     model = models("gemma3", n_layers=3)
     toks = model.to_tokens(" ".join(["Paris is the capital of France. Berlin, Madrid, Rome."] * 8))[0].cpu()
     qs = [EncodedQuery(toks[i : i + 70], toks[i + 70 : i + 71]) for i in (0, 3, 9)]
-    together = attribute_queries(model, qs, mode="fast", steps=2)
+    together = attribute_queries(model, qs, attribution="fast", steps=2)
     for a, q in zip(together, qs):
-        b = integrated_gradients(model, q, mode="fast", steps=2)
+        b = integrated_gradients(model, q, attribution="fast", steps=2)
         scale = b.attributions.abs().max()
         assert torch.allclose(a.attributions, b.attributions, atol=1e-5 * scale, rtol=1e-4)
 

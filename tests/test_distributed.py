@@ -19,7 +19,10 @@ def model_dir(tmp_path_factory):
 
 
 def _run(cmd, tmp_path):
-    env = dict(os.environ, OMP_NUM_THREADS="1", LAKN_BACKEND="gloo", HF_HUB_OFFLINE="1")
+    # the checkout under test first on the path (not whichever lakn is installed)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", LAKN_BACKEND="gloo", HF_HUB_OFFLINE="1", PYTHONPATH=path)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc
@@ -29,8 +32,8 @@ def test_torchrun_two_processes_equal_single_process(model_dir, tmp_path):
     from safetensors.torch import load_file
 
     data = os.path.join(os.path.dirname(__file__), "..", "lakn", "data", "demo.jsonl")
-    args = ["localize", "--model", str(model_dir), "--data", os.path.abspath(data), "--facts", "5",
-            "--languages", "en,zh", "--queries", "1", "--steps", "3"]
+    args = ["localize", "--model", str(model_dir), "--data", os.path.abspath(data), "--n-facts", "5",
+            "--languages", "en,zh", "--max-queries", "1", "--steps", "3"]
     _run([sys.executable, "-m", "lakn", *args, "--out", str(tmp_path / "single")], tmp_path)
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
           "-m", "lakn", *args, "--out", str(tmp_path / "dist")], tmp_path)

@@ -1,24 +1,23 @@
-"""Evaluation: honest splits, batched probabilities, change-rate arithmetic, result files."""
+"""Evaluation: honest splits (lakn.splits), batched probabilities (lakn.probability), change-rate
+arithmetic, neuron sets (lakn.selection), result files."""
 
 import pytest
 import torch
 
 import lakn
 from lakn.evaluation import (
-    FICTIONAL_FACTS,
     ChangeRateResult,
     EditingResult,
     change_rates,
     counterfactuals,
     editing_experiment,
-    evaluation_queries,
-    neuron_sets,
-    query_probabilities,
-    split_facts,
+    fictional_facts,
 )
 from lakn.interventions import suppress
+from lakn.probability import answer_stats, batch_answer_probability, top1_tokens
+from lakn.selection import neuron_sets
+from lakn.splits import evaluation_queries, split_facts
 from lakn.testing import tiny_model
-from lakn.tokens import answer_probabilities
 
 
 @pytest.fixture(scope="module")
@@ -50,16 +49,19 @@ def test_split_renumbers_causal_ok():
 
 
 def test_batched_probabilities_match_single_forward(model):
-    qs = evaluation_queries(model, FICTIONAL_FACTS, max_queries=None)
-    probs, ranks = query_probabilities(model, [q.encoded for q in qs], batch_size=5)
+    qs = evaluation_queries(model, fictional_facts(), max_queries=None)
+    probs, ranks = batch_answer_probability(model, [q.encoded for q in qs], batch_size=5)
     for q, p, r in zip(qs, probs, ranks):
-        ref = answer_probabilities(model, q.encoded)
+        ref = answer_stats(model, q.encoded)
         assert abs(float(p) - ref.probability) < 1e-5 and int(r) == ref.rank
-    first, first_ranks = query_probabilities(model, [q.encoded for q in qs], batch_size=5, first_token_only=True)
+    first, first_ranks = batch_answer_probability(model, [q.encoded for q in qs], batch_size=5, first_token_only=True)
     assert any(len(q.encoded.answer) > 1 for q in qs)
     for q, p, r in zip(qs, first, first_ranks):
-        ref = answer_probabilities(model, q.encoded)
+        ref = answer_stats(model, q.encoded)
         assert abs(float(p) - float(ref.token_probs[0])) < 1e-5 and int(r) == ref.rank
+    tops = top1_tokens(model, [q.encoded for q in qs], batch_size=4)
+    with torch.no_grad():
+        assert tops == [int(model(q.encoded.prompt[None])[0, -1].argmax()) for q in qs]
 
 
 def test_change_rates_values_and_kinds(model, toy_facts):
@@ -75,9 +77,9 @@ def test_change_rates_values_and_kinds(model, toy_facts):
              & (df.language == "fr")].iloc[0]
     q = [q for q in evaluation_queries(model, toy_facts, max_queries=1)
          if q.fact_id == "capital_italy" and q.language == "fr"][0]
-    before = answer_probabilities(model, q.encoded).probability
+    before = answer_stats(model, q.encoded).probability
     with suppress(model, [(0, 1), (1, 3)]):
-        after = answer_probabilities(model, q.encoded).probability
+        after = answer_stats(model, q.encoded).probability
     assert row.change == pytest.approx((after - before) / before, rel=1e-4, abs=1e-6)
     # the top-k filter: with k = 0 no query is answered, so nothing is scored
     none = change_rates(model, sets, toy_facts, top_k_answer=0, max_queries=1, progress=False)
@@ -127,9 +129,14 @@ def test_editing_experiment_rows_and_restores(toy_facts):
     res = editing_experiment(m, toy_facts, sets, languages=["en", "fr"], steps=3, max_queries=1, progress=False)
     assert torch.equal(lakn.w_out(m, 1)[0], before)
     df = res.to_dataframe()
-    assert set(df["metric"]) == {"reliability", "generality", "locality"}
+    # one en query (reliability), one fr query (generality), one query per other fact and language (locality)
+    assert df["metric"].value_counts().to_dict() == {"locality": 6, "reliability": 1, "generality": 1}
     assert (df[df.metric == "reliability"]["p_new_after"] > df[df.metric == "reliability"]["p_new_before"]).all()
-    assert len(res.table())
+    loc = df[df.metric == "locality"]
+    assert ((loc.p_after - loc.p_before) / loc.p_before - loc.change).abs().max() < 1e-9
+    table = res.table()
+    assert table.loc[("lakn", "locality", "*"), "success"] == pytest.approx(loc.success.mean())
+    assert table.loc[("lakn", "reliability", "en"), "n_neurons"] == 2
 
 
 @pytest.mark.integration
@@ -170,7 +177,9 @@ def test_cli_evaluate_edit_inject_on_a_tiny_run(tmp_path, monkeypatch, capsys):
     assert {"matrice", "kn", "random"} == set(res.to_dataframe()["method"])
     assert {"seen", "heldout_paraphrase", "heldout_language"} == set(res.to_dataframe()["split"])
     assert cli.main(["edit", str(runs), "--steps", "2", "--neurons", "2"]) == 0
-    assert EditingResult.load(runs / "edit.json").rows
+    edits = EditingResult.load(runs / "edit.json").to_dataframe()
+    assert set(edits["neurons"]) == {"lakn", "language_specific", "random"}
+    assert (edits.groupby("neurons")["n_neurons"].max() <= 2).all()
     assert cli.main(["inject", "--out", str(tmp_path / "inj.json"), "--languages", "en,fr", "--k", "3",
                      "--steps", "2", "--unrelated", str(data), "--n-unrelated", "2", "--preserve", "1",
                      "--facts", "fict_capital_velmora,fict_currency_kelvaria"]) == 0
@@ -208,7 +217,7 @@ def test_injection_with_locality_term_and_disjoint_sets(toy_facts):
     from lakn.evaluation import injection_experiment
 
     m = tiny_model("llama", weight_scale=3.0)
-    fict = [FICTIONAL_FACTS[0]]
+    fict = [fictional_facts()[0]]
     with pytest.raises(ValueError, match="preserve and unrelated"):
         injection_experiment(m, fict, unrelated=toy_facts[:2], preserve=toy_facts[1:3], progress=False)
     res = injection_experiment(m, fict, languages=["en", "fr", "zh"], unrelated=toy_facts[:2], preserve=toy_facts[2:],

@@ -10,7 +10,8 @@ import torch
 
 import lakn
 from lakn.hooks import neuron_hooks
-from lakn.tokens import answer_probabilities, encode_query
+from lakn.probability import answer_stats
+from lakn.tokens import encode_query
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def test_default_model_is_cached_and_knows_paris(default_model, capital_france):
     assert json.loads(marker.read_text())["format"] == 1
     assert default_model.cfg.n_layers == 18 and default_model.cfg.d_mlp == 2048
     for lang in ("en", "fr"):
-        ranks = [answer_probabilities(default_model, encode_query(default_model, q)).rank
+        ranks = [answer_stats(default_model, encode_query(default_model, q)).rank
                  for q in capital_france.queries(lang)]
         assert min(ranks) < 10, f"{lang}: Paris not in the top 10 of any paraphrase (ranks {ranks})"
 
@@ -42,9 +43,9 @@ def test_localize_one_fact_two_languages(default_model, capital_france, tmp_path
     # suppressing the fact's LAKNs lowers P(Paris) in both languages
     for lang in ("en", "fr"):
         encoded = encode_query(default_model, capital_france.queries(lang)[0])
-        before = answer_probabilities(default_model, encoded).probability
+        before = answer_stats(default_model, encoded).probability
         with default_model.hooks(fwd_hooks=neuron_hooks(neurons, factor=0.0)):
-            after = answer_probabilities(default_model, encoded).probability
+            after = answer_stats(default_model, encoded).probability
         assert after < before, f"{lang}: {before:.4f} -> {after:.4f}"
 
 

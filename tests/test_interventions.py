@@ -1,12 +1,13 @@
-"""Interventions on tiny config-built models: hooks do what they say, compose, never leak;
-W_out access per architecture; reversible edits."""
+"""Interventions and edits on tiny config-built models: hooks do what they say, compose, never leak;
+W_out access per architecture (lakn.editing); reversible edits."""
 
 import pytest
 import torch
 
 import lakn
 from lakn.hooks import capture_hook, hook_name
-from lakn.interventions import Edit, activation_neurons, edit_fact, enhance, intervene, suppress, w_out
+from lakn.editing import Edit, activation_neurons, edit_fact, w_out
+from lakn.interventions import enhance, intervene, suppress
 from lakn.testing import tiny_model
 
 
@@ -151,8 +152,21 @@ def test_answer_probability_shapes(model, toy_facts):
     probs = lakn.answer_probability(model, toy_facts[0], ["en", "fr"])
     assert set(probs) == {"en", "fr"} and len(probs["en"]) == 2
     assert all(0 < p < 1 for p in probs["en"])
+    # P(answer) of a one-token answer is the softmax at the prompt's last position, under the hooks
+    query = toy_facts[0].queries("en")[0]
+    enc = lakn.encode_query(model, query)
+
+    def p_first(hooks=()):
+        with torch.no_grad(), model.hooks(fwd_hooks=list(hooks)):
+            logits = model(torch.cat([enc.prompt, enc.answer[:-1]])[None])[0]
+        log_p = logits[len(enc.prompt) - 1 :].log_softmax(-1).gather(-1, enc.answer[:, None])[:, 0]
+        return float(log_p.mean().exp())
+
+    assert probs["en"][0] == pytest.approx(p_first(), rel=1e-5)
     with suppress(model, [(0, 1)]):
-        assert lakn.answer_probability(model, toy_facts[0].queries("en")[0]) != probs["en"][0]
+        suppressed = lakn.answer_probability(model, query)
+    zeroed = p_first([(hook_name(0), lambda act, hook=None: act.index_fill(-1, torch.tensor([1]), 0.0))])
+    assert suppressed == pytest.approx(zeroed, rel=1e-5) and abs(suppressed - probs["en"][0]) > 1e-7
 
 
 def test_activation_neurons_and_inject(toy_facts):
@@ -167,7 +181,7 @@ def test_activation_neurons_and_inject(toy_facts):
 
 
 def _kl_on(model, prompts, reference):
-    from lakn.interventions import _next_token_log_probs
+    from lakn.editing import _next_token_log_probs
 
     with torch.no_grad():
         log_p = _next_token_log_probs(model, prompts)
@@ -177,7 +191,7 @@ def _kl_on(model, prompts, reference):
 def test_edit_locality_term_keeps_other_prompts(toy_facts):
     """With the KL term the preserved prompts' next-token distributions move less than without
     it, while the edit still raises the new answer; the KL history is recorded per step."""
-    from lakn.interventions import _next_token_log_probs
+    from lakn.editing import _next_token_log_probs
 
     m = tiny_model("llama", weight_scale=3.0)
     fact, others = toy_facts[0], toy_facts[1:]

@@ -1,6 +1,7 @@
 """The localisation pipeline on tiny models: results, resume, configuration, bad input, hook hygiene."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,12 +49,17 @@ def test_specific_selection_subtracts_other_facts(tiny_llama, toy_facts):
 
 
 def test_random_matches_layers_of_matrice(tiny_llama, toy_facts):
+    from lakn.selection import random_control
+
     base = localize(tiny_llama, toy_facts[:2], languages=["en"], **SETTINGS)
-    rand = localize(tiny_llama, toy_facts[:2], languages=["en"], method="random", **SETTINGS)
-    for fid in base.fact_ids:
+    rand = localize(tiny_llama, toy_facts[:2], languages=["en"], method="random", seed=3, **SETTINGS)
+    for i, fid in enumerate(base.fact_ids):
         layers = sorted(l for l, _ in base.neurons(fid))
+        assert len(layers) >= 3  # the tiny model selects several neurons: the comparison below means something
         assert sorted(l for l, _ in rand.neurons(fid)) == layers
-        assert set(rand.neurons(fid)) != set(base.neurons(fid)) or not layers
+        assert set(rand.neurons(fid)) != set(base.neurons(fid))
+        # the control is the one seeded draw (seed, fact index), so it repeats exactly
+        assert rand.neurons(fid) == random_control(base.neurons(fid), base.d_mlp, 3, i)
 
 
 @pytest.mark.parametrize("method", ["kn", "amig", "mean"])
@@ -78,7 +84,7 @@ def test_save_load_roundtrip_and_neurons_json(tiny_llama, toy_facts, tmp_path):
 
 def test_interrupted_run_resumes_to_same_result(tiny_llama, toy_facts, tmp_path, monkeypatch):
     full = localize(tiny_llama, toy_facts, languages=["en", "zh"], **SETTINGS)
-    real = attribution.answer_probabilities  # called once per attributed query, on every path
+    real = attribution.answer_stats  # called once per attributed query, on every path
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -87,7 +93,7 @@ def test_interrupted_run_resumes_to_same_result(tiny_llama, toy_facts, tmp_path,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attribution, "answer_probabilities", flaky)
+    monkeypatch.setattr(attribution, "answer_stats", flaky)
     with pytest.raises(KeyboardInterrupt):
         localize(tiny_llama, toy_facts, languages=["en", "zh"], out=tmp_path, **SETTINGS)
     done = sorted(p.stem for p in (tmp_path / "facts").glob("*.json"))
@@ -95,14 +101,14 @@ def test_interrupted_run_resumes_to_same_result(tiny_llama, toy_facts, tmp_path,
     assert not (tmp_path / "neurons.json").exists()
     assert active_hook_count(tiny_llama) == 0
 
-    monkeypatch.setattr(attribution, "answer_probabilities", real)
+    monkeypatch.setattr(attribution, "answer_stats", real)
     counted = {"n": 0}
 
     def counting(*args, **kwargs):
         counted["n"] += 1
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(attribution, "answer_probabilities", counting)
+    monkeypatch.setattr(attribution, "answer_stats", counting)
     resumed = localize(tiny_llama, toy_facts, languages=["en", "zh"], out=tmp_path, **SETTINGS)
     assert counted["n"] == 2 * 2 * 2  # only the two unfinished facts were attributed
     assert resumed.lakn == full.lakn
@@ -129,7 +135,7 @@ def test_bad_arguments_fail_before_computation(tiny_llama, toy_facts, monkeypatc
         localize(tiny_llama, toy_facts, languages=["en", "klingon"], **SETTINGS)
     with pytest.raises(lakn.FactsError, match="asked for 10 facts"):
         localize(tiny_llama, toy_facts, n_facts=10, **SETTINGS)
-    with pytest.raises(ValueError, match="unknown scoring method 'best'"):
+    with pytest.raises(ValueError, match="method must be one of matrice, kn, amig, mean, random; got 'best'"):
         localize(tiny_llama, toy_facts, method="best", **SETTINGS)
     with pytest.raises(TypeError, match="unexpected keyword arguments \\['betta'\\]"):
         localize(tiny_llama, toy_facts, betta=1.0, **SETTINGS)
@@ -149,8 +155,43 @@ def test_hooks_removed_when_attribution_fails(tiny_llama, toy_facts, monkeypatch
 
         return run
 
-    monkeypatch.setattr(attribution, "last_logits", failing(attribution.last_logits))
-    monkeypatch.setattr(attribution, "logits_at", failing(attribution.logits_at))
+    from lakn.attribution import approx, exact, kv_cache, runners
+
+    for module in (approx, exact, kv_cache, runners):  # every place the attribution passes run the model
+        for name in ("last_logits", "logits_at"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, failing(getattr(module, name)))
     with pytest.raises(RuntimeError, match="simulated failure"):
         localize(tiny_llama, toy_facts[:1], languages=["en"], **SETTINGS)
     assert active_hook_count(tiny_llama) == 0
+
+
+def test_run_folder_of_version_0_1_0_loads_and_resumes(tmp_path, monkeypatch):
+    """A run folder written by lakn 0.1.0 (before RunConfig; tests/data/run_v0_1_0, a tiny llama
+    with d_mlp=16, 2 facts, steps=2) still loads, and the same arguments resume it: nothing is
+    recomputed and the neuron sets are the stored ones."""
+    import shutil
+
+    from lakn.config import RunConfig
+    from lakn.facts import Fact
+    from lakn.testing import tiny_model
+
+    folder = shutil.copytree(Path(__file__).parent / "data" / "run_v0_1_0", tmp_path / "run")
+    old = LocalizationResult.load(folder)
+    stored = {"capital_france": [(1, 10), (1, 9), (1, 14), (0, 12)], "capital_spain": [(1, 13), (0, 13)]}
+    assert old.lakn == stored and old.d_mlp == 16 and old.selection == "raw"
+    assert old.run_config == RunConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    assert old.run_config.steps == 2 and old.run_config.extra == {}
+
+    def never(*a, **k):
+        raise AssertionError("a finished fact must not be attributed again")
+
+    monkeypatch.setattr("lakn.localization.attribute_queries", never)
+    facts = [Fact.from_dict({"fact_id": f"capital_{c.lower()}", "relation": "capital", "object": {"en": city, "fr": city},
+                             "queries": {"en": [f"The capital of {c} is [Y]"], "fr": [f"La capitale de {c} est [Y]"]}})
+             for c, city in [("France", "Paris"), ("Spain", "Madrid")]]
+    model = tiny_model("llama", weight_scale=4.0, d_mlp=16)
+    resumed = localize(model, facts, steps=2, progress=False, out=folder, data="toy")
+    assert resumed.lakn == stored
+    with pytest.raises(RunConfigError, match="threshold: 0.2 -> 0.3"):
+        localize(model, facts, steps=2, threshold=0.3, progress=False, out=folder, data="toy")

@@ -156,11 +156,11 @@ def _changes() -> pd.DataFrame:
     rows = []
     for method, scale in (("matrice", 1.0), ("random", 0.1)):
         for intervention, sign in (("suppress", -1), ("enhance", 1)):
-            for relation, rel_scale in (("related", 1.0), ("unrelated", 0.2)):
+            for kind, rel_scale in (("related", 1.0), ("other_relation", 0.2)):
                 for lang in ("en", "zh"):
                     for v in (0.4, 0.6):
                         rows.append(dict(method=method, language=lang, intervention=intervention,
-                                         relation=relation, change=sign * v * scale * rel_scale))
+                                         kind=kind, change=sign * v * scale * rel_scale))
     return pd.DataFrame(rows)
 
 
@@ -168,21 +168,21 @@ def test_probability_change_means_and_error_bars():
     df = _changes()
     fig = plotting.probability_change(df)
     names = {t.name for t in fig.data if t.type == "bar"}
-    assert names == {"matrice · related", "matrice · unrelated", "random · related", "random · unrelated"}
+    assert names == {"matrice · related", "matrice · other_relation", "random · related", "random · other_relation"}
     assert [a.text for a in fig.layout.annotations][:2] == ["suppress", "enhance"]
     first = next(t for t in fig.data if t.name == "matrice · related" and t.xaxis == "x")
     assert list(first.x) == ["en", "zh"]
     assert list(first.y) == pytest.approx([-0.5, -0.5])
     assert list(first.error_y.array) == pytest.approx([df["change"].iloc[:2].std()] * 2)
     s = plotting.summarize_changes(df, spread="sem")
-    row = s[(s.method == "random") & (s.intervention == "enhance") & (s.relation == "unrelated") & (s.language == "en")]
+    row = s[(s.method == "random") & (s.intervention == "enhance") & (s.kind == "other_relation") & (s.language == "en")]
     assert float(row["mean"].iloc[0]) == pytest.approx(0.01)
     assert float(row["spread"].iloc[0]) == pytest.approx(pd.Series([0.008, 0.012]).std() / 2 ** 0.5)
-    # minimal input: only language and change (change_rate accepted)
-    fig = plotting.probability_change(pd.DataFrame({"language": ["en", "en"], "change_rate": [-0.2, -0.4]}))
+    # minimal input: only language and change; columns are read by name, never renamed
+    fig = plotting.probability_change(pd.DataFrame({"language": ["en", "en"], "change": [-0.2, -0.4]}))
     assert list(fig.data[0].y) == pytest.approx([-0.3])
     with pytest.raises(ValueError, match="change"):
-        plotting.probability_change(pd.DataFrame({"language": ["en"]}))
+        plotting.probability_change(pd.DataFrame({"language": ["en"], "change_rate": [-0.2]}))
 
 
 # --------------------------------------------------------------------------- run folders
@@ -201,15 +201,21 @@ def test_write_run_figures(localized, tmp_path, capsys):
     html = paths[0].read_text()
     assert 'src="plotly.min.js"' in html and "cdn.plot.ly" not in html
 
-    # eval.json: drawn when it holds a change table, skipped when its shape is unknown
-    (run / "eval.json").write_text(json.dumps({"rows": _changes().to_dict("records")}))
+    # eval.json: drawn when it is a ChangeRateResult file, skipped with a warning when it is not
+    from lakn.evaluation import ChangeRateResult, EditingResult
+
+    ChangeRateResult(_changes().to_dict("records")).save(run / "eval.json")
     out = tmp_path / "figs"
     paths = plotting.write_run_figures(run, out)
     assert out / "probability_change.html" in paths
-    (run / "eval.json").write_text(json.dumps({"something": 1}))
-    assert "probability_change" not in {p.stem for p in plotting.write_run_figures(run, out)}
-    (run / "eval.json").write_text("{not json")
-    assert plotting.read_eval_table(run / "eval.json") is None
+    pd.testing.assert_frame_equal(plotting.read_eval_table(run / "eval.json"), _changes())
+    for text in (json.dumps({"something": 1}), "{not json", json.dumps({"kind": "EditingResult", "rows": []})):
+        (run / "eval.json").write_text(text)
+        with pytest.warns(UserWarning, match="not a ChangeRateResult file"):
+            assert "probability_change" not in {p.stem for p in plotting.write_run_figures(run, out)}
+    EditingResult([]).save(run / "eval.json")
+    with pytest.warns(UserWarning, match="holds a EditingResult"):
+        assert plotting.read_eval_table(run / "eval.json") is None
 
 
 def test_write_run_figures_errors(tmp_path):
@@ -230,7 +236,7 @@ def test_cli_plot(localized, tmp_path, capsys):
 
 
 def test_probability_change_reads_evaluation_rows():
-    """lakn.evaluation.ChangeRateResult rows name related/unrelated 'kind' and carry a 'split'."""
+    """lakn.evaluation.ChangeRateResult rows (and the result itself) are read by their column names."""
     rows = [dict(method="matrice", intervention="suppress", target="f", fact_id=fid, kind=kind, language="en",
                  split=split, p_before=0.5, p_after=0.5 * (1 + c), change=c, n_neurons=3)
             for fid, kind, split, c in [("f", "related", "seen", -0.8), ("f", "related", "heldout_language", -0.4),
@@ -242,3 +248,7 @@ def test_probability_change_reads_evaluation_rows():
                                    "matrice · other_relation": 0.0})
     fig = plotting.probability_change(df, split="seen")
     assert next(t for t in fig.data if t.name == "matrice · related").y == pytest.approx((-0.8,))
+    from lakn.evaluation import ChangeRateResult
+
+    fig = plotting.probability_change(ChangeRateResult(rows))
+    assert {t.name: t.y[0] for t in fig.data if t.type == "bar"} == pytest.approx(means)

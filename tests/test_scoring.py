@@ -1,4 +1,4 @@
-"""Unit tests for lakn.scoring: hand-computed numbers on tiny constructed tensors."""
+"""Unit tests for lakn.scoring and lakn.selection: hand-computed numbers on tiny constructed tensors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from lakn.scoring import (
     WEIGHT_EPS,
     FactScores,
     amig_method,
-    common_neuron_filter,
     kn_method,
     laa_score,
     language_score,
@@ -21,13 +20,16 @@ from lakn.scoring import (
     mean_method,
     normalize_by_max,
     query_weights,
+    score_fact,
+    validate_fact_inputs,
+)
+from lakn.selection import (
+    common_neuron_filter,
     random_neurons,
     reference_sets,
-    score_fact,
     select_neurons,
     specific_scores,
     use_specific,
-    validate_fact_inputs,
 )
 
 

@@ -1,0 +1,35 @@
+"""What every lakn figure shares: the template, the colour order, titles and labels, run names."""
+
+from __future__ import annotations
+
+__all__ = ["TEMPLATE", "PATTERNS", "color", "layout", "run_label", "check_fact"]
+
+TEMPLATE = "plotly_white"
+# one colour per run / method / language, in order (plotly's qualitative "Plotly" palette)
+_COLORS = ["#636EFA", "#EF553B", "#00CC96", "#AB63FA", "#FFA15A", "#19D3F3", "#FF6692", "#B6E880",
+           "#FF97FF", "#FECB52"]
+PATTERNS = ["", "/", "x", ".", "\\", "+"]
+"""Bar fill patterns: the first (none) for a fact's own queries, the others for other facts'."""
+
+
+def color(i: int) -> str:
+    return _COLORS[i % len(_COLORS)]
+
+
+def layout(fig, title: str, x: str, y: str, **kwargs):
+    fig.update_layout(title=dict(text=title, x=0.01), template=TEMPLATE, xaxis_title=x, yaxis_title=y,
+                      hoverlabel=dict(namelength=-1), legend=dict(title=kwargs.pop("legend_title", None)),
+                      **kwargs)
+    return fig
+
+
+def run_label(result) -> str:
+    cfg = result.config
+    model = str(cfg.get("model", "model")).rstrip("/").split("/")[-1]
+    return f"{model} · {cfg.get('method', '?')}"
+
+
+def check_fact(result, fact_id: str) -> None:
+    if fact_id not in result.records:
+        raise KeyError(f"fact {fact_id!r} is not in this result; facts: {result.fact_ids[:10]}")
+
