@@ -60,7 +60,8 @@ __all__ = [
 # moved to lakn.selection (scores -> neuron sets)
 __getattr__ = deprecated_names(__name__, {name: f"lakn.selection:{name}" for name in (
     "select_neurons", "random_neurons", "reference_sets", "specific_scores", "common_neuron_filter", "use_specific",
-)} | {"Neuron": "lakn.hooks:Neuron"})
+    "Reference",
+)})
 
 WEIGHT_EPS = 1e-6
 """Floor on unnormalised query / language weights, so they never all vanish (e.g. every query

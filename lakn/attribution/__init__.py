@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from jaxtyping import Float
@@ -51,10 +51,10 @@ from ..hooks import MLP_POST
 from ..models import is_masked_lm
 from ..probability import AnswerStats, answer_stats
 from ..tokens import EncodedQuery, encode_query
+from . import memory
 from .approx import approx_batch, approx_one_token
 from .exact import Grid, fast_batch, ig_one_token, step_grid, suffix_ig
 from .kv_cache import architecture
-from .memory import auto_batch_size
 from .runners import FastMismatch, FastRunner, ReferenceRunner
 
 __all__ = [
@@ -65,6 +65,7 @@ __all__ = [
     "step_grid",
     "fast_path_supported",
     "MODES",
+    "Attribution",
     "FAST_VERIFIED_ARCHITECTURES",
     "SUFFIX_VERIFIED_ARCHITECTURES",
 ]
@@ -73,10 +74,12 @@ __getattr__ = deprecated_names(__name__, {
     "memory_estimate": "lakn.attribution.memory:memory_estimate",
     "auto_batch_size": "lakn.attribution.memory:auto_batch_size",
     "CHUNK_MEMORY_GIB": "lakn.attribution.memory:CHUNK_MEMORY_GIB",
+    "Mode": "lakn.attribution:Attribution",
 })
 
 MODES = IG_ATTRIBUTIONS
 """The values of ``attribution=`` (from :mod:`lakn.config`)."""
+Attribution = Literal["auto", "fast", "reference", "approx"]
 
 # Families whose fast path is checked against the reference in tests/test_attribution.py.
 # Anything else runs the reference loop under attribution="auto" (attribution="fast" can still be
@@ -208,7 +211,7 @@ def integrated_gradients(
         target = int(encoded.answer[t])
         result = None
         if fast:
-            chunk = batch_size or auto_batch_size(model, len(tokens), n_rows)
+            chunk = batch_size or memory.auto_batch_size(model, len(tokens), n_rows)
             run = FastRunner.prepare(model, tokens, float(stats.token_probs[t]))
             fn = suffix_ig if not approx and architecture(model) in SUFFIX_VERIFIED_ARCHITECTURES else one
             try:
@@ -218,7 +221,7 @@ def integrated_gradients(
             if result is None:
                 fast, used = False, ("approx" if approx else "reference")
         if result is None:
-            chunk = batch_size or auto_batch_size(model, len(tokens), n_rows, full_sequence=True)
+            chunk = batch_size or memory.auto_batch_size(model, len(tokens), n_rows, full_sequence=True)
             ref = ReferenceRunner(model, tokens, position if encoded.masked else None)
             result = one(ref, target, layers, steps, baseline, chunk, point, grid, check)
         attr_t, err_t = result

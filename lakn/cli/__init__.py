@@ -11,9 +11,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._deprecation import deprecated_names
 from . import edit, evaluate, localize, plot
 
 __all__ = ["main", "build_parser"]
+
+__getattr__ = deprecated_names(__name__, {
+    "register_localize": "lakn.cli.localize:register", "register_plot": "lakn.cli.plot:register",
+    "register_evaluate": "lakn.cli.evaluate:register", "register_edit": "lakn.cli.edit:register_edit",
+    "register_inject": "lakn.cli.edit:register_inject",
+})
 
 REGISTER = [localize.register, plot.register, evaluate.register, edit.register_edit, edit.register_inject]
 

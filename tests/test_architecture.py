@@ -1,0 +1,112 @@
+"""The package's shape: the data path runs one way (no import reaches back up) and modules stay small.
+
+The layers below are the README's "Architecture" section: a module may import only from modules in
+a lower layer (imports inside functions and under ``TYPE_CHECKING`` count too). Deprecated aliases
+name their targets as strings (``lakn._deprecation``), so they add no arrow. A new module must be
+placed in a layer here, which is where a newcomer decides which way its imports may go.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lakn"
+
+LAYERS: list[list[str]] = [
+    ["_version", "_io", "_progress", "_deprecation"],
+    ["config", "facts", "hooks"],                      # records, choices, hook factories, Neuron
+    ["models"],                                        # loading models
+    ["testing", "tokens"],                             # tiny models; encode queries, logits_at
+    ["probability", "objective"],                      # P(answer) family; the IG objective
+    ["results"],                                       # LocalizationResult, FactRecord, ResultTable
+    ["attribution.memory", "attribution.kv_cache"],
+    ["attribution.runners"],
+    ["attribution.exact", "attribution.approx"],
+    ["attribution"],                                   # integrated gradients, public API
+    ["selection"],                                     # scores -> neuron sets, random control
+    ["scoring"],                                       # MATRICE and baselines per fact
+    ["splits", "interventions", "editing"],            # honest splits; activation and weight interventions
+    ["localization"],                                  # attribute -> score -> select, resumable
+    ["evaluation.change_rates", "evaluation.editing", "evaluation.enhancement", "evaluation.injection",
+     "evaluation.runs"],
+    ["evaluation"],
+    ["plotting._style"],
+    ["plotting.layers", "plotting.scores", "plotting.languages", "plotting.changes"],
+    ["plotting.runs"],
+    ["plotting"],
+    ["report", "rml", "known"],                        # (issue 14)
+    ["cli._common"],
+    ["cli.localize", "cli.plot", "cli.evaluate", "cli.edit"],
+    ["cli"],
+    ["__main__"],
+]
+LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+MAX_LINES = 550
+
+
+def _modules() -> dict[str, Path]:
+    """{dotted name below lakn ("attribution.exact", "attribution" for its __init__): path}."""
+    out = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        if parts:  # lakn/__init__.py is the top: it re-exports everything
+            out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _resolve(name: str, node: ast.ImportFrom | ast.Import) -> list[str]:
+    """The lakn modules an import statement in module ``name`` reads from."""
+    if isinstance(node, ast.Import):
+        return [a.name[len("lakn."):] for a in node.names if a.name.startswith("lakn.")]
+    if node.level == 0:
+        if not (node.module or "").startswith("lakn"):
+            return []
+        base = (node.module or "")[len("lakn"):].lstrip(".")
+    else:
+        here = name.split(".") if MODULES[name].name == "__init__.py" else name.split(".")[:-1]
+        up = here[: len(here) - (node.level - 1)] if node.level > 1 else here
+        base = ".".join([*up, *([node.module] if node.module else [])])
+    targets = []
+    for alias in node.names:  # `from . import objective` names a module, not a function
+        candidate = f"{base}.{alias.name}" if base else alias.name
+        targets.append(candidate if candidate in MODULES else base)
+    return [t for t in targets if t]
+
+
+def _imports(name: str) -> set[str]:
+    tree = ast.parse(MODULES[name].read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.update(_resolve(name, node))
+    return {t for t in found if t != name}
+
+
+def test_every_module_has_a_layer():
+    assert sorted(set(MODULES) - set(LEVEL)) == []
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_import_reaches_back_up(name):
+    upward = sorted(t for t in _imports(name) if LEVEL.get(t, -1) >= LEVEL[name])
+    assert upward == [], f"lakn.{name} imports from the same or a higher layer: {upward}"
+
+
+def test_the_resolver_sees_relative_imports():
+    assert {"objective", "hooks", "attribution.runners"} <= _imports("attribution.exact")
+    assert "localization" in _imports("evaluation.runs")  # an import inside a function counts
+    assert "selection" in _imports("scoring")  # `from . import selection as _selection`
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_modules_stay_small(name):
+    lines = len(MODULES[name].read_text(encoding="utf-8").splitlines())
+    assert lines <= MAX_LINES, f"lakn.{name} has {lines} lines: split it by idea"

@@ -1,0 +1,70 @@
+"""RunConfig: validation naming the field, dict / file round trips, the differences a resume reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lakn.config import CHOICES, VOLATILE, RunConfig
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(steps=0), "steps must be at least 1"),
+    (dict(max_queries=0), "max_queries must be at least 1"),
+    (dict(top_k=True), "top_k must be at least 1"),
+    (dict(batch_size=-3), "batch_size must be at least 1"),
+    (dict(threshold=0.0), r"threshold must be in \(0, 1\]"),
+    (dict(common_fraction=1.5), r"common_fraction must be in \[0, 1\]"),
+    (dict(min_reference=-1), "min_reference must be a whole number"),
+    (dict(seed=1.5), "seed must be a whole number"),
+    (dict(first_token_only="yes"), "first_token_only must be True or False"),
+    (dict(method_kwargs=[("beta", 1)]), "method_kwargs must be a dict"),
+    (dict(method="best"), "method must be one of matrice, kn, amig, mean, random; got 'best'"),
+    (dict(attribution="magic"), "attribution must be one of auto, fast, reference, approx, coarse-to-fine"),
+    (dict(specificity="some"), "specificity must be one of"),
+    (dict(reference="mine"), "reference must be one of"),
+])
+def test_validation_names_the_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**changes)
+    with pytest.raises(ValueError, match=message):  # replace validates again
+        RunConfig().replace(**changes)
+
+
+def test_dict_and_file_round_trip(tmp_path):
+    cfg = RunConfig(method="kn", steps=7, fact_ids=["a", "b"], languages=["en"], method_kwargs={"share": 0.5},
+                    top_k=3, versions={"torch": "x"})
+    data = cfg.to_dict()
+    assert list(data)[:3] == ["lakn_version", "model", "n_layers"] and "extra" not in data
+    assert json.loads(json.dumps(data)) == data  # plain JSON
+    assert RunConfig.from_dict(data) == cfg
+    path = cfg.save(tmp_path / "run" / "config.json")
+    assert RunConfig.load(path) == cfg
+    # keys another version wrote are kept, and written back
+    newer = RunConfig.from_dict({**data, "data_hash": "abc"})
+    assert newer.extra == {"data_hash": "abc"} and newer.to_dict()["data_hash"] == "abc"
+    # keys an older version did not write take the defaults
+    older = RunConfig.from_dict({k: v for k, v in data.items() if k != "min_reference"})
+    assert older.min_reference == RunConfig().min_reference
+
+
+def test_diff_lists_what_changes_results():
+    a = RunConfig(steps=10, batch_size=4, attribution="fast", versions={"torch": "1"})
+    assert a.diff(a.replace(batch_size=None, attribution="reference", versions={"torch": "2"})) == {}
+    assert set(VOLATILE) >= {"batch_size", "versions", "lakn_version"}
+    assert a.diff(a.replace(steps=20, attribution="approx")) == {"steps": (10, 20), "attribution": ("fast", "approx")}
+    assert a.diff(RunConfig.from_dict({**a.to_dict(), "data_hash": "x"})) == {"data_hash": (None, "x")}
+
+
+def test_defaults_and_choices_are_the_apis():
+    import inspect
+
+    import lakn
+
+    params = inspect.signature(lakn.localize).parameters
+    defaults = RunConfig()
+    for f in RunConfig.options():  # localize's keyword defaults are the configuration's
+        assert params[f.name].default == getattr(defaults, f.name), f.name
+    assert lakn.attribution.MODES == tuple(a for a in CHOICES["attribution"] if a != "coarse-to-fine")
+    assert set(lakn.scoring.METHODS) | {"random"} == set(CHOICES["method"])
