@@ -245,6 +245,15 @@ class ResultTable:
 
         return pd.DataFrame(self.rows)
 
+    def table(self):
+        """The summary the CLI prints: :meth:`_summarize` of the rows (an empty frame without rows)."""
+        df = self.to_dataframe()
+        return df if df.empty else self._summarize(df)
+
+    def _summarize(self, df):
+        """The experiment's summary of a non-empty row frame (subclasses define it)."""
+        return df
+
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -396,6 +396,16 @@ def mean_method(
                       params={"threshold": threshold, "top_k": top_k})
 
 
+def _intersection(laa: Tensor, per_language: dict[str, Tensor], sets: dict[str, Tensor], top_k: int | None,
+                  method: str, params: dict[str, Any]) -> FactScores:
+    """The set-based baselines' selection: LAKNs are the neurons in every language's set, ordered by
+    ``laa``; a language's specific neurons are its set minus the LAKNs, ordered by its own map."""
+    common = torch.stack(list(sets.values())).all(0)
+    lakn = ranked_neurons(laa, common, top_k)
+    specific = {lang: without(ranked_neurons(per_language[lang], m, None), lakn) for lang, m in sets.items()}
+    return FactScores(laa, per_language, lakn, specific, method=method, params=params)
+
+
 def kn_method(
     attributions: Mapping[str, Float[Tensor, "query layer d_mlp"]],
     *,
@@ -422,11 +432,7 @@ def kn_method(
         # tolerance: share * T is float, e.g. 0.7 * 10 = 7.000000000000001 must admit 7 queries
         kept[lang] = count >= share * attr.shape[0] - 1e-9
     laa = torch.cat(list(normed.values())).mean(0)
-    common = torch.stack(list(kept.values())).all(0)
-    lakn = ranked_neurons(laa, common, top_k)
-    specific = {lang: without(ranked_neurons(per_language[lang], m, None), lakn) for lang, m in kept.items()}
-    return FactScores(laa, per_language, lakn, specific, method="kn",
-                      params={"threshold": threshold, "share": share, "top_k": top_k})
+    return _intersection(laa, per_language, kept, top_k, "kn", {"threshold": threshold, "share": share, "top_k": top_k})
 
 
 def amig_method(
@@ -457,12 +463,8 @@ def amig_method(
         sets[lang] = _threshold_mask(one, threshold)[0]
         per_language[lang] = normalize_by_max(one)[0]
     laa = torch.stack(list(per_language.values())).mean(0)
-    common = torch.stack(list(sets.values())).all(0)
-    lakn = ranked_neurons(laa, common, top_k)
-    specific = {lang: without(ranked_neurons(per_language[lang], m, None), lakn) for lang, m in sets.items()}
-    return FactScores(laa, per_language, lakn, specific, method="amig",
-                      params={"threshold": threshold, "query_index": query_index,
-                              "query_used": used, "top_k": top_k})
+    return _intersection(laa, per_language, sets, top_k, "amig",
+                         {"threshold": threshold, "query_index": query_index, "query_used": used, "top_k": top_k})
 
 
 METHODS: dict[str, Callable[..., FactScores]] = {

@@ -39,7 +39,7 @@ LAYERS: list[list[str]] = [
     ["plotting"],
     ["report", "rml", "known"],                        # (issue 14)
     ["cli._common"],
-    ["cli.localize", "cli.plot", "cli.evaluate", "cli.edit"],
+    ["cli.localize", "cli.plot", "cli.evaluate", "cli.edit", "cli.inject"],
     ["cli"],
     ["__main__"],
 ]

@@ -36,6 +36,7 @@ passes they run, :mod:`~lakn.attribution.kv_cache` the key/value-cache shim and
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
@@ -231,21 +232,7 @@ def integrated_gradients(
     return QueryAttribution(total / n_tokens, error / n_tokens, stats, layers, n_tokens, used)
 
 
-def attribute_queries(
-    model,
-    queries: Sequence[Query | EncodedQuery],
-    *,
-    steps: int = 20,
-    layers: Sequence[int] | None = None,
-    baseline: Float[Tensor, "layer d_mlp"] | None = None,
-    first_token_only: bool = False,
-    batch_size: int | None = None,
-    point: str = MLP_POST,
-    grid: Grid = "right",
-    attribution: str = "auto",
-    completeness: bool | None = None,
-    mode: str | None = None,
-) -> list[QueryAttribution]:
+def attribute_queries(model, queries: Sequence[Query | EncodedQuery], **options: Any) -> list[QueryAttribution]:
     """:func:`integrated_gradients` for several queries (same arguments), sharing passes between
     queries where that pays: ``attribution="approx"`` on a causal LM runs the rows of all queries
     (one per answer token) together, right-padded (a causal LM's real positions never see the
@@ -253,8 +240,14 @@ def attribute_queries(
     The exact fast path lets the (query, answer token) inputs of equal length share passes, as many
     as the chunk holds beside their (layer, step) rows (equal lengths need no padding, so the cached
     prompts need no mask). The reference loop and masked LMs run query by query. Same results as
-    calling :func:`integrated_gradients` on each query (tested)."""
-    attribution = _attribution_arg(attribution, mode)
+    calling :func:`integrated_gradients` on each query (tested). The keyword arguments are
+    :func:`integrated_gradients`' own (the same names and defaults; any other is a ``TypeError``)."""
+    bound = _IG_SIGNATURE.bind(model, None, **options)
+    bound.apply_defaults()
+    opt = bound.arguments
+    attribution = _attribution_arg(opt["attribution"], opt["mode"])
+    steps, layers, baseline, first_token_only, batch_size, point, grid, completeness = (
+        opt[k] for k in ("steps", "layers", "baseline", "first_token_only", "batch_size", "point", "grid", "completeness"))
     layers = _check_args(model, steps, batch_size, attribution, grid, layers, baseline)
     encoded = [encode_query(model, q) if isinstance(q, Query) else q for q in queries]
     if attribution == "approx" and not is_masked_lm(model) and not completeness:
@@ -274,6 +267,13 @@ def attribute_queries(
     # single queries, other attributions and anything the shared fast path handed back (with its warning)
     return [o if o is not None else integrated_gradients(model, e, attribution=attribution, **kwargs)
             for o, e in zip(out, encoded)]
+
+
+_IG_SIGNATURE = inspect.signature(integrated_gradients)
+# help(attribute_queries) shows integrated_gradients' keywords, which are the ones it takes
+attribute_queries.__signature__ = _IG_SIGNATURE.replace(  # type: ignore[attr-defined]
+    parameters=[p if p.name != "query" else p.replace(name="queries", annotation="Sequence[Query | EncodedQuery]") for p in _IG_SIGNATURE.parameters.values()],
+    return_annotation="list[QueryAttribution]")
 
 
 def coarse_to_fine(

@@ -12,17 +12,17 @@ import argparse
 import sys
 
 from .._deprecation import deprecated_names
-from . import edit, evaluate, localize, plot
+from . import edit, evaluate, inject, localize, plot
 
 __all__ = ["main", "build_parser"]
 
 __getattr__ = deprecated_names(__name__, {
     "register_localize": "lakn.cli.localize:register", "register_plot": "lakn.cli.plot:register",
-    "register_evaluate": "lakn.cli.evaluate:register", "register_edit": "lakn.cli.edit:register_edit",
-    "register_inject": "lakn.cli.edit:register_inject",
+    "register_evaluate": "lakn.cli.evaluate:register", "register_edit": "lakn.cli.edit:register",
+    "register_inject": "lakn.cli.inject:register",
 })
 
-REGISTER = [localize.register, plot.register, evaluate.register, edit.register_edit, edit.register_inject]
+REGISTER = [localize.register, plot.register, evaluate.register, edit.register, inject.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,8 @@ from typing import Any
 
 from ..config import CHOICES, RunConfig, positive_int
 
-__all__ = ["comma_list", "positive_int", "add_run_options", "run_options", "add_deprecated", "print_frame",
-           "evaluation_facts"]
+__all__ = ["comma_list", "positive_int", "add_run_options", "run_options", "add_deprecated", "add_training_options",
+           "print_frame", "evaluation_facts"]
 
 
 def comma_list(text: str) -> list[str]:
@@ -55,6 +55,25 @@ class _Deprecated(argparse.Action):
 def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: str, type) -> None:
     """Accept ``old`` as a hidden alias of the option ``new`` (same destination and type)."""
     parser.add_argument(old, action=_Deprecated, new=new, dest=dest, type=type, help=argparse.SUPPRESS)
+
+
+def add_training_options(parser: argparse.ArgumentParser, *, language: str, languages: str, steps: int, what: str,
+                         preserve: int, preserve_help: str, seed_help: str) -> None:
+    """The options of the commands that train W_out rows (edit, inject): the model, the training
+    language and the languages measured, Adam steps and rate, the facts to train, the KL term's
+    facts and weight, the early stop and the seed."""
+    parser.add_argument("--model", default=None, help="model (default: embedded Gemma 3 270M)")
+    parser.add_argument("--language", default="en", help=f"{language} (default en)")
+    parser.add_argument("--languages", type=comma_list, default=None, help=languages)
+    parser.add_argument("--steps", type=positive_int, default=steps)
+    parser.add_argument("--lr", type=float, default=0.5)
+    parser.add_argument("--fact-ids", type=comma_list, default=None, help=f"comma-separated {what} (default: all)")
+    add_deprecated(parser, "--facts", "--fact-ids", "fact_ids", comma_list)
+    parser.add_argument("--preserve", type=int, default=preserve, help=f"{preserve_help} (default {preserve})")
+    parser.add_argument("--locality-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
+    parser.add_argument("--target-prob", type=float, default=None,
+                        help="stop once every training query gives the answer this probability (default: run all steps)")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
 
 
 def print_frame(title: str, frame) -> None:

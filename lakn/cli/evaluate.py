@@ -1,4 +1,8 @@
-"""``lakn evaluate``: suppress / enhance each method's neurons and measure probability change rates."""
+"""For every fact and method in DIR (a run folder, or a folder of run folders as written by
+lakn.localize_methods), zero (suppress) and double (enhance) the fact's neurons and measure
+(P_after - P_before) / P_before on the fact's own queries and on other facts' (same relation /
+other relations). Queries the localisation did not see are reported as held-out. Writes DIR/eval.json.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,7 @@ __all__ = ["register"]
 
 def register(sub) -> None:
     p = sub.add_parser("evaluate", help="suppress / enhance each method's neurons and measure probability changes",
-                       description="For every fact and method in DIR (a run folder, or a folder of run folders as "
-                                   "written by lakn.localize_methods), zero (suppress) and double (enhance) the fact's "
-                                   "neurons and measure (P_after - P_before) / P_before on the fact's own queries and "
-                                   "on other facts' (same relation / other relations). Queries the localisation did "
-                                   "not see are reported as held-out. Writes DIR/eval.json.")
+                       description=__doc__)
     p.add_argument("run", help="run folder(s) written by `lakn localize`")
     p.add_argument("--data", default=None, help="facts file (default: the run's)")
     p.add_argument("--model", default=None, help="model (default: embedded Gemma 3 270M)")

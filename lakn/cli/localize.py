@@ -1,4 +1,7 @@
-"""``lakn localize``: attribute, score and select; writes a run folder (resumable)."""
+"""Attribute every query with integrated gradients, score each fact with MATRICE (or a baseline)
+and write DIR/neurons.json. Re-running with the same arguments resumes an interrupted run; the
+options are the fields of lakn.config.RunConfig.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +17,7 @@ __all__ = ["register"]
 
 def register(sub) -> None:
     p = sub.add_parser("localize", help="find the LAKNs of each fact and write a run folder",
-                       description="Attribute every query with integrated gradients, score each fact with "
-                                   "MATRICE (or a baseline) and write DIR/neurons.json. Re-running with the "
-                                   "same arguments resumes an interrupted run.")
+                       description=__doc__)
     p.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
     p.add_argument("--model", default=None, help="HF folder, .gguf file or hub name (default: embedded Gemma 3 270M)")
     p.add_argument("--data", default="demo", help="facts .jsonl/.json file, or 'demo' (default)")

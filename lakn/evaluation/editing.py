@@ -31,10 +31,7 @@ class EditingResult(ResultTable):
     the query's top-1 first token is unchanged and ``change`` its probability change rate.
     """
 
-    def table(self):
-        df = self.to_dataframe()
-        if df.empty:
-            return df
+    def _summarize(self, df):
         eff = df[df["metric"] != "locality"]
         a = eff.groupby(["neurons", "metric", "language"])[["success", "top1"]].mean()
         loc = df[df["metric"] == "locality"].groupby(["neurons", "metric"])[["success"]].mean()

@@ -23,10 +23,7 @@ __all__ = ["EnhancementResult", "enhancement_experiment"]
 class EnhancementResult(ResultTable):
     """Knowledge enhancement, one row per (neuron set, fact, query in a language the model got wrong)."""
 
-    def table(self):
-        df = self.to_dataframe()
-        if df.empty:
-            return df
+    def _summarize(self, df):
         df = df.assign(fixed=(df["rank_after"] == 0).astype(float), rank_drop=df["rank_before"] - df["rank_after"])
         return df.groupby(["neurons", "language"]).agg(change=("change", "mean"), fixed=("fixed", "mean"),
                                                        rank_drop=("rank_drop", "mean"), n=("change", "size"),

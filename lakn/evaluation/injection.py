@@ -35,10 +35,7 @@ def fictional_facts() -> list[Fact]:
 class InjectionResult(ResultTable):
     """New-knowledge injection, one row per (neuron set, fictional fact, query; plus locality rows)."""
 
-    def table(self):
-        df = self.to_dataframe()
-        if df.empty:
-            return df
+    def _summarize(self, df):
         rec = df[df["metric"] == "recall"]
         a = rec.groupby(["neurons", "language"]).agg(p_before=("p_before", "mean"), p_after=("p_after", "mean"),
                                                       top1=("top1", "mean"), rank_after=("rank_after", "median"))
