@@ -163,10 +163,10 @@ def part_a(repeats: int):
         q = EncodedQuery(torch.tensor(ids), torch.tensor(ans))
         t_kn, s_kn = timed(lambda: kn.get_scores(prompt, gt, batch_size=20, steps=20, pbar=False), repeats)
         kw = dict(steps=20, point="mlp.hook_pre", grid="linspace")
-        t_ref, r_ref = timed(lambda: integrated_gradients(model, q, mode="reference", **kw), repeats)
-        t_fast, r_fast = timed(lambda: integrated_gradients(model, q, mode="fast", **kw), repeats)
-        t_small, _ = timed(lambda: integrated_gradients(model, q, mode="fast", batch_size=SMALL_CHUNK, **kw), repeats)
-        t_apx, r_apx = timed(lambda: integrated_gradients(model, q, mode="approx", **kw), repeats)
+        t_ref, r_ref = timed(lambda: integrated_gradients(model, q, attribution="reference", **kw), repeats)
+        t_fast, r_fast = timed(lambda: integrated_gradients(model, q, attribution="fast", **kw), repeats)
+        t_small, _ = timed(lambda: integrated_gradients(model, q, attribution="fast", batch_size=SMALL_CHUNK, **kw), repeats)
+        t_apx, r_apx = timed(lambda: integrated_gradients(model, q, attribution="approx", **kw), repeats)
         a, b = s_kn.flatten().double(), r_fast.attributions.flatten().double()
         rows.append([repr(prompt + answer), len(ids), f"{t_kn:.2f}", f"{t_ref:.2f}", f"{t_fast:.2f}", f"{t_small:.2f}",
                      f"{t_apx:.3f}", f"{t_kn / t_fast:.1f}x / {t_kn / t_small:.1f}x", f"{pearsonr(a, b)[0]:.6f}",
@@ -214,11 +214,11 @@ def part_b(repeats: int):
     rows, agree = [], []
     for text, q in gemma_queries(model):
         res = {}
-        res["small"] = timed(lambda: integrated_gradients(model, q, steps=20, mode="fast", first_token_only=True,
+        res["small"] = timed(lambda: integrated_gradients(model, q, steps=20, attribution="fast", first_token_only=True,
                                                           batch_size=SMALL_CHUNK), repeats)[0]
         for mode in ("reference", "fast", "approx"):
             with PeakRSS() as mem:
-                t, r = timed(lambda: integrated_gradients(model, q, steps=20, mode=mode, first_token_only=True),
+                t, r = timed(lambda: integrated_gradients(model, q, steps=20, attribution=mode, first_token_only=True),
                              repeats if mode != "reference" else 1)
             res[mode] = (t, r, mem.mib)
         (t_ref, r_ref, m_ref), (t_fast, r_fast, m_fast), (t_apx, r_apx, m_apx) = (
@@ -238,12 +238,12 @@ def part_b(repeats: int):
     # queries sharing passes: lakn's demo queries, one at a time vs together (attribute_queries)
     qs = demo_queries(model, N_BATCHED)
     kw = dict(steps=20, first_token_only=True)
-    t_fast, _ = timed(lambda: [integrated_gradients(model, x, mode="fast", **kw) for x in qs[:4]], 1)
+    t_fast, _ = timed(lambda: [integrated_gradients(model, x, attribution="fast", **kw) for x in qs[:4]], 1)
     t_fast /= 4
-    t_one, _ = timed(lambda: [integrated_gradients(model, x, mode="approx", **kw) for x in qs], repeats)
+    t_one, _ = timed(lambda: [integrated_gradients(model, x, attribution="approx", **kw) for x in qs], repeats)
     with PeakRSS() as mem:
-        t_all, together = timed(lambda: attribute_queries(model, qs, mode="approx", **kw), repeats)
-    alone = [integrated_gradients(model, x, mode="approx", **kw) for x in qs[:4]]
+        t_all, together = timed(lambda: attribute_queries(model, qs, attribution="approx", **kw), repeats)
+    alone = [integrated_gradients(model, x, attribution="approx", **kw) for x in qs[:4]]
     diff = max(float((a.attributions - b.attributions).abs().max() / b.attributions.abs().max())
                for a, b in zip(together, alone))
     lengths = [len(x.prompt) for x in qs]
@@ -330,9 +330,9 @@ def part_d(model, repeats: int):
         mem = None
         if n_queries <= 8:
             with PeakRSS() as mem:
-                t_fast, _ = timed(lambda: attribute_queries(model, qs, steps=steps, mode="fast"), repeats)
+                t_fast, _ = timed(lambda: attribute_queries(model, qs, steps=steps, attribution="fast"), repeats)
             fast = f"{t_fast / n_queries:.2f}"
-        t_apx, _ = timed(lambda: attribute_queries(model, qs, mode="approx"), repeats)
+        t_apx, _ = timed(lambda: attribute_queries(model, qs, attribution="approx"), repeats)
         rows.append([n_prompt, steps, n_answer, n_queries, fast, f"{t_apx / n_queries:.3f}",
                      "-" if mem is None else f"{mem.mib:.0f}"])
     print("(d) scaling, Gemma 3 270M (seconds per query; several queries go through attribute_queries together)")
@@ -363,7 +363,7 @@ def part_e(model, repeats: int):
         t_blocks, _ = timed(lambda: logits_at(model, q.prompt[None], torch.zeros(0, dtype=torch.long)),
                             max(repeats, 5))
     t_fused, _ = timed(fused_row, max(repeats, 5))
-    t_apx, _ = timed(lambda: integrated_gradients(model, q, mode="approx", first_token_only=True), max(repeats, 3))
+    t_apx, _ = timed(lambda: integrated_gradients(model, q, attribution="approx", first_token_only=True), max(repeats, 3))
     print("(e) one approx query on Gemma 3 270M: what it streams (seconds, best of 5)")
     table([[f"{t_matvec:.3f}", f"{t_fused:.3f}", f"{t_blocks:.3f}", f"{t_apx:.3f}"]],
           ["1-row unembedding matvec", "fused objective, 1 row, forward + backward",
@@ -399,7 +399,7 @@ def main():
             model = load_model()
         if "c" in parts:
             q = gemma_queries(model)[0][1]
-            t_fast, _ = timed(lambda: integrated_gradients(model, q, steps=20, mode="fast", first_token_only=True),
+            t_fast, _ = timed(lambda: integrated_gradients(model, q, steps=20, attribution="fast", first_token_only=True),
                               args.repeats)
             part_c(model, t_fast, len(q.prompt))
         if "d" in parts:

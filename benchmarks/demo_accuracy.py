@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 
 import lakn
-from lakn.evaluation import query_probabilities
+from lakn.probability import batch_answer_probability
 from lakn.tokens import encode_query
 
 
@@ -36,7 +36,7 @@ def main() -> None:
             for q in fact.queries(lang):
                 encoded.append(encode_query(model, q))
                 owner.append(fact.fact_id)
-        probs, ranks = query_probabilities(model, encoded, batch_size=32)
+        probs, ranks = batch_answer_probability(model, encoded, batch_size=32)
         best: dict[str, int] = {}
         for fid, r in zip(owner, ranks.tolist()):
             best[fid] = min(best.get(fid, r), r)

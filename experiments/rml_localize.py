@@ -3,7 +3,7 @@
 Sample: relations with enough causal paraphrases in the localisation languages (en, fr, es, ru: >= 2
 each) and at least one in the held-out languages (de, zh, ar); per relation, FACTS_PER_RELATION facts
 (seeded) among those whose first English query the model answers within its top 10. Localises on
-QUERIES paraphrases per localisation language with approx attribution (= exact IG's normalised map on
+--max-queries paraphrases per localisation language with approx attribution (= exact IG's normalised map on
 Gemma 3, benchmarks/README.md). Writes two folders of runs: OUT/threshold (t = 0.2, each method's own
 count) and OUT/top10 (every method its 10 best neurons, threshold 1e-9: an equal-count comparison).
 
@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 import lakn
-from lakn.evaluation import localize_methods, query_probabilities
+from lakn.evaluation import localize_methods
+from lakn.probability import batch_answer_probability
 from lakn.tokens import encode_query
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/rml_lama_like/facts.jsonl"
@@ -32,7 +33,7 @@ def sample(model, facts, per_relation: int, seed: int = 0):
               if all(l in f.templates and len(f.queries(l, causal=True)) >= 2 for l in LOCALISE)
               and all(l in f.templates and len(f.queries(l, causal=True)) >= 1 for l in HELDOUT)]
     enc = [encode_query(model, f.queries("en", causal=True)[0]) for f in usable]
-    _, ranks = query_probabilities(model, enc, batch_size=32)
+    _, ranks = batch_answer_probability(model, enc, batch_size=32)
     known = [f for f, r in zip(usable, ranks.tolist()) if r < 10]
     rng = random.Random(seed)
     by_rel: dict[str, list] = {}
@@ -50,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--per-relation", type=int, default=4)
-    ap.add_argument("--queries", type=int, default=2)
+    ap.add_argument("--max-queries", type=int, default=2)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,11 +61,11 @@ def main() -> None:
     usable, known, chosen = sample(model, facts, args.per_relation)
     info = dict(data=str(DATA), usable=len(usable), known_en_top10=len(known), chosen=[f.fact_id for f in chosen],
                 relations=sorted({f.relation for f in chosen}), localise=LOCALISE, heldout=HELDOUT,
-                queries=args.queries, sample_s=round(time.time() - t0, 1))
+                max_queries=args.max_queries, sample_s=round(time.time() - t0, 1))
     print(json.dumps({k: v for k, v in info.items() if k != "chosen"}), len(chosen), "facts", flush=True)
     (out / "sample.json").write_text(json.dumps(info, indent=1))
     cache: dict = {}
-    common = dict(languages=LOCALISE, attribution="approx", max_queries=args.queries, first_token_only=True,
+    common = dict(languages=LOCALISE, attribution="approx", max_queries=args.max_queries, first_token_only=True,
                   data=str(DATA), attribution_cache=cache)
     t0 = time.time()
     localize_methods(model, chosen, out=out / "threshold", **common)

@@ -1,4 +1,4 @@
-"""TransformerLens hook factories on MLP neurons (``blocks.{layer}.mlp.hook_post``).
+"""TransformerLens hook factories on MLP neurons (``blocks.{layer}.mlp.hook_post``, docs/method.md §1).
 
 Every factory returns a plain TL hook function ``(activation, hook) -> activation``, so lakn's
 hooks go into ``model.run_with_hooks(fwd_hooks=[...])`` or ``model.hooks(...)`` beside a user's
@@ -33,6 +33,7 @@ __all__ = [
 
 HookFn = Callable[[Tensor, object], Tensor]
 Neuron = tuple[int, int]
+"""A neuron as ``(layer, index)`` into ``blocks.{layer}.mlp.hook_post`` (defined here only)."""
 Position = Union[str, int, Sequence[int]]
 MLP_POST = "mlp.hook_post"
 

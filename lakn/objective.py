@@ -6,7 +6,8 @@ the same size (Gemma 3: 262,144 columns per row). :func:`unembed_target_probabil
 the final normalised residual stream and the unembedding matrix and does the unembedding, softmax
 and gradient in one sweep over vocabulary tiles; :func:`target_probability` is the lean version for
 when only the model's logits are available; :func:`output_target_probability` picks between them.
-All take one target per row. (The user-facing P(answer) of a query is :mod:`lakn.probability`.)
+All take one target per row (docs/method.md §2, §7). The user-facing P(answer) of a query is
+:mod:`lakn.probability`.
 """
 
 from __future__ import annotations

@@ -370,7 +370,7 @@ def mean_method(
     top_k: int | None = None,
     **ignored: Any,
 ) -> FactScores:
-    """Baseline ``mean``: uniform average of the normalised maps over all queries of all languages.
+    """Baseline ``mean`` (docs/method.md §5): uniform average of the normalised maps over all queries of all languages.
 
     MATRICE-only keywords (``confidence``, ``entropy``, ``query_weighting``, ``language_weighting``,
     ``beta``, ``gamma``) are accepted and ignored, so the same settings can drive both methods;
@@ -413,7 +413,7 @@ def kn_method(
     share: float = 0.7,
     top_k: int | None = None,
 ) -> FactScores:
-    """Baseline ``kn`` (Dai et al. 2022): per-query threshold, majority within a language,
+    """Baseline ``kn`` (Dai et al. 2022; docs/method.md §5): per-query threshold, majority within a language,
     intersection across languages.
 
     Per query: Attr >= threshold * max (and > 0). A language keeps neurons selected in at least
@@ -442,7 +442,7 @@ def amig_method(
     query_index: int = 0,
     top_k: int | None = None,
 ) -> FactScores:
-    """Baseline ``amig`` (Chen et al. 2024): one query per language, Attr >= threshold * max,
+    """Baseline ``amig`` (Chen et al. 2024; docs/method.md §5): one query per language, Attr >= threshold * max,
     LAKN = intersection of the languages' sets.
 
     The query used is ``query_index``, clamped to the last available query of each language.
