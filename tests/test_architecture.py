@@ -43,7 +43,8 @@ LAYERS: list[list[str]] = [
     ["cli"],
     ["__main__"],
 ]
-LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+PACKAGE_ROOT = "<lakn>"  # `from . import __version__`: the package itself, above every module
+LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer} | {PACKAGE_ROOT: len(LAYERS)}
 MAX_LINES = 550
 
 
@@ -65,9 +66,10 @@ MODULES = _modules()
 def _resolve(name: str, node: ast.ImportFrom | ast.Import) -> list[str]:
     """The lakn modules an import statement in module ``name`` reads from."""
     if isinstance(node, ast.Import):
-        return [a.name[len("lakn."):] for a in node.names if a.name.startswith("lakn.")]
+        return [a.name[len("lakn."):] if a.name != "lakn" else PACKAGE_ROOT
+                for a in node.names if a.name == "lakn" or a.name.startswith("lakn.")]
     if node.level == 0:
-        if not (node.module or "").startswith("lakn"):
+        if not (node.module == "lakn" or (node.module or "").startswith("lakn.")):
             return []
         base = (node.module or "")[len("lakn"):].lstrip(".")
     else:
@@ -77,8 +79,8 @@ def _resolve(name: str, node: ast.ImportFrom | ast.Import) -> list[str]:
     targets = []
     for alias in node.names:  # `from . import objective` names a module, not a function
         candidate = f"{base}.{alias.name}" if base else alias.name
-        targets.append(candidate if candidate in MODULES else base)
-    return [t for t in targets if t]
+        targets.append(candidate if candidate in MODULES else (base or PACKAGE_ROOT))
+    return targets
 
 
 def _imports(name: str) -> set[str]:
@@ -104,6 +106,9 @@ def test_the_resolver_sees_relative_imports():
     assert {"objective", "hooks", "attribution.runners"} <= _imports("attribution.exact")
     assert "localization" in _imports("evaluation.runs")  # an import inside a function counts
     assert "selection" in _imports("scoring")  # `from . import selection as _selection`
+    # what localization once did (`from . import __version__`) counts as reaching the very top
+    node = ast.parse("from . import __version__").body[0]
+    assert _resolve("localization", node) == [PACKAGE_ROOT] and LEVEL[PACKAGE_ROOT] > LEVEL["cli"]
 
 
 @pytest.mark.parametrize("name", sorted(MODULES))
