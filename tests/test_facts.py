@@ -115,3 +115,12 @@ def test_shared_rml_data_loads(shared_data):
     for lang in fact.languages:
         for q in fact.queries(lang):
             assert "[Y]" not in q.prompt and q.answer == fact.answers[lang]
+
+
+def test_full_shared_rml_data_and_shipped_sets_load_strictly(shared_data):
+    from lakn.facts import safe_file_stem
+
+    facts = load_facts(shared_data / "facts.jsonl")
+    assert len(facts) == 1152
+    assert len({safe_file_stem(f.fact_id) for f in facts}) == 1152
+    assert len(load_facts("demo")) == 57 and len(load_facts("fictional")) == 10
