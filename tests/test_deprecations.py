@@ -45,9 +45,9 @@ def test_fictional_facts_are_read_on_first_use_only():
     import lakn.evaluation
 
     assert "FICTIONAL_FACTS" not in vars(lakn.evaluation)  # nothing loaded at import
-    with pytest.warns(DeprecationWarning, match="fictional_facts"):
+    with pytest.warns(DeprecationWarning, match='load_facts\\("fictional"\\)'):
         facts = lakn.evaluation.FICTIONAL_FACTS
-    assert [f.fact_id for f in facts] == [f.fact_id for f in lakn.evaluation.fictional_facts()] and len(facts) == 10
+    assert [f.fact_id for f in facts] == [f.fact_id for f in lakn.load_facts("fictional")] and len(facts) == 10
 
 
 def test_old_calls_give_the_same_numbers():

@@ -11,7 +11,6 @@ from lakn.evaluation import (
     change_rates,
     counterfactuals,
     editing_experiment,
-    fictional_facts,
 )
 from lakn.interventions import suppress
 from lakn.probability import answer_stats, batch_answer_probability, top1_tokens
@@ -49,7 +48,7 @@ def test_split_renumbers_causal_ok():
 
 
 def test_batched_probabilities_match_single_forward(model):
-    qs = evaluation_queries(model, fictional_facts(), max_queries=None)
+    qs = evaluation_queries(model, lakn.load_facts("fictional"), max_queries=None)
     probs, ranks = batch_answer_probability(model, [q.encoded for q in qs], batch_size=5)
     for q, p, r in zip(qs, probs, ranks):
         ref = answer_stats(model, q.encoded)
@@ -217,7 +216,7 @@ def test_injection_with_locality_term_and_disjoint_sets(toy_facts):
     from lakn.evaluation import injection_experiment
 
     m = tiny_model("llama", weight_scale=3.0)
-    fict = [fictional_facts()[0]]
+    fict = [lakn.load_facts("fictional")[0]]
     with pytest.raises(ValueError, match="preserve and unrelated"):
         injection_experiment(m, fict, unrelated=toy_facts[:2], preserve=toy_facts[1:3], progress=False)
     res = injection_experiment(m, fict, languages=["en", "fr", "zh"], unrelated=toy_facts[:2], preserve=toy_facts[2:],

@@ -26,14 +26,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..evaluation import fictional_facts, injection_experiment
+    from ..evaluation import injection_experiment
     from ..facts import load_facts
     from ..models import load_model
 
     pool = load_facts(args.unrelated) if args.unrelated else []
     unrelated, preserve = pool[: args.n_unrelated], pool[args.n_unrelated : args.n_unrelated + max(args.preserve, 0)]
     model = load_model(args.model, verbose=True)
-    known = fictional_facts()
+    known = load_facts("fictional")
     fictional = [f for f in known if args.fact_ids is None or f.fact_id in args.fact_ids]
     if not fictional:
         raise ValueError(f"no fictional fact among {args.fact_ids}; known: {[f.fact_id for f in known]}")

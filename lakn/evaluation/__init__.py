@@ -21,14 +21,14 @@ from .._deprecation import deprecated_names, warn_renamed
 from .change_rates import INTERVENTIONS, ChangeRateResult, change_rates
 from .editing import EditingResult, counterfactuals, editing_experiment
 from .enhancement import EnhancementResult, enhancement_experiment
-from .injection import InjectionResult, fictional_facts, injection_experiment
+from .injection import InjectionResult, injection_experiment
 from .runs import load_runs, localize_methods
 
 __all__ = [
     "ChangeRateResult", "change_rates", "INTERVENTIONS",
     "EditingResult", "counterfactuals", "editing_experiment",
     "EnhancementResult", "enhancement_experiment",
-    "InjectionResult", "injection_experiment", "fictional_facts",
+    "InjectionResult", "injection_experiment",
     "localize_methods", "load_runs",
 ]
 
@@ -42,6 +42,8 @@ _moved = deprecated_names(__name__, {
 
 def __getattr__(name: str) -> Any:
     if name == "FICTIONAL_FACTS":  # was loaded at import; now read on first use
-        warn_renamed("lakn.evaluation.FICTIONAL_FACTS", "lakn.evaluation.fictional_facts()")
-        return fictional_facts()
+        warn_renamed("lakn.evaluation.FICTIONAL_FACTS", 'lakn.load_facts("fictional")')
+        from ..facts import load_facts
+
+        return load_facts("fictional")
     return _moved(name)

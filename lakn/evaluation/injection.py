@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib.resources import files
-from pathlib import Path
 from typing import Sequence
 
 from .._progress import progress as _progress
@@ -16,19 +13,7 @@ from ..results import ResultTable
 from ..selection import random_control
 from ..splits import evaluation_queries
 
-__all__ = ["InjectionResult", "injection_experiment", "fictional_facts"]
-
-
-@lru_cache(maxsize=1)
-def _fictional() -> tuple[Fact, ...]:
-    return tuple(load_facts(Path(str(files("lakn") / "data" / "fictional.jsonl"))))
-
-
-def fictional_facts() -> list[Fact]:
-    """Facts no model can know: subjects and answers made up by the project
-    (``lakn/data/fictional.jsonl``, 10 facts in en, fr, es, de, ru, zh, two paraphrases each), for
-    injection experiments. Read on first use, not at import."""
-    return list(_fictional())
+__all__ = ["InjectionResult", "injection_experiment"]
 
 
 @dataclass
@@ -60,7 +45,7 @@ def injection_experiment(
     batch_size: int = 16,
     progress: bool = True,
 ) -> InjectionResult:
-    """Teach each fictional fact (default: :func:`fictional_facts`) through ``k`` neurons with ``language`` queries only, then query
+    """Teach each fictional fact (default: ``load_facts("fictional")``, facts no model can know) through ``k`` neurons with ``language`` queries only, then query
     it in every language (recall) and check ``unrelated`` facts keep their top-1 (locality).
     ``preserve`` facts (keep them apart from ``unrelated``) give the KL locality term of
     :func:`lakn.edit_fact`, one ``language`` query each; ``target_prob`` stops training early.
@@ -71,7 +56,7 @@ def injection_experiment(
     """
     from ..models import is_masked_lm
 
-    fictional = fictional_facts() if fictional is None else fictional
+    fictional = load_facts("fictional") if fictional is None else fictional
     causal = not is_masked_lm(model)
     d_mlp = int(model.cfg.d_mlp)
     other_q = evaluation_queries(model, unrelated, languages=languages, max_queries=1, causal=causal) if unrelated else []
