@@ -6,9 +6,9 @@
     result = lakn.localize(model, facts[:3], languages=["en", "fr", "zh"], steps=10)
     result.neurons(facts[0].fact_id)                # [(layer, neuron), ...]
 
-The data path, one module per step (README "Architecture"): facts / models / hooks -> tokens ->
-probability / objective -> attribution -> selection / scoring -> results -> localization ->
-interventions / editing -> evaluation -> plotting -> cli.
+The data path, one module per step (README "Architecture"): facts / config / hooks / models ->
+tokens -> probability / objective -> results -> attribution -> selection / scoring -> splits /
+interventions / editing -> localization -> evaluation -> plotting -> cli.
 """
 
 from ._deprecation import deprecated_names
