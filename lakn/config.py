@@ -9,12 +9,17 @@ runs differ (:meth:`RunConfig.diff`, used to refuse a resume with other argument
     cfg = RunConfig(method="kn", steps=10)
     cfg.save("runs/x/config.json"); RunConfig.load("runs/x/config.json") == cfg
     cfg.diff(RunConfig(method="kn", steps=20))     # {"steps": (10, 20)}
+
+``data_sha256`` (the SHA-256 of the facts file) is recorded but is not one of the differences that
+refuse a resume: when the data file was edited, the facts whose records changed are recomputed
+(each per-fact file carries its fact's hash and :meth:`RunConfig.record_sha256`).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -33,6 +38,7 @@ __all__ = [
     "IG_ATTRIBUTIONS",
     "EXACT_ATTRIBUTIONS",
     "VOLATILE",
+    "RECOMPUTED",
     "positive_int",
 ]
 
@@ -55,6 +61,11 @@ EXACT_ATTRIBUTIONS = ("auto", "fast", "reference")
 """Attributions that give the same numbers (up to float rounding): a resume may switch between them."""
 VOLATILE = frozenset({"batch_size", "progress", "created", "device", "versions", "lakn_version"})
 """Keys that do not change results: a resumed run may differ in them."""
+RECOMPUTED = frozenset({"data_sha256"})
+"""Keys a resumed run may differ in because what depends on them is checked per fact and recomputed:
+the data file's hash (each per-fact file carries the hash of its fact's record)."""
+_NOT_PER_FACT = frozenset({"data", "data_sha256", "known", "fact_ids"})
+"""Keys a per-fact file does not depend on (its own fact's record is hashed on its own)."""
 
 
 class RunConfigError(ValueError):
@@ -90,6 +101,8 @@ class RunConfig:
     n_layers: int = 0
     d_mlp: int = 0
     data: str = ""
+    data_sha256: str = ""
+    known: str = ""
     fact_ids: list[str] = field(default_factory=list)
     languages: list[str] = field(default_factory=list)
     method: str = _option("matrice", "scoring method: MATRICE or a baseline")
@@ -168,7 +181,19 @@ class RunConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``config.json``; a file that is not one is a :class:`RunConfigError` naming it."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:200]
+            raise RunConfigError(f"{path}: not a readable run configuration (JSON): {reason}") from None
+        if not isinstance(data, dict):
+            raise RunConfigError(f"{path}: not a run configuration: expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:
+            raise RunConfigError(f"{path}: not a valid run configuration: {str(err)[:200]}") from None
 
     def replace(self, **changes: Any) -> "RunConfig":
         """A copy with some fields changed (validated again)."""
@@ -180,10 +205,27 @@ class RunConfig:
         """``{key: (self's value, other's value)}`` for every key that changes results: keys of
         :data:`VOLATILE` are left out, and exact attributions count as equal (same numbers)."""
         a, b = self.to_dict(), other.to_dict()
-        out = {k: (a.get(k), b.get(k)) for k in sorted((set(a) | set(b)) - VOLATILE) if a.get(k) != b.get(k)}
+        skip = VOLATILE | RECOMPUTED
+        out = {k: (a.get(k), b.get(k)) for k in sorted((set(a) | set(b)) - skip) if a.get(k) != b.get(k)}
         if "attribution" in out and set(out["attribution"]) <= set(EXACT_ATTRIBUTIONS):
             del out["attribution"]
         return out
+
+    def record_sha256(self) -> str:
+        """SHA-256 (hex) of the settings one fact's results depend on: the canonical JSON of every key
+        except :data:`VOLATILE` ones and the run-level ``data``, ``data_sha256``, ``known`` and ``fact_ids``, with
+        exact attributions counted as one and keys at their default left out (so a field added by a
+        later version does not change the hash of earlier folders). Stored with each per-fact file: a
+        file made under other settings (copied from another run folder) is noticed on resume."""
+        defaults = RunConfig().to_dict()
+        data = self.to_dict()
+        if data.get("attribution") in EXACT_ATTRIBUTIONS:
+            data["attribution"] = "exact"
+            defaults["attribution"] = "exact"
+        kept = {k: v for k, v in data.items()
+                if k not in VOLATILE and k not in _NOT_PER_FACT and (k not in defaults or v != defaults[k])}
+        text = json.dumps(kept, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     @classmethod
     def options(cls) -> list[dataclasses.Field]:

@@ -98,10 +98,22 @@ def _write_rows(weight: Tensor, dim: int, idx: Tensor, rows: Float[Tensor, "n d_
 # --------------------------------------------------------------------------- weight edits
 
 
-@dataclass
+def _stack(model) -> list["Edit"]:
+    """The edits applied to ``model``'s weights, in the order they were applied (the last on top); kept
+    in the model's ``__dict__``, so a model and its edits are freed together."""
+    return model.__dict__.setdefault("_lakn_edits", [])
+
+
+@dataclass(eq=False)
 class Edit:
     """A reversible change of some W_out rows. ``undo()`` (or leaving a ``with`` block) writes the
     saved original rows back, so the weights are bit-identical to before the edit.
+
+    Edits of one model may overlap (share rows) and be undone in any order: the edits applied
+    after this one are taken off first (each writes back the rows it saved, newest first), this
+    one's rows are restored, and the later ones are applied again on top (each saving the rows it
+    now changes). Undoing them all, in any order, restores the original weights bit for bit.
+    Weights changed by other code between edits are not tracked.
 
     ``deltas[layer]`` is ``[n, d_model]``: what was added to the rows of ``neurons_by_layer[layer]``.
     ``history`` holds the answer's NLL per step and ``locality_history`` the KL term (empty
@@ -117,24 +129,46 @@ class Edit:
     active: bool = True
     locality_history: list[float] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        if self.active:  # made applied (as edit_fact makes it): on top of the model's stack
+            _stack(self.model).append(self)
+
     def undo(self) -> None:
-        """Restore the original rows (idempotent)."""
+        """Restore the rows this edit changed (idempotent), keeping every other active edit applied."""
         if not self.active:
             return
+        stack = _stack(self.model)
+        later = stack[stack.index(self) + 1:] if self in stack else []
+        for edit in reversed(later):
+            edit._restore()
+        self._restore()
+        self.active = False
+        if self in stack:
+            stack.remove(self)
+        for edit in later:
+            edit._apply()
+
+    def redo(self) -> None:
+        """Apply the edit again after an ``undo`` (on top of the edits active now)."""
+        if self.active:
+            return
+        self._apply()
+        self.active = True
+        _stack(self.model).append(self)
+
+    def _restore(self) -> None:
+        """Write the rows saved when this edit was (last) applied."""
         for layer, idx in self.neurons_by_layer.items():
             weight, dim = w_out(self.model, layer)
             _write_rows(weight, dim, torch.as_tensor(idx, device=weight.device), self.original[layer])
-        self.active = False
 
-    def redo(self) -> None:
-        """Apply the edit again after an ``undo``."""
-        if self.active:
-            return
+    def _apply(self) -> None:
+        """Save the current rows, then write them plus the delta."""
         for layer, idx in self.neurons_by_layer.items():
             weight, dim = w_out(self.model, layer)
-            _write_rows(weight, dim, torch.as_tensor(idx, device=weight.device),
-                        self.original[layer].to(weight) + self.deltas[layer].to(weight))
-        self.active = True
+            index = torch.as_tensor(idx, device=weight.device)
+            self.original[layer] = _rows(weight, dim, index)
+            _write_rows(weight, dim, index, self.original[layer].to(weight) + self.deltas[layer].to(weight))
 
     @property
     def neurons(self) -> list[Neuron]:

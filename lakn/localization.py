@@ -4,11 +4,19 @@
 baseline) -> cross-fact specificity -> neuron sets, and returns a :class:`LocalizationResult`.
 With ``out=`` every finished fact is written at once, so an interrupted run started again with the
 same arguments skips finished facts and ends with the same result.
+
+A resume trusts a finished fact's files only when they pass every check of
+:meth:`lakn.results.FactRecord.load`: the stored id, the checksums, the run settings' hash, the hash
+of the fact's record (so a fact whose record changed in the data file is recomputed) and the queries
+and answers it was made from. A file that fails is reported (a :class:`~lakn.results.RunFolderWarning`
+naming it), recomputed and listed in ``result.recomputed``; it is never fatal. Other changed
+arguments are refused (:class:`RunConfigError`, with the differences).
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,15 +24,16 @@ import torch
 
 from .attribution import attribute_queries, coarse_to_fine
 from .config import ATTRIBUTIONS, RunConfig, RunConfigError
-from .facts import Fact, select_facts
+from .facts import DEMO_SETS, Fact, FactsError, check_context_length, data_path, data_sha256, fact_sha256, select_facts
 from .models import is_masked_lm, model_name
-from .results import FactRecord, LocalizationResult, write_json_atomic
+from .results import (FactRecord, LocalizationResult, RunFolderError, RunFolderWarning, run_folder,
+                      write_json_atomic)
 from .scoring import score_fact
 from .selection import finalize
 from .tokens import encode_query
 from ._progress import progress as _progress
 
-__all__ = ["localize", "RunConfigError", "ATTRIBUTIONS"]
+__all__ = ["localize", "RunConfigError", "RunFolderError", "RunFolderWarning", "ATTRIBUTIONS"]
 
 _D = RunConfig()  # the defaults: localize's keyword defaults come from the run configuration
 
@@ -51,6 +60,8 @@ def localize(
     drop_incomplete: bool = False,
     out: str | Path | None = None,
     data: str = "",
+    data_sha256: str | None = None,
+    known: str = "",
     progress: bool = True,
     distributed: bool | None = None,
     attribution_cache: dict | None = None,
@@ -72,6 +83,10 @@ def localize(
             (matrice, mean, random); kn and amig select sets directly.
         common_fraction: drop neurons selected for more than this share of the facts.
         method_kwargs: passed to the scoring method (e.g. ``beta``, ``gamma``, ``query_weighting``).
+        out: the run folder (``~`` expanded; an existing file there is an error before any model work).
+        data: the facts file the facts came from, recorded in the run configuration (made absolute
+            when it names a file); ``data_sha256`` its SHA-256 (default: computed from ``data``);
+            ``known`` the known-fact table the facts were filtered with, if any (recorded only).
         attribution_cache: a dict shared between calls: each query's attribution is computed once
             and reused, e.g. to compare scoring methods on the same attributions.
         distributed: data-parallel over the processes of ``torchrun`` (default: when ``WORLD_SIZE`` > 1).
@@ -86,36 +101,36 @@ def localize(
                        first_token_only=first_token_only, threshold=threshold, top_k=top_k,
                        specificity=specificity, reference=reference, min_reference=min_reference,
                        common_fraction=common_fraction, seed=seed, attribution=attribution, batch_size=batch_size)
+    folder = None if out is None else run_folder(out)  # a file there, or a bad folder, fails now
     causal = not is_masked_lm(model)
     chosen, langs = select_facts(facts, languages=languages, n_facts=n_facts, causal=causal,
                                  drop_incomplete=drop_incomplete)
     _check_method(config)
-    # tokenise every query before the long computation, so a bad answer fails now
-    plan: dict[str, dict[str, list]] = {}
-    for fact in chosen:
-        plan[fact.fact_id] = {}
-        for lang in langs:
-            queries = fact.queries(lang, causal=causal)[:max_queries]
-            plan[fact.fact_id][lang] = [(q, encode_query(model, q)) for q in queries]
+    plan = _plan(model, chosen, langs, causal, max_queries)  # every query tokenised and checked now
+    label, digest = _data_provenance(data, data_sha256)
     config = config.replace(model=model_name(model), n_layers=int(model.cfg.n_layers), d_mlp=int(model.cfg.d_mlp),
-                            data=str(data), fact_ids=[f.fact_id for f in chosen], languages=langs,
-                            versions=_versions())
+                            data=label, data_sha256=digest, known=str(known), fact_ids=[f.fact_id for f in chosen],
+                            languages=langs, versions=_versions())
     rank, world = _init_distributed(distributed)
-    folder = None
-    if out is not None:
-        folder = Path(out)
+    if folder is not None:
         _prepare_folder(folder, config, write=rank == 0)  # every rank checks, so all fail alike
         _barrier(world)
     elif world > 1:
         raise ValueError("a distributed run needs out= (a folder all ranks can write), e.g. --out runs/x")
+    settings = config.record_sha256()
+    hashes = {f.fact_id: fact_sha256(f) for f in chosen}
 
     records: dict[str, FactRecord] = {}
     mine = chosen[rank::world]
     bar = _progress(mine, progress and rank == 0, "lakn localize", unit="fact")
     for fact in bar:
-        if folder is not None and FactRecord.done(folder / "facts", fact.fact_id):
-            records[fact.fact_id] = FactRecord.load(folder / "facts", fact.fact_id)
-            continue
+        reason = ""
+        if folder is not None:
+            found, reason = _resume(folder / "facts", fact.fact_id, plan[fact.fact_id], config, settings,
+                                    hashes[fact.fact_id])
+            if found is not None:
+                records[fact.fact_id] = found
+                continue
         t0 = time.perf_counter()
         attributions, confidence, entropy, rows = _attribute_fact(
             model, plan[fact.fact_id], attribution, attribution_cache,
@@ -124,7 +139,8 @@ def localize(
         scores = score_fact("matrice" if method == "random" else method, attributions, confidence, entropy,
                             threshold=threshold, top_k=top_k, **config.method_kwargs)
         record = FactRecord(fact.fact_id, fact.relation, scores.laa, scores.per_language, scores.lakn,
-                            scores.language_specific, rows, time.perf_counter() - t0, rank)
+                            scores.language_specific, rows, time.perf_counter() - t0, rank,
+                            fact_sha256=hashes[fact.fact_id], config_sha256=settings, recomputed_because=reason)
         if folder is not None:
             record.save(folder / "facts")
         records[fact.fact_id] = record
@@ -134,12 +150,65 @@ def localize(
     if world > 1:  # merge the shards: every rank reads all finished facts, in the data's order
         assert folder is not None  # a distributed run has out= (checked above)
         _barrier(world)
-        records = {f.fact_id: FactRecord.load(folder / "facts", f.fact_id) for f in chosen}
+        records = {f.fact_id: FactRecord.load(folder / "facts", f.fact_id, config_sha256=settings,
+                                              fact_sha256=hashes[f.fact_id]) for f in chosen}
     result = finalize(config, records)
     if folder is not None and rank == 0:
-        result.save(folder)
+        result.save(folder, records=False)  # every fact's files are written (and checked) above
     _barrier(world)
     return result
+
+
+def _plan(model, chosen: Sequence[Fact], langs: Sequence[str], causal: bool, max_queries: int | None):
+    """{fact_id: {lang: [(query, encoded)]}}: every query tokenised before the long computation, so
+    an answer that tokenises to nothing or a prompt longer than the model's context fails now,
+    naming the fact."""
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    plan: dict[str, dict[str, list]] = {}
+    for fact in chosen:
+        plan[fact.fact_id] = {}
+        for lang in langs:
+            encoded = []
+            for q in fact.queries(lang, causal=causal)[:max_queries]:
+                try:
+                    enc = encode_query(model, q)
+                except FactsError as err:
+                    raise FactsError(f"fact {fact.fact_id!r}: {err}") from None
+                length = len(enc.prompt) if enc.masked else len(enc.prompt) + len(enc.answer)
+                if n_ctx and len(enc.prompt) >= int(n_ctx):  # to_tokens cut it at n_ctx: count it whole
+                    length = max(length, len(model.tokenizer(q.prompt + q.continuation)["input_ids"]))
+                check_context_length(q, length, int(n_ctx) if n_ctx else None, fact_id=fact.fact_id)
+                encoded.append((q, enc))
+            plan[fact.fact_id][lang] = encoded
+    return plan
+
+
+def _data_provenance(data: str | Path, digest: str | None) -> tuple[str, str]:
+    """The data label a run records (a file's absolute path, a shipped set's name, else as given) and
+    its SHA-256 (computed from the file unless given)."""
+    text = str(data)
+    if text and text not in DEMO_SETS and data_path(text).is_file():
+        text = str(data_path(text))
+    if digest is None:
+        digest = data_sha256(text) if text else ""
+    return text, digest
+
+
+def _resume(folder: Path, fact_id: str, plan: dict[str, list], config: RunConfig, settings: str,
+            digest: str) -> tuple[FactRecord | None, str]:
+    """A finished fact's record when its files pass every check; else (None, why) after a warning
+    that names the file (the fact is then recomputed)."""
+    if not FactRecord.done(folder, fact_id):
+        return None, ""
+    queries = [(lang, q.prompt, q.answer) for lang, qs in plan.items() for q, _ in qs]
+    try:
+        return FactRecord.load(folder, fact_id, config_sha256=settings, fact_sha256=digest,
+                               shape=(config.n_layers, config.d_mlp), languages=config.languages,
+                               queries=queries), ""
+    except RunFolderError as err:
+        reason = str(err)
+    warnings.warn(f"{reason}; recomputing fact {fact_id!r}", RunFolderWarning, stacklevel=3)
+    return None, reason
 
 
 def _attribute_fact(model, plan: dict[str, list], attribution: str, cache: dict | None, **kwargs):
@@ -221,16 +290,24 @@ def _prepare_folder(folder: Path, config: RunConfig, write: bool = True) -> None
     """Create the run folder, or check that an existing one was made with the same arguments."""
     path = folder / "config.json"
     if path.is_file():
-        diff = RunConfig.load(path).diff(config)
+        before = RunConfig.load(path)  # a file that is not a configuration: RunConfigError naming it
+        diff = before.diff(config)
         if diff:
             shown = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in list(diff.items())[:6])
             raise RunConfigError(
                 f"{folder} holds a run with other arguments ({shown}); resume with the same arguments "
                 "or choose another --out folder"
             )
+        if before.data_sha256 and config.data_sha256 and before.data_sha256 != config.data_sha256:
+            warnings.warn(f"data file {config.data} changed since {folder} was made (SHA-256 "
+                          f"{before.data_sha256[:12]}... -> {config.data_sha256[:12]}...): facts whose records "
+                          "changed are recomputed", RunFolderWarning, stacklevel=3)
     if write:
-        (folder / "facts").mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, config.to_dict())
+        try:
+            (folder / "facts").mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path, config.to_dict())
+        except OSError as err:
+            raise RunFolderError(f"cannot write run folder {folder}: {err.strerror or err}") from None
 
 
 def _versions() -> dict:

