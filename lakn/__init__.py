@@ -8,7 +8,8 @@
 
 The data path, one module per step (README "Architecture"): facts / config / hooks / models ->
 tokens -> probability / objective -> results -> attribution -> selection / scoring -> splits /
-interventions / editing -> localization -> evaluation -> plotting -> cli.
+interventions / editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
+RML-LAMA-style facts from mParaRel) above facts and known (which facts the model knows) above probability.
 """
 
 from ._deprecation import deprecated_names
@@ -32,6 +33,9 @@ from .evaluation import (
     enhancement_experiment, injection_experiment, localize_methods,
 )
 from . import plotting  # (figures: lakn.plotting.layer_distribution, write_run_figures, ...)
+from .rml import BuildReport, build_rml
+from .known import KnownTable, filter_known, select_known
+from .report import write_report
 
 __all__ = [
     "__version__",
@@ -52,6 +56,9 @@ __all__ = [
     "ChangeRateResult", "EditingResult", "EnhancementResult", "InjectionResult", "change_rates",
     "editing_experiment", "enhancement_experiment", "injection_experiment", "localize_methods",
     "plotting",
+    "BuildReport", "build_rml",
+    "KnownTable", "filter_known", "select_known",
+    "write_report",
 ]
 
 __getattr__ = deprecated_names(__name__, {"answer_probabilities": "lakn.probability:answer_stats"})

@@ -1,4 +1,5 @@
-"""The ``lakn`` command line: ``lakn localize``, ``plot``, ``evaluate``, ``edit``, ``inject`` (and ``python -m lakn``).
+"""The ``lakn`` command line: ``lakn localize``, ``plot``, ``evaluate``, ``edit``, ``inject``, ``data build``,
+``data known``, ``report`` (and ``python -m lakn``).
 
 One module per command group, each with a ``register`` function that adds its parser and its
 handler; the ``localize`` options come from :class:`lakn.config.RunConfig`. Errors from bad input
@@ -12,7 +13,7 @@ import argparse
 import sys
 
 from .._deprecation import deprecated_names
-from . import edit, evaluate, inject, localize, plot
+from . import data, edit, evaluate, inject, localize, plot, report
 
 __all__ = ["main", "build_parser"]
 
@@ -22,7 +23,8 @@ __getattr__ = deprecated_names(__name__, {
     "register_inject": "lakn.cli.inject:register",
 })
 
-REGISTER = [localize.register, plot.register, evaluate.register, edit.register, inject.register]
+REGISTER = [localize.register, plot.register, evaluate.register, edit.register, inject.register, data.register,
+            report.register]
 
 
 def build_parser() -> argparse.ArgumentParser:

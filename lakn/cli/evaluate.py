@@ -2,6 +2,8 @@
 lakn.localize_methods), zero (suppress) and double (enhance) the fact's neurons and measure
 (P_after - P_before) / P_before on the fact's own queries and on other facts' (same relation /
 other relations). Queries the localisation did not see are reported as held-out. Writes DIR/eval.json.
+With --known FILE (a table of `lakn data known`) only the queries the model knows are measured; held-out
+paraphrases and languages among them stay held out.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("run", help="run folder(s) written by `lakn localize`")
     p.add_argument("--data", default=None, help="facts file (default: the run's)")
     p.add_argument("--model", default=None, help="model (default: embedded Gemma 3 270M)")
+    p.add_argument("--known", default=None, metavar="FILE",
+                   help="known-fact table (lakn data known): measure only the queries it marks known")
     p.add_argument("--holdout-languages", type=comma_list, default=[], help="extra languages to measure (never localised)")
     p.add_argument("--top-k-answer", type=positive_int, default=10,
                    help="keep queries whose first answer token is within the top k before intervention (default 10)")
@@ -45,6 +49,8 @@ def run(args) -> int:
     runs = load_runs(args.run)
     first = next(iter(runs.values()))
     facts, _ = evaluation_facts(args, first)
+    if args.known:
+        facts = _known_facts(facts, args.known, check_languages(args.holdout_languages) if args.holdout_languages else [])
     languages = list(dict.fromkeys(first.languages + check_languages(args.holdout_languages)
                                    if args.holdout_languages else first.languages))
     model = load_model(args.model, verbose=True)
@@ -72,3 +78,21 @@ def run(args) -> int:
         print_frame("knowledge enhancement in languages the model got wrong", enh.table())
     print(f"written: {out}")
     return 0
+
+
+def _known_facts(facts, path, holdout_languages):
+    """The facts restricted to the queries the table marks known (a query keeps its split: splits go by prompt)."""
+    import sys
+
+    from ..known import KnownTable, filter_known
+
+    table = KnownTable.load(path)
+    missing = [lang for lang in holdout_languages if lang not in table.languages]
+    if missing:
+        print(f"lakn: warning: the known table {path} has no rows in {', '.join(missing)}: no query of those "
+              "languages is measured (run lakn data known with them)", file=sys.stderr)
+    kept = filter_known(facts, table)
+    n_queries = sum(len(f.templates[lang]) for f in kept for lang in f.languages)
+    print(f"known table {path}: {len(kept)}/{len(facts)} facts known, {n_queries} known queries "
+          f"(first answer token in the top {table.top_k})")
+    return kept

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["TEMPLATE", "PATTERNS", "color", "layout", "run_label", "check_fact"]
+import html
+
+__all__ = ["TEMPLATE", "PATTERNS", "color", "layout", "run_label", "check_fact", "text"]
 
 TEMPLATE = "plotly_white"
 # one colour per run / method / language, in order (plotly's qualitative "Plotly" palette)
@@ -14,6 +16,16 @@ PATTERNS = ["", "/", "x", ".", "\\", "+"]
 
 def color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
+
+
+def text(value) -> str:
+    """A data string (fact id, run name, method, model) made safe for a figure's text.
+
+    Plotly renders tags such as ``<b>``, ``<br>`` or ``<a href=...>`` in titles, legends, tick and
+    hover labels, and fills ``%{...}`` in hover templates; ``&``, ``<``, ``>`` and ``%`` therefore
+    become entities, which plotly shows as the characters themselves. Use it on every string that
+    comes from data or configuration, never on lakn's own markup."""
+    return html.escape(str(value), quote=False).replace("%", "&#37;")
 
 
 def layout(fig, title: str, x: str, y: str, **kwargs):

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from ..evaluation.change_rates import ChangeRateResult
 from ..results import ResultTable
-from ._style import PATTERNS, TEMPLATE, color
+from ._style import PATTERNS, TEMPLATE, color, text
 
 __all__ = ["CHANGE_COLUMNS", "summarize_changes", "probability_change", "read_eval_table"]
 
@@ -96,7 +96,8 @@ def probability_change(changes, *, spread: str = "std", split: str | Sequence[st
     methods = list(dict.fromkeys(summary["method"]))
     kinds = list(dict.fromkeys(summary["kind"]))
     languages = list(dict.fromkeys(summary["language"]))
-    fig = make_subplots(rows=1, cols=len(interventions), subplot_titles=interventions, shared_yaxes=True)
+    fig = make_subplots(rows=1, cols=len(interventions), subplot_titles=[text(i) for i in interventions],
+                        shared_yaxes=True)
     for c, intervention in enumerate(interventions, start=1):
         part = summary[summary["intervention"] == intervention]
         for i, method in enumerate(methods):
@@ -109,10 +110,10 @@ def probability_change(changes, *, spread: str = "std", split: str | Sequence[st
                 fig.add_trace(go.Bar(
                     x=list(rows.index), y=rows["mean"].tolist(),
                     error_y=dict(type="data", array=rows["spread"].tolist(), visible=True),
-                    name=f"{method} · {kind}", legendgroup=f"{method} · {kind}", showlegend=c == 1,
+                    name=f"{text(method)} · {text(kind)}", legendgroup=f"{method} · {kind}", showlegend=c == 1,
                     marker=dict(color=color(i), pattern_shape="" if related else PATTERNS[1 + j % 5],
                                 opacity=1.0 if related else 0.6),
-                    customdata=[[method, kind, intervention, s, n]
+                    customdata=[[text(method), text(kind), text(intervention), s, n]
                                 for s, n in zip(rows["spread"].tolist(), rows["n"].tolist())],
                     hovertemplate=("method: %{customdata[0]}<br>language: %{x}<br>queries: %{customdata[1]}"
                                    "<br>intervention: %{customdata[2]}<br>mean change: %{y:.1%}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
-from ._style import color, layout, run_label
+from ._style import color, layout, run_label, text
 
 __all__ = ["layer_counts", "layer_distribution", "lakn_vs_specific"]
 
@@ -83,6 +83,7 @@ def layer_distribution(result_or_results, *, share: bool = False, relative_depth
                            for layer in layers] if kind == "lakn" else [[] for _ in layers]
         custom = [[layer, counts[layer], shares[layer], n_layers, _short_list(facts_per_layer[layer])]
                   for layer in layers]
+        name = text(name)
         hover = (f"<b>{name}</b><br>layer %{{customdata[0]}} of %{{customdata[3]}}<br>"
                  "neurons: %{customdata[1]}<br>share: %{customdata[2]:.1%}<br>facts: %{customdata[4]}<extra></extra>")
         bar = dict(name=name, y=y, customdata=custom, hovertemplate=hover, marker_color=color(j))
@@ -93,7 +94,9 @@ def layer_distribution(result_or_results, *, share: bool = False, relative_depth
         else:
             fig.add_trace(go.Bar(x=layers, **bar))
     what = "LAKNs" if kind == "lakn" else "language-specific neurons"
-    title = f"{what} per layer" + ("" if k > 1 else f" — {runs[0][0]}, {len(runs[0][1].records)} facts")
+    title = f"share of {what} per layer" if share else f"{what} per layer"
+    if k == 1:
+        title += f" — {text(runs[0][0])}, {len(runs[0][1].records)} facts"
     ytitle = f"share of {what}" if share else f"{what} (summed over facts)"
     xtitle = "relative depth (layer + 0.5) / layers" if relative_depth else "layer"
     layout(fig, title, xtitle, ytitle, barmode="overlay" if relative_depth else "group", legend_title="run")
@@ -109,7 +112,7 @@ def layer_distribution(result_or_results, *, share: bool = False, relative_depth
 def _short_list(items: Sequence[str], n: int = 6) -> str:
     if not items:
         return "—"
-    return ", ".join(items[:n]) + (f" … (+{len(items) - n})" if len(items) > n else "")
+    return ", ".join(text(i) for i in items[:n]) + (f" … (+{len(items) - n})" if len(items) > n else "")
 
 
 
@@ -136,17 +139,18 @@ def lakn_vs_specific(result, *, by_language: bool = False):
                 per_lang[lang][int(layer)] += 1
     if by_language:
         for i, (lang, counts) in enumerate(per_lang.items()):
-            fig.add_trace(go.Bar(x=layers, y=counts, name=f"specific: {lang}", marker_color=color(i),
-                                 hovertemplate=(f"language-specific<br>language: {lang}<br>layer %{{x}}<br>"
+            fig.add_trace(go.Bar(x=layers, y=counts, name=f"specific: {text(lang)}", marker_color=color(i),
+                                 hovertemplate=(f"language-specific<br>language: {text(lang)}<br>layer %{{x}}<br>"
                                                 "neurons: %{y}<extra></extra>")))
     else:
         n = max(len(per_lang), 1)
         mean = [sum(c[layer] for c in per_lang.values()) / n for layer in layers]
         fig.add_trace(go.Bar(x=layers, y=mean, name="language-specific (mean per language)",
                              marker_color=color(1),
-                             hovertemplate=("language-specific<br>language: mean of " + ", ".join(per_lang)
+                             hovertemplate=("language-specific<br>language: mean of " + ", ".join(map(text, per_lang))
                                             + "<br>layer %{x}<br>neurons: %{y:.2f}<extra></extra>")))
-    layout(fig, f"LAKNs vs language-specific neurons per layer — {run_label(result)}, {len(result.records)} facts",
+    label = text(run_label(result))
+    layout(fig, f"LAKNs vs language-specific neurons per layer — {label}, {len(result.records)} facts",
             "layer", "neurons (summed over facts)", barmode="group", legend_title="neurons")
     fig.update_xaxes(dtick=1 if n_layers <= 40 else None)
     return fig

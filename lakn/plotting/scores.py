@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._style import check_fact, color, layout
+from ._style import check_fact, color, layout, text
 
 __all__ = ["score_map", "language_scores"]
 
@@ -30,11 +30,12 @@ def score_map(result, fact_id: str, top: int = 10):
     score = result.score(fact_id).float()
     n_layers, d_mlp = score.shape
     which = "fact-specific LAA" if fact_id in result.specific else "LAA"
+    fid = text(fact_id)
     zmax = float(score.abs().max()) or 1.0
     fig = go.Figure(go.Heatmap(
         z=score.tolist(), x=list(range(d_mlp)), y=list(range(n_layers)), colorscale="RdBu_r", zmid=0,
         zmin=-zmax, zmax=zmax, colorbar=dict(title=which),
-        hovertemplate=(f"fact: {fact_id}<br>language: all<br>layer %{{y}}<br>neuron %{{x}}<br>"
+        hovertemplate=(f"fact: {fid}<br>language: all<br>layer %{{y}}<br>neuron %{{x}}<br>"
                        f"{which}: %{{z:.4f}}<extra></extra>"),
     ))
     lakns = set(result.lakn.get(fact_id, []))
@@ -47,12 +48,12 @@ def score_map(result, fact_id: str, top: int = 10):
                         color="black", line=dict(width=2)),
             customdata=[[float(score[l, n]), "yes" if (l, n) in lakns else "no", r + 1]
                         for r, (l, n) in enumerate(tops)],
-            hovertemplate=(f"fact: {fact_id}<br>language: all<br>layer %{{y}}<br>neuron %{{x}}<br>"
+            hovertemplate=(f"fact: {fid}<br>language: all<br>layer %{{y}}<br>neuron %{{x}}<br>"
                            f"{which}: %{{customdata[0]:.4f}}<br>rank %{{customdata[2]}}<br>"
                            "LAKN: %{customdata[1]}<extra></extra>"),
             name=f"top {len(tops)}", showlegend=False,
         ))
-    layout(fig, f"{which} score map — {fact_id} ({len(lakns)} LAKNs)", "neuron", "layer")
+    layout(fig, f"{which} score map — {fid} ({len(lakns)} LAKNs)", "neuron", "layer")
     fig.update_yaxes(dtick=1 if n_layers <= 40 else None)
     return fig
 
@@ -71,13 +72,14 @@ def language_scores(result, fact_id: str, top: int = 10):
     tops = _top_neurons(score, top)
     labels = [f"L{l}.{n}" for l, n in tops]
     lakns = set(result.lakn.get(fact_id, []))
+    fid = text(fact_id)
     fig = go.Figure()
     for i, (lang, s) in enumerate(rec.per_language.items()):
         values = [float(s[l, n]) for l, n in tops]
         fig.add_trace(go.Bar(
             x=labels, y=values, name=lang, marker_color=color(i),
             customdata=[[lang, l, n, "yes" if (l, n) in lakns else "no"] for l, n in tops],
-            hovertemplate=(f"fact: {fact_id}<br>language: %{{customdata[0]}}<br>layer %{{customdata[1]}}<br>"
+            hovertemplate=(f"fact: {fid}<br>language: %{{customdata[0]}}<br>layer %{{customdata[1]}}<br>"
                            "neuron %{customdata[2]}<br>score s_l: %{y:.4f}<br>LAKN: %{customdata[3]}<extra></extra>"),
         ))
     which = "fact-specific LAA" if fact_id in result.specific else "LAA"
@@ -85,10 +87,10 @@ def language_scores(result, fact_id: str, top: int = 10):
         x=labels, y=[float(score[l, n]) for l, n in tops], mode="markers", name=which,
         marker=dict(symbol="diamond", size=10, color="black"),
         customdata=[[l, n] for l, n in tops],
-        hovertemplate=(f"fact: {fact_id}<br>language: all<br>layer %{{customdata[0]}}<br>neuron %{{customdata[1]}}"
+        hovertemplate=(f"fact: {fid}<br>language: all<br>layer %{{customdata[0]}}<br>neuron %{{customdata[1]}}"
                        f"<br>{which}: %{{y:.4f}}<extra></extra>"),
     ))
-    layout(fig, f"Per-language scores of the top {len(tops)} neurons — {fact_id}", "neuron (layer.index)",
+    layout(fig, f"Per-language scores of the top {len(tops)} neurons — {fid}", "neuron (layer.index)",
             "score", barmode="group", legend_title="language")
     return fig
 
