@@ -8,7 +8,7 @@
 
 The data path, one module per step (README "Architecture"): facts / config / hooks / models ->
 tokens -> probability / objective -> results -> attribution -> selection / scoring -> splits /
-interventions / editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
+interventions / weights -> closed_form -> editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
 RML-LAMA-style facts from mParaRel) above facts and known (which facts the model knows) above probability.
 """
 
@@ -26,11 +26,15 @@ from .selection import neuron_sets, select_neurons, specific_scores
 from .splits import Split, split_facts
 from .tokens import encode_query
 from .interventions import enhance, intervene, suppress
-from .editing import Edit, edit_fact, inject_fact, w_out
+from .editing import EDIT_METHODS, Edit, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
+from .closed_form import Preservation, preservation
+from . import causal  # (the causal selection: lakn.causal.reselect, reference_damage, ...)
+from .causal import reselect
 from .localization import localize
 from .evaluation import (
-    ChangeRateResult, EditingResult, EnhancementResult, InjectionResult, change_rates, editing_experiment,
-    enhancement_experiment, injection_experiment, localize_methods,
+    ChangeRateResult, EditingResult, EnhancementResult, InjectionResult, TradeoffResult, change_rates,
+    edit_evaluation, editing_experiment, enhancement_experiment, injection_experiment, load_runs, localize_methods, tradeoff,
+    unrelated_facts,
 )
 from . import plotting  # (figures: lakn.plotting.layer_distribution, write_run_figures, ...)
 from .rml import BuildReport, build_rml
@@ -51,10 +55,13 @@ __all__ = [
     "Split", "split_facts",
     "encode_query",
     "enhance", "intervene", "suppress",
-    "Edit", "edit_fact", "inject_fact", "w_out",
+    "EDIT_METHODS", "Edit", "edit_fact", "edit_facts", "inject_fact", "layer_neurons", "w_out",
+    "Preservation", "preservation",
+    "causal", "reselect",
     "localize",
+    "TradeoffResult", "tradeoff", "unrelated_facts", "load_runs",
     "ChangeRateResult", "EditingResult", "EnhancementResult", "InjectionResult", "change_rates",
-    "editing_experiment", "enhancement_experiment", "injection_experiment", "localize_methods",
+    "edit_evaluation", "editing_experiment", "enhancement_experiment", "injection_experiment", "localize_methods",
     "plotting",
     "BuildReport", "build_rml",
     "KnownTable", "filter_known", "select_known",

@@ -45,7 +45,7 @@ __all__ = [
 CHOICES: dict[str, tuple[str, ...]] = {
     "method": ("matrice", "kn", "amig", "mean", "random"),
     "attribution": ("auto", "fast", "reference", "approx", "coarse-to-fine"),
-    "specificity": ("auto", "raw", "specific"),
+    "specificity": ("auto", "raw", "specific", "causal"),
     "reference": ("others", "other_relations", "same_relation"),
     "query_weighting": ("uniform", "confidence", "entropy"),
     "language_weighting": ("uniform", "confidence"),
@@ -113,11 +113,20 @@ class RunConfig:
     threshold: float = _option(0.2, "selection threshold t (share of the max)", float)
     top_k: int | None = _option(None, "cap LAKNs per fact", positive_int)
     specificity: str = _option("auto", "auto: fact-specific score when each fact has at least --min-reference "
-                                       "reference facts; raw: plain LAA; specific: always")
+                                       "reference facts; raw: plain LAA; specific: always; causal: first-order "
+                                       "zeroing effects on the fact's queries against the damage to the reference "
+                                       "facts' queries (docs/method.md 4.5)")
     reference: str = _option("others", "reference facts of the fact-specific score")
     min_reference: int = _option(5, "reference facts needed for specificity=auto to use the specific score", int)
     common_fraction: float | None = _option(None, "drop neurons selected for more than this share of the facts",
                                             float)
+    causal_same_weight: float = _option(4.0, "specificity=causal: weight of the damage to reference facts of the "
+                                              "same relation (lambda_same)", float)
+    causal_other_weight: float = _option(1.0, "specificity=causal: weight of the damage to reference facts of "
+                                              "other relations (lambda_other)", float)
+    causal_top_k: int = _option(80, "specificity=causal: LAKNs per fact (at most; positive scores only)", positive_int)
+    causal_competitors: int = _option(20, "specificity=causal: clean top tokens other than the answer that the "
+                                          "contrast effect compares against", positive_int)
     seed: int = _option(0, "seed of the random control", int)
     attribution: str = _option("auto", "exact IG: fast single-position path where verified (auto, fast), or the "
                                        "reference loop; approx / coarse-to-fine: approximate screening")
@@ -133,9 +142,9 @@ class RunConfig:
         for name, allowed in CHOICES.items():
             if hasattr(self, name) and getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("steps", "max_queries", "top_k", "batch_size"):
+        for name in ("steps", "max_queries", "top_k", "batch_size", "causal_top_k", "causal_competitors"):
             value = getattr(self, name)
-            if value is None and name != "steps":
+            if value is None and name not in ("steps", "causal_top_k", "causal_competitors"):
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value!r}")
@@ -146,6 +155,10 @@ class RunConfig:
         cf = self.common_fraction
         if cf is not None and not (isinstance(cf, (int, float)) and math.isfinite(cf) and 0.0 <= cf <= 1.0):
             raise ValueError(f"common_fraction must be in [0, 1] or None, got {cf!r}")
+        for name in ("causal_same_weight", "causal_other_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be a whole number, got {self.seed!r}")
         if not isinstance(self.first_token_only, bool):

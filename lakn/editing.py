@@ -1,9 +1,12 @@
-"""Weight edits through the neurons: change, teach or undo a fact by training ``W_out`` rows.
+"""Weight edits through the neurons: change, teach or undo a fact through ``W_out`` rows.
 
 An edit changes only the rows of the MLP output matrix W_out that belong to the chosen neurons
-(neuron i of layer l is input i of W_out; the row it writes to the residual stream). It returns
-an :class:`Edit` handle that restores the original rows bit for bit with ``undo()`` or at the end
-of a ``with`` block::
+(neuron i of layer l is input i of W_out; the row it writes to the residual stream). Methods
+(:data:`EDIT_METHODS`): ``closed_form`` (default; the constrained least-squares update of
+:mod:`lakn.closed_form`, docs/method.md §8.3), ``gradient`` (Adam steps, §8.1) and
+``kn_embedding`` (Dai et al.'s knowledge-neuron edit). It returns an :class:`Edit` handle that
+restores the original rows bit for bit with ``undo()`` or at the end of a ``with`` block, and
+whose :meth:`Edit.hooks` give the same change as TransformerLens hooks::
 
     with lakn.edit_fact(model, fact, {"en": "Rome", "fr": "Rome"}, neurons, language="en"):
         lakn.answer_probability(model, fact)   # answered under the edit
@@ -11,194 +14,25 @@ of a ``with`` block::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping, Sequence
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from .facts import Fact, FactsError, Query
-from .hooks import MLP_POST, Neuron, capture_hook, group_by_layer, hook_name
+from .hooks import Neuron, capture_hook, group_by_layer, hook_name
 from .models import is_masked_lm
 from .tokens import EncodedQuery, encode_query, last_logits, logits_at, model_device
+from .weights import Edit, _delta_hooks, _rows, _write_rows, layer_neurons, w_out
 
-__all__ = ["w_out", "Edit", "edit_fact", "inject_fact", "activation_neurons"]
+__all__ = ["w_out", "Edit", "edit_fact", "edit_facts", "inject_fact", "activation_neurons", "layer_neurons",
+           "EDIT_METHODS"]
 
-
-# Names of the MLP output projection in Hugging Face decoder layers, for models the bridge does
-# not expose as ``blocks[l].mlp.out``.
-_OUT_NAMES = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "wo", "dense_out")
-
-
-def _original(bridge_module):
-    """The Hugging Face module a bridge component wraps (None when it wraps none)."""
-    for name in ("original_component", "_original_component"):
-        module = getattr(bridge_module, name, None)
-        if module is not None:
-            return module
-    return None
-
-
-def w_out(model, layer: int) -> tuple[torch.nn.Parameter, int]:
-    """The Hugging Face weight that maps layer ``layer``'s neurons to the residual stream, and the
-    dimension of that weight that indexes neurons.
-
-    ``torch.nn.Linear`` (LLaMA, Gemma, BLOOM) stores ``[d_model, d_mlp]``: neuron dimension 1.
-    GPT-2's ``Conv1D`` stores the transpose ``[d_mlp, d_model]``: neuron dimension 0. The
-    parameter is the one the forward uses, so writing into it changes the model.
-
-    Example: ``W, dim = w_out(model, 3); W.select(dim, 7)`` is neuron 7's output row (d_model).
-    """
-    n_layers = int(model.cfg.n_layers)
-    if not 0 <= int(layer) < n_layers:
-        raise IndexError(f"layer {layer} out of range for a model with {n_layers} layers")
-    module = None
-    mlp = model.blocks[int(layer)].mlp
-    out = getattr(mlp, "out", None)
-    if out is not None:
-        module = _original(out)
-    if module is None or not hasattr(module, "weight"):
-        hf_mlp = _original(mlp)
-        for name in _OUT_NAMES:
-            if hf_mlp is not None and hasattr(getattr(hf_mlp, name, None), "weight"):
-                module = getattr(hf_mlp, name)
-                break
-    if module is None or not hasattr(module, "weight"):
-        raise TypeError(f"cannot find the MLP output weight of layer {layer} in {type(mlp).__name__}")
-    weight = module.weight
-    d_mlp = int(model.cfg.d_mlp)
-    if type(module).__name__ == "Conv1D":  # GPT-2 family: y = x @ W, W is [d_mlp, d_model]
-        dim = 0
-    elif isinstance(module, torch.nn.Linear):  # y = x @ W.T, W is [d_model, d_mlp]
-        dim = 1
-    else:  # unknown module: go by shape
-        dims = [i for i, s in enumerate(weight.shape) if s == d_mlp]
-        if len(dims) != 1:
-            raise TypeError(f"cannot tell the neuron dimension of {type(module).__name__} weight {tuple(weight.shape)}")
-        dim = dims[0]
-    if weight.shape[dim] != d_mlp:
-        raise TypeError(f"layer {layer} output weight {tuple(weight.shape)} has no dimension of size d_mlp={d_mlp}")
-    return weight, dim
-
-
-def _rows(weight: Tensor, dim: int, idx: Tensor) -> Tensor:
-    """The neurons' output rows as ``[n, d_model]`` (a copy)."""
-    return weight.detach().index_select(dim, idx).clone() if dim == 0 else weight.detach().index_select(dim, idx).T.clone()
-
-
-def _write_rows(weight: Tensor, dim: int, idx: Tensor, rows: Float[Tensor, "n d_model"]) -> None:
-    with torch.no_grad():
-        if dim == 0:
-            weight[idx] = rows.to(weight)
-        else:
-            weight[:, idx] = rows.T.to(weight)
-
-
-# --------------------------------------------------------------------------- weight edits
-
-
-def _stack(model) -> list["Edit"]:
-    """The edits applied to ``model``'s weights, in the order they were applied (the last on top); kept
-    in the model's ``__dict__``, so a model and its edits are freed together."""
-    return model.__dict__.setdefault("_lakn_edits", [])
-
-
-@dataclass(eq=False)
-class Edit:
-    """A reversible change of some W_out rows. ``undo()`` (or leaving a ``with`` block) writes the
-    saved original rows back, so the weights are bit-identical to before the edit.
-
-    Edits of one model may overlap (share rows) and be undone in any order: the edits applied
-    after this one are taken off first (each writes back the rows it saved, newest first), this
-    one's rows are restored, and the later ones are applied again on top (each saving the rows it
-    now changes). Undoing them all, in any order, restores the original weights bit for bit.
-    Weights changed by other code between edits are not tracked.
-
-    ``deltas[layer]`` is ``[n, d_model]``: what was added to the rows of ``neurons_by_layer[layer]``.
-    ``history`` holds the answer's NLL per step and ``locality_history`` the KL term (empty
-    without ``preserve`` prompts).
-    """
-
-    model: object
-    neurons_by_layer: dict[int, list[int]]
-    original: dict[int, Tensor]
-    deltas: dict[int, Tensor]
-    history: list[float] = field(default_factory=list)
-    method: str = "gradient"
-    active: bool = True
-    locality_history: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.active:  # made applied (as edit_fact makes it): on top of the model's stack
-            _stack(self.model).append(self)
-
-    def undo(self) -> None:
-        """Restore the rows this edit changed (idempotent), keeping every other active edit applied."""
-        if not self.active:
-            return
-        stack = _stack(self.model)
-        later = stack[stack.index(self) + 1:] if self in stack else []
-        for edit in reversed(later):
-            edit._restore()
-        self._restore()
-        self.active = False
-        if self in stack:
-            stack.remove(self)
-        for edit in later:
-            edit._apply()
-
-    def redo(self) -> None:
-        """Apply the edit again after an ``undo`` (on top of the edits active now)."""
-        if self.active:
-            return
-        self._apply()
-        self.active = True
-        _stack(self.model).append(self)
-
-    def _restore(self) -> None:
-        """Write the rows saved when this edit was (last) applied."""
-        for layer, idx in self.neurons_by_layer.items():
-            weight, dim = w_out(self.model, layer)
-            _write_rows(weight, dim, torch.as_tensor(idx, device=weight.device), self.original[layer])
-
-    def _apply(self) -> None:
-        """Save the current rows, then write them plus the delta."""
-        for layer, idx in self.neurons_by_layer.items():
-            weight, dim = w_out(self.model, layer)
-            index = torch.as_tensor(idx, device=weight.device)
-            self.original[layer] = _rows(weight, dim, index)
-            _write_rows(weight, dim, index, self.original[layer].to(weight) + self.deltas[layer].to(weight))
-
-    @property
-    def neurons(self) -> list[Neuron]:
-        return [(l, i) for l, idx in self.neurons_by_layer.items() for i in idx]
-
-    def __enter__(self) -> "Edit":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.undo()
-
-
-def _delta_hooks(deltas: dict[int, Tensor], by_layer: dict[int, list[int]], point: str = MLP_POST):
-    """Hooks equivalent to adding ``deltas[l]`` to the W_out rows of ``by_layer[l]``: the MLP output
-    gains ``act[..., idx] @ delta``. Used while optimising so gradients reach only the deltas."""
-    store: dict = {}
-    hooks: list[tuple[str, Callable[..., Tensor]]] = []
-    for layer, idx in by_layer.items():
-        index = torch.as_tensor(idx)
-
-        def capture(act, hook=None, layer=layer, index=index):
-            store[layer] = act[..., index.to(act.device)]
-            return act
-
-        def add(out, hook=None, layer=layer):
-            return out + store.pop(layer) @ deltas[layer].to(out)
-
-        hooks.append((hook_name(layer, point), capture))
-        hooks.append((f"blocks.{layer}.mlp.hook_out", add))
-    return hooks
+EDIT_METHODS = ("closed_form", "gradient", "kn_embedding")
+"""The ways :func:`edit_fact` computes the change of the rows (docs/method.md §8)."""
 
 
 def _nll(model, encoded: Sequence[EncodedQuery], reduce: bool = True) -> Tensor:
@@ -221,6 +55,176 @@ def _next_token_log_probs(model, prompts: Sequence[Tensor]) -> Float[Tensor, "n 
     return torch.cat([last_logits(model, p[None].to(device)).float().log_softmax(-1) for p in prompts])
 
 
+def _with_answers(fact: Fact, new_answers: Mapping[str, str]) -> Fact:
+    return Fact(fact.fact_id, fact.relation, {**fact.answers, **dict(new_answers)}, fact.templates,
+                fact.subjects, fact.relation_label, fact.other_answers, fact.causal_ok)
+
+
+def _check_options(method: str, lam: float, gain: float, null_space: float | None) -> None:
+    if method not in EDIT_METHODS:
+        raise ValueError(f"unknown edit method {method!r}; choose from {EDIT_METHODS}")
+    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
+        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    if not math.isfinite(gain):
+        raise ValueError(f"gain must be finite, got {gain!r}")
+    if null_space is not None and not 0 < null_space < 1:
+        raise ValueError(f"null_space must be in (0, 1) (an eigenvalue fraction), got {null_space!r}")
+
+
+def _neuron_layers(model, neurons: Iterable[Neuron]) -> dict[int, list[int]]:
+    by_layer = group_by_layer(neurons)
+    if not by_layer:
+        raise ValueError("no neurons to edit")
+    n_layers, d_mlp = int(model.cfg.n_layers), int(model.cfg.d_mlp)
+    for layer, idx in by_layer.items():
+        if not 0 <= layer < n_layers:
+            raise IndexError(f"layer {layer} out of range for a model with {n_layers} layers")
+        if idx[0] < 0 or idx[-1] >= d_mlp:
+            raise IndexError(f"neuron index out of range for d_mlp={d_mlp} in layer {layer}: {idx[0]}..{idx[-1]}")
+    return by_layer
+
+
+def _key_languages(fact: Fact, new_answers: Mapping[str, str], language: str,
+                   key_languages: Sequence[str] | None) -> list[str]:
+    if key_languages is None:
+        langs = [language] + [l for l in new_answers if l != language and l in fact.templates]
+    else:
+        langs = list(dict.fromkeys(key_languages))
+        unknown = [l for l in langs if l not in fact.templates]
+        if unknown:
+            raise FactsError(f"key language(s) {unknown} unknown for fact {fact.fact_id!r}: it has queries in "
+                             f"{sorted(fact.templates)}")
+        if not langs:
+            raise ValueError("key_languages is empty")
+    return langs
+
+
+def _prompts(model, fact: Fact, languages: Sequence[str], max_queries: int | None) -> tuple[list[Tensor], list[str]]:
+    """Token ids of the fact's query prompts in ``languages`` (at most ``max_queries`` each)."""
+    prompts, langs = [], []
+    for lang in languages:
+        for q in fact.queries(lang, causal=True)[:max_queries]:
+            if not q.prompt.strip():
+                raise FactsError(f"query {q.template!r} ({lang}) has no text before the answer slot")
+            prompts.append(model.to_tokens(q.prompt)[0].cpu())
+            langs.append(lang)
+    return prompts, langs
+
+
+def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[EncodedQuery]:
+    causal = not is_masked_lm(model)
+    queries = fact.queries(language, causal=causal)[:max_queries]
+    if not queries:
+        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {language!r} to edit with")
+    return [encode_query(model, q) for q in queries]
+
+
+@dataclass
+class _Group:
+    """One target of a closed-form solve: the queries its delta is found on and the prompts whose
+    keys must map to ``gain x delta``."""
+
+    name: str
+    targets: list[EncodedQuery]
+    prompts: list[Tensor]
+    key_languages: list[str]
+
+
+def _preservation_for(model, preserve, layers: list[int]):
+    from .closed_form import Preservation, preservation, prompt_preservation
+
+    if isinstance(preserve, Preservation):
+        missing = [l for l in layers if l not in preserve.moments]
+        if missing:
+            raise ValueError(f"the preservation has no covariance for layer(s) {missing} (it has {preserve.layers}); "
+                             f"build it with lakn.preservation(model, {layers})")
+        return preserve
+    base = preservation(model, layers)
+    if preserve is None or (isinstance(preserve, Sequence) and len(preserve) == 0):
+        return base
+    if not isinstance(preserve, Sequence):
+        raise TypeError(f"preserve must be a Preservation, a sequence of prompts or None, not {type(preserve).__name__}")
+    prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
+               for p in preserve]
+    return base.merged(prompt_preservation(model, prompts, layers))
+
+
+def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float,
+                 gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
+                 target_decay: float = 0.05, ridge: float = 1e-6, label: str = "") -> Edit:
+    from .closed_form import find_target, last_keys, solve_rows
+
+    if is_masked_lm(model):
+        raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
+                         "use method='gradient' for a masked LM")
+    layers = sorted(by_layer)
+    d_mlp = int(model.cfg.d_mlp)
+    pres = _preservation_for(model, preserve, layers)
+    for layer in layers:
+        if pres[layer].shape != (d_mlp, d_mlp):
+            raise ValueError(f"the layer-{layer} covariance is {tuple(pres[layer].shape)}, this model's layers have "
+                             f"d_mlp={d_mlp}: the preservation was built for another model")
+    target_layer = layers[-1]
+    deltas, histories, keys, residuals = [], [], [], []
+    for group in groups:
+        delta, history = find_target(model, target_layer, group.targets, steps=target_steps, lr=target_lr,
+                                     decay=target_decay)
+        deltas.append(delta)
+        histories.append(history)
+        if group.prompts:
+            keys.append(last_keys(model, group.prompts, by_layer))
+            residuals.append((gain / len(layers)) * delta.double()[None].expand(len(group.prompts), -1))
+    if not keys:
+        raise ValueError("no key prompts for the closed-form solve")
+    R = torch.cat(residuals)
+    out = {}
+    for layer, idx in by_layer.items():
+        K = torch.cat([k[layer] for k in keys])
+        out[layer] = solve_rows(K, R, pres.restricted(layer, idx), lam=lam, null_space=null_space,
+                                ridge=ridge).float()
+    steps = max((len(h) for h in histories), default=0)
+    history = [sum(h[i] for h in histories if i < len(h)) / sum(1 for h in histories if i < len(h))
+               for i in range(steps)]
+    langs = sorted({l for g in groups for l in g.key_languages})
+    method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
+              + f" keys={','.join(langs)}" + (f" {label}" if label else ""))
+    info = dict(key_languages=langs, n_keys=int(R.shape[0]), target_layer=target_layer, layers=layers,
+                targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
+                groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
+                lam=lam, gain=gain, null_space=null_space)
+    edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
+    edit.redo()
+    return edit
+
+
+def _unembedding(model) -> Tensor:
+    W_U = getattr(model, "W_U", None)
+    if W_U is None:
+        raise TypeError("the model exposes no unembedding W_U for the knowledge-neuron edit")
+    return W_U.detach()
+
+
+def _kn_embedding(model, pairs: Sequence[tuple[int | None, int]], by_layer: dict[int, list[int]],
+                  kn_scale: float, label: str = "") -> Edit:
+    """Dai et al.'s edit: every chosen neuron's row gains ``kn_scale * sum (E[new] - E[old])``
+    over ``pairs`` of (old, new) first answer tokens (E: the unembedding column; old may be None)."""
+    W_U = _unembedding(model).float()
+    change = torch.zeros(W_U.shape[0])
+    for old, new in pairs:
+        change += W_U[:, new].cpu()
+        if old is not None:
+            change -= W_U[:, old].cpu()
+    deltas = {l: (kn_scale * change)[None].expand(len(idx), -1).clone() for l, idx in by_layer.items()}
+    edit = Edit(model, by_layer, {}, deltas, [], method=f"kn_embedding λ={kn_scale:g}" + (f" {label}" if label else ""),
+                active=False, info=dict(kn_scale=kn_scale, tokens=[list(p) for p in pairs]))
+    edit.redo()
+    return edit
+
+
+def _first_token(model, fact: Fact, language: str) -> int:
+    return int(_encoded(model, fact, language, 1)[0].answer[0])
+
+
 def edit_fact(
     model,
     fact: Fact,
@@ -228,50 +232,175 @@ def edit_fact(
     neurons: Iterable[Neuron],
     *,
     language: str = "en",
+    method: str = "closed_form",
+    key_languages: Sequence[str] | None = None,
+    preserve: Any = None,
+    lam: float = 1e4,
+    gain: float = 1.0,
+    null_space: float | None = None,
+    target_steps: int = 20,
+    max_queries: int | None = None,
     steps: int = 10,
     lr: float = 0.5,
     weight_decay: float = 1e-3,
-    max_queries: int | None = None,
-    preserve: Sequence[Query | EncodedQuery | Tensor] = (),
     locality_weight: float = 1.0,
     target_prob: float | None = None,
+    target_lr: float = 0.5,
+    target_decay: float = 0.05,
+    ridge: float = 1e-6,
+    kn_scale: float = 1.0,
 ) -> Edit:
-    """Change ``fact``'s answer to ``new_answers[language]`` by training only the W_out rows of
-    ``neurons``, on the fact's queries in ``language`` alone.
+    """Change ``fact``'s answer to ``new_answers[language]`` through the W_out rows of ``neurons``.
 
-    Method: up to ``steps`` Adam steps (not a closed form) on a per-row additive delta, minimising
-    the teacher-forced NLL of the new answer, plus ``locality_weight`` x the mean KL divergence
-    between the original and the edited next-token distribution on the ``preserve`` prompts
-    (other facts' queries or any prompts: what the edit should leave alone, as in ROME/MEMIT's
-    KL term), plus ``weight_decay * ||delta||^2``. With ``target_prob`` it stops early once every
-    edit query gives the new answer at least that probability (geometric mean over its tokens),
-    which keeps the change small. During optimisation the delta acts through hooks (the same as
-    the changed rows), then it is written into the weights. Other languages' answers in
-    ``new_answers`` are only used by the metrics.
+    ``method="closed_form"`` (default, docs/method.md §8.3): a residual ``delta`` is found once by
+    ``target_steps`` Adam steps (``target_lr``; L2 penalty ``target_decay``) so that, added to the
+    MLP output of the last edited layer at the last prompt position of the ``language`` queries,
+    the new answer is likely; the keys are the neurons' activations at the last prompt position
+    of the fact's queries in every ``key_languages`` language (default: the edit language and
+    every other language of ``new_answers`` the fact has queries in); the rows' change is the
+    least-squares map of every key to ``gain * delta / n_layers`` that keeps the preserved keys'
+    output (``preserve``: a :class:`~lakn.closed_form.Preservation`; ``None``: the generic-text
+    covariance, built once and cached; a sequence of prompts: their tokens added to it) unchanged
+    up to ``lam``: ``dW = (K K^T + lam C_SS)^{-1} K R``, in the null space of ``C_SS`` with
+    ``null_space``. Causal LMs only.
 
-    Returns a reversible :class:`Edit`::
+    ``method="gradient"`` (§8.1): up to ``steps`` Adam steps on the rows (``lr``, ``weight_decay``)
+    minimising the new answer's NLL on the ``language`` queries, plus ``locality_weight`` x the KL
+    on the ``preserve`` prompts; ``target_prob`` stops early.
+
+    ``method="kn_embedding"`` (Dai et al. 2022): each neuron's row gains
+    ``kn_scale * (E[new] - E[old])``, E the unembedding column of the first answer token.
+
+    ``max_queries`` caps the queries used per language. Other languages' answers in
+    ``new_answers`` are otherwise only used by the metrics. Returns a reversible :class:`Edit`::
 
         with lakn.edit_fact(model, fact, {"en": "Rome", "fr": "Rome"}, neurons, language="en"):
             lakn.answer_probability(model, fact)   # answered under the edit
         # weights restored here
     """
+    _check_options(method, lam, gain, null_space)
     if language not in new_answers:
         raise FactsError(f"new_answers has no answer in the edit language {language!r}")
     if target_prob is not None and not 0 < target_prob < 1:
         raise ValueError(f"target_prob must be in (0, 1), got {target_prob}")
     if locality_weight < 0:
         raise ValueError(f"locality_weight must be >= 0, got {locality_weight}")
-    causal = not is_masked_lm(model)
-    edited = Fact(fact.fact_id, fact.relation, {**fact.answers, **dict(new_answers)}, fact.templates,
-                  fact.subjects, fact.relation_label, fact.other_answers, fact.causal_ok)
-    queries = edited.queries(language, causal=causal)[:max_queries]
-    if not queries:
-        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {language!r} to edit with")
-    encoded = [encode_query(model, q) for q in queries]
+    by_layer = _neuron_layers(model, neurons)
+    edited = _with_answers(fact, new_answers)
+    if method == "closed_form":
+        langs = _key_languages(fact, new_answers, language, key_languages)
+        group = _Group(fact.fact_id, _encoded(model, edited, language, max_queries),
+                       _prompts(model, fact, langs, max_queries)[0], langs)
+        return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, gain=gain, null_space=null_space,
+                            target_steps=target_steps, target_lr=target_lr, target_decay=target_decay, ridge=ridge)
+    if method == "kn_embedding":
+        pair = (_first_token(model, fact, language), _first_token(model, edited, language))
+        return _kn_embedding(model, [pair], by_layer, kn_scale)
+    if preserve is not None and not isinstance(preserve, Sequence):
+        raise TypeError("method='gradient' takes preserve prompts (queries or token ids), not "
+                        f"{type(preserve).__name__}")
+    encoded = _encoded(model, edited, language, max_queries)
     prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
-               for p in preserve]
-    return _train_rows(model, encoded, neurons, steps=steps, lr=lr, weight_decay=weight_decay, preserve=prompts,
+               for p in (preserve or ())]
+    return _train_rows(model, encoded, [(l, i) for l, idx in by_layer.items() for i in idx],
+                       steps=steps, lr=lr, weight_decay=weight_decay, preserve=prompts,
                        locality_weight=locality_weight, target_prob=target_prob)
+
+
+_OPTIONS = frozenset({"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay", "ridge",
+                      "steps", "lr", "weight_decay", "locality_weight", "target_prob", "kn_scale"})
+"""The keyword options of :func:`edit_fact` that :func:`edit_facts` and :func:`inject_fact` pass on."""
+
+
+def _summed(model, edits: Sequence[Edit], method: str, info: dict) -> Edit:
+    """One applied Edit whose deltas are the sums of ``edits``' deltas (which must be undone)."""
+    by_layer = group_by_layer(n for e in edits for n in e.neurons)
+    d_model = next(iter(edits[0].deltas.values())).shape[1]
+    deltas = {l: torch.zeros(len(idx), d_model) for l, idx in by_layer.items()}
+    for e in edits:
+        for layer, idx in e.neurons_by_layer.items():
+            where = torch.as_tensor([by_layer[layer].index(i) for i in idx])
+            deltas[layer].index_add_(0, where, e.deltas[layer].float().cpu())
+    history = [float(sum(h)) / len(h) for h in zip(*(e.history for e in edits))] if edits else []
+    edit = Edit(model, by_layer, {}, deltas, history, method=method, active=False, info=info)
+    edit.redo()
+    return edit
+
+
+def edit_facts(
+    model,
+    facts: Sequence[Fact],
+    new_answers: Mapping[str, Mapping[str, str]],
+    neurons: Iterable[Neuron] | Mapping[str, Iterable[Neuron]],
+    *,
+    language: str = "en",
+    method: str = "closed_form",
+    key_languages: Sequence[str] | None = None,
+    max_queries: int | None = None,
+    **options,
+) -> Edit:
+    """Edit many facts at once: ``new_answers[fact_id]`` is ``{lang: answer}`` as in :func:`edit_fact`.
+
+    ``closed_form``: one solve per layer for all facts, each fact with its own target ``delta``
+    (found on the clean model) and its own keys, stacked: ``dW = (K K^T + lam C)^{-1} K R`` with
+    ``K``, ``R`` holding every fact's keys and residuals. ``neurons`` may be one set or a set per
+    fact id; a solve needs one set of rows, so per-fact sets are merged into their union.
+    ``gradient`` / ``kn_embedding``: each fact is edited alone (on the clean model, each through
+    its own set) and the edit holds the sum of their deltas. Options: those of :func:`edit_fact`.
+    Returns one reversible :class:`Edit`.
+    """
+    facts = list(facts)
+    if not facts:
+        raise ValueError("no facts to edit")
+    ids = [f.fact_id for f in facts]
+    if len(set(ids)) != len(ids):
+        raise ValueError("edit_facts got the same fact twice")
+    missing = [i for i in ids if i not in new_answers]
+    if missing:
+        raise FactsError(f"new_answers has no entry for fact(s) {missing}")
+    per_fact = isinstance(neurons, Mapping)
+    if per_fact:
+        assert isinstance(neurons, Mapping)
+        absent = [i for i in ids if i not in neurons]
+        if absent:
+            raise ValueError(f"no neurons given for fact(s) {absent}")
+        sets = {i: list(neurons[i]) for i in ids}
+    else:
+        shared = list(neurons)
+        sets = {i: shared for i in ids}
+    lam, gain, null_space = options.get("lam", 1e4), options.get("gain", 1.0), options.get("null_space")
+    _check_options(method, lam, gain, null_space)
+    if method == "closed_form":
+        allowed = {"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay", "ridge"}
+        unknown = set(options) - _OPTIONS
+        if unknown:
+            raise TypeError(f"edit_facts got unknown option(s) {sorted(unknown)}")
+        by_layer = _neuron_layers(model, [n for s in sets.values() for n in s])
+        groups = []
+        for fact in facts:
+            answers = new_answers[fact.fact_id]
+            if language not in answers:
+                raise FactsError(f"new_answers[{fact.fact_id!r}] has no answer in the edit language {language!r}")
+            langs = _key_languages(fact, answers, language, key_languages)
+            groups.append(_Group(fact.fact_id, _encoded(model, _with_answers(fact, answers), language, max_queries),
+                                 _prompts(model, fact, langs, max_queries)[0], langs))
+        kw = {k: v for k, v in options.items() if k in allowed}
+        kw.setdefault("preserve", None)
+        kw.setdefault("target_steps", 20)
+        kw.update(lam=lam, gain=gain, null_space=null_space)
+        return _closed_form(model, groups, by_layer, label=f"batch={len(facts)}", **kw)
+    singles: list[Edit] = []
+    try:
+        for fact in facts:
+            e = edit_fact(model, fact, new_answers[fact.fact_id], sets[fact.fact_id], language=language,
+                          method=method, key_languages=key_languages, max_queries=max_queries, **options)
+            e.undo()
+            singles.append(e)
+    finally:
+        for e in singles:
+            e.undo()
+    return _summed(model, singles, f"{singles[0].method} summed over batch={len(facts)}",
+                   dict(facts=ids, methods=[e.method for e in singles]))
 
 
 def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay, preserve=(), locality_weight=1.0,
@@ -356,28 +485,64 @@ def inject_fact(
     model,
     fact: Fact,
     *,
-    language: str = "en",
+    languages: Sequence[str] = ("en",),
     neurons: Iterable[Neuron] | None = None,
-    languages: Sequence[str] | None = None,
+    method: str = "closed_form",
     k: int = 20,
-    steps: int = 20,
-    lr: float = 0.5,
-    weight_decay: float = 1e-3,
-    preserve: Sequence[Query | EncodedQuery | Tensor] = (),
-    locality_weight: float = 1.0,
-    target_prob: float | None = None,
+    language: str | None = None,
+    neuron_languages: Sequence[str] | None = None,
+    max_queries: int | None = None,
+    **options,
 ) -> Edit:
-    """Teach a (fictional) fact through ``neurons`` using only its ``language`` queries.
+    """Teach a (fictional) fact through ``neurons`` using only its queries in ``languages``
+    (``language="xx"`` is the older spelling of ``languages=("xx",)``).
 
-    Without ``neurons`` they are chosen by :func:`activation_neurons` over ``languages`` (default:
-    the fact's languages): neurons active on the subject in every language, the LAKN-style
-    choice for a fact with no attribution yet. Training is :func:`edit_fact`'s (Adam on the
-    neurons' W_out rows, with its optional locality term on ``preserve`` prompts and early stop
-    at ``target_prob``). Returns a reversible :class:`Edit`.
+    Without ``neurons`` they are chosen by :func:`activation_neurons` over ``neuron_languages``
+    (default: all the fact's languages): neurons active at the answer position in every
+    language, the LAKN-style choice for a fact with no attribution yet.
+
+    ``closed_form`` (default): one target ``delta`` per training language (found on that
+    language's queries with its own answer), the keys of that language's prompts mapped to
+    ``gain * delta`` in one solve (options as :func:`edit_fact`'s). ``gradient``: Adam on the
+    rows with the queries of every training language (default ``steps`` 20; ``preserve``
+    prompts, ``locality_weight``, ``target_prob`` as in :func:`edit_fact`). ``kn_embedding``: each
+    row gains ``kn_scale * E[answer]`` per training language. Returns a reversible :class:`Edit`.
     """
+    if language is not None:
+        languages = (language,)
+    languages = list(dict.fromkeys(languages))
+    if not languages:
+        raise ValueError("no training languages given")
+    unknown = [l for l in languages if l not in fact.templates or l not in fact.answers]
+    if unknown:
+        raise FactsError(f"fact {fact.fact_id!r} has no queries or answer in {unknown} (it has {sorted(fact.templates)})")
     if neurons is None:
-        neurons = activation_neurons(model, fact, languages or fact.languages, k)
-    return edit_fact(model, fact, {language: fact.answers[language]}, neurons, language=language,
-                     steps=steps, lr=lr, weight_decay=weight_decay, preserve=preserve,
-                     locality_weight=locality_weight, target_prob=target_prob)
-
+        neurons = activation_neurons(model, fact, list(neuron_languages or fact.languages), k)
+    unknown_opts = set(options) - _OPTIONS
+    if unknown_opts:
+        raise TypeError(f"inject_fact got unknown option(s) {sorted(unknown_opts)}")
+    lam, gain, null_space = options.get("lam", 1e4), options.get("gain", 1.0), options.get("null_space")
+    _check_options(method, lam, gain, null_space)
+    by_layer = _neuron_layers(model, neurons)
+    if method == "closed_form":
+        allowed = {"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay", "ridge"}
+        kw = {key: v for key, v in options.items() if key in allowed}
+        kw.setdefault("preserve", None)
+        kw.setdefault("target_steps", 20)
+        kw.update(lam=lam, gain=gain, null_space=null_space)
+        groups = [_Group(f"{fact.fact_id}:{lang}", _encoded(model, fact, lang, max_queries),
+                         _prompts(model, fact, [lang], max_queries)[0], [lang]) for lang in languages]
+        return _closed_form(model, groups, by_layer, label="inject", **kw)
+    if method == "kn_embedding":
+        pairs = [(None, _first_token(model, fact, lang)) for lang in languages]
+        return _kn_embedding(model, pairs, by_layer, float(options.get("kn_scale", 1.0)), label="inject")
+    preserve = options.get("preserve") or ()
+    if not isinstance(preserve, Sequence):
+        raise TypeError("method='gradient' takes preserve prompts (queries or token ids)")
+    encoded = [e for lang in languages for e in _encoded(model, fact, lang, max_queries)]
+    prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
+               for p in preserve]
+    return _train_rows(model, encoded, [(l, i) for l, idx in by_layer.items() for i in idx],
+                       steps=options.get("steps", 20), lr=options.get("lr", 0.5),
+                       weight_decay=options.get("weight_decay", 1e-3), preserve=prompts,
+                       locality_weight=options.get("locality_weight", 1.0), target_prob=options.get("target_prob"))

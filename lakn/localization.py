@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import torch
 
 from .attribution import attribute_queries, coarse_to_fine
+from .attribution.effects import effect_maps
+from .causal import causal_finalize, check_effects
 from .config import ATTRIBUTIONS, RunConfig, RunConfigError
 from .facts import DEMO_SETS, Fact, FactsError, check_context_length, data_path, data_sha256, fact_sha256, select_facts
 from .models import is_masked_lm, model_name
@@ -55,6 +57,10 @@ def localize(
     reference: str = _D.reference,
     min_reference: int = _D.min_reference,
     common_fraction: float | None = _D.common_fraction,
+    causal_same_weight: float = _D.causal_same_weight,
+    causal_other_weight: float = _D.causal_other_weight,
+    causal_top_k: int = _D.causal_top_k,
+    causal_competitors: int = _D.causal_competitors,
     seed: int = _D.seed,
     batch_size: int | None = _D.batch_size,
     drop_incomplete: bool = False,
@@ -80,7 +86,13 @@ def localize(
         specificity: ``auto`` (fact-specific score when each fact has >= ``min_reference``
             reference facts), ``raw`` (plain LAA) or ``specific``; ``reference`` picks the reference
             facts (``others``, ``other_relations``, ``same_relation``). Only for score methods
-            (matrice, mean, random); kn and amig select sets directly.
+            (matrice, mean, random); kn and amig select sets directly. ``causal`` (any method, causal
+            LMs): one more pass per fact gives the first-order zeroing effects of every neuron on its
+            queries (stored with the fact), and once all facts are done each fact keeps the
+            ``causal_top_k`` neurons whose effect on its own answer (against ``causal_competitors``
+            competitor tokens) most exceeds the damage to the reference facts' answers, weighted
+            ``causal_same_weight`` (same relation) and ``causal_other_weight`` (other relations);
+            see :mod:`lakn.causal` (``lakn.causal.reselect`` selects again from a finished run).
         common_fraction: drop neurons selected for more than this share of the facts.
         method_kwargs: passed to the scoring method (e.g. ``beta``, ``gamma``, ``query_weighting``).
         out: the run folder (``~`` expanded; an existing file there is an error before any model work).
@@ -100,9 +112,14 @@ def localize(
     config = RunConfig(method=method, method_kwargs=dict(method_kwargs), steps=steps, max_queries=max_queries,
                        first_token_only=first_token_only, threshold=threshold, top_k=top_k,
                        specificity=specificity, reference=reference, min_reference=min_reference,
-                       common_fraction=common_fraction, seed=seed, attribution=attribution, batch_size=batch_size)
+                       common_fraction=common_fraction, seed=seed, attribution=attribution, batch_size=batch_size,
+                       causal_same_weight=causal_same_weight, causal_other_weight=causal_other_weight,
+                       causal_top_k=causal_top_k, causal_competitors=causal_competitors)
     folder = None if out is None else run_folder(out)  # a file there, or a bad folder, fails now
     causal = not is_masked_lm(model)
+    if config.specificity == "causal" and not causal:
+        raise ValueError("specificity='causal' needs a causal LM (its effect maps differentiate the next-token "
+                         f"prediction); {model_name(model)} is a masked LM")
     chosen, langs = select_facts(facts, languages=languages, n_facts=n_facts, causal=causal,
                                  drop_incomplete=drop_incomplete)
     _check_method(config)
@@ -141,6 +158,11 @@ def localize(
         record = FactRecord(fact.fact_id, fact.relation, scores.laa, scores.per_language, scores.lakn,
                             scores.language_specific, rows, time.perf_counter() - t0, rank,
                             fact_sha256=hashes[fact.fact_id], config_sha256=settings, recomputed_because=reason)
+        if config.specificity == "causal":  # the same queries, in the same order as the rows
+            encoded = [e for qs in plan[fact.fact_id].values() for _, e in qs]
+            record.effects = effect_maps(model, encoded, competitors=config.causal_competitors,
+                                         batch_size=batch_size).tensors()
+            record.seconds = time.perf_counter() - t0
         if folder is not None:
             record.save(folder / "facts")
         records[fact.fact_id] = record
@@ -152,7 +174,7 @@ def localize(
         _barrier(world)
         records = {f.fact_id: FactRecord.load(folder / "facts", f.fact_id, config_sha256=settings,
                                               fact_sha256=hashes[f.fact_id]) for f in chosen}
-    result = finalize(config, records)
+    result = causal_finalize(config, records) if config.specificity == "causal" else finalize(config, records)
     if folder is not None and rank == 0:
         result.save(folder, records=False)  # every fact's files are written (and checked) above
     _barrier(world)
@@ -202,9 +224,12 @@ def _resume(folder: Path, fact_id: str, plan: dict[str, list], config: RunConfig
         return None, ""
     queries = [(lang, q.prompt, q.answer) for lang, qs in plan.items() for q, _ in qs]
     try:
-        return FactRecord.load(folder, fact_id, config_sha256=settings, fact_sha256=digest,
-                               shape=(config.n_layers, config.d_mlp), languages=config.languages,
-                               queries=queries), ""
+        record = FactRecord.load(folder, fact_id, config_sha256=settings, fact_sha256=digest,
+                                 shape=(config.n_layers, config.d_mlp), languages=config.languages, queries=queries)
+        if config.specificity == "causal":
+            path = FactRecord.find(folder, fact_id)
+            check_effects(record, path[0] if path else folder, (config.n_layers, config.d_mlp))
+        return record, ""
     except RunFolderError as err:
         reason = str(err)
     warnings.warn(f"{reason}; recomputing fact {fact_id!r}", RunFolderWarning, stacklevel=3)

@@ -176,7 +176,7 @@ def promoted_tokens(model, layer: int, neuron: int, *, per_script: int = 5, pool
     grouped by :func:`token_script` and the best ``per_script`` of each script are returned,
     scripts ordered by their best token: ``{script: [(token text, logit effect), ...]}``.
     """
-    from .editing import w_out
+    from .weights import w_out
 
     weight, dim = w_out(model, layer)
     row = weight.detach().select(dim, int(neuron)).float()

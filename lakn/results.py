@@ -46,8 +46,7 @@ from .facts import FactsError, check_fact_id, safe_file_stem
 from .hooks import Neuron
 
 __all__ = ["LocalizationResult", "FactRecord", "ResultTable", "RunFolderError", "RunFolderWarning", "run_folder",
-           "fact_files",
-           "write_json_atomic", "FACT_FORMAT"]
+           "fact_files", "write_json_atomic", "FACT_FORMAT"]
 
 T = TypeVar("T", bound="ResultTable")
 FACT_FORMAT = 2
@@ -77,10 +76,11 @@ def _write_bytes_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _tensor_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+def _tensor_bytes(tensors: dict[str, Tensor], metadata: dict[str, str] | None = None, keep_dtype: bool = False) -> bytes:
     from safetensors.torch import save
 
-    return save({k: v.detach().float().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+    return save({k: (v.detach() if keep_dtype else v.detach().float()).contiguous().cpu() for k, v in tensors.items()},
+                metadata=metadata)
 
 
 def _read_tensors(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
@@ -176,7 +176,9 @@ class FactRecord:
     """Everything computed for one fact before cross-fact scoring (what a resumed run reloads).
 
     ``fact_sha256`` and ``config_sha256`` say what it was made from (written with its files);
-    ``recomputed_because`` is why a bad file of this fact was replaced, if one was.
+    ``recomputed_because`` is why a bad file of this fact was replaced, if one was. ``effects``: the
+    causal selection's per-query maps (:class:`lakn.attribution.effects.EffectMaps` tensors, stored
+    as they are, in ``<stem>.effects.safetensors`` with their SHA-256 in the JSON); empty otherwise.
     """
 
     fact_id: str
@@ -191,6 +193,7 @@ class FactRecord:
     fact_sha256: str = ""
     config_sha256: str = ""
     recomputed_because: str = ""
+    effects: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def save(self, folder: Path) -> None:
         """Write the fact's two files (the ``.safetensors`` first, then the ``.json`` that marks it done)."""
@@ -199,6 +202,9 @@ class FactRecord:
         blob = _tensor_bytes({"laa": self.laa, **{f"lang.{k}": v for k, v in self.per_language.items()}},
                              metadata={"fact_id": self.fact_id})
         _write_bytes_atomic(tensor_path, blob)
+        effects = _tensor_bytes(self.effects, keep_dtype=True) if self.effects else None
+        if effects is not None:
+            _write_bytes_atomic(tensor_path.with_suffix(".effects.safetensors"), effects)
         meta: dict[str, Any] = {
             "format": FACT_FORMAT,
             "fact_id": self.fact_id,
@@ -213,6 +219,7 @@ class FactRecord:
             "seconds": self.seconds,
             "rank": self.rank,
             "recomputed_because": self.recomputed_because,
+            **({} if effects is None else {"effects_sha256": _sha256(effects)}),
         }
         meta["sha256"] = _canonical_sha256(meta)
         write_json_atomic(json_path, meta)  # written last: marks the fact done
@@ -269,6 +276,8 @@ class FactRecord:
                 raise RunFolderError(f"{json_path} was made from another version of fact {fact_id!r} "
                                      "(its record in the data file changed)")
         tensors = _read_tensors(tensor_path, None if legacy else str(meta.get("tensors_sha256")))
+        effects = ({} if "effects_sha256" not in meta else
+                   _read_tensors(tensor_path.with_suffix(".effects.safetensors"), str(meta["effects_sha256"])))
         try:
             record = cls(
                 fact_id=fact_id,
@@ -283,6 +292,7 @@ class FactRecord:
                 fact_sha256=str(meta.get("fact_sha256", "")),
                 config_sha256=str(meta.get("config_sha256", "")),
                 recomputed_because=str(meta.get("recomputed_because", "")),
+                effects=effects,
             )
         except KeyError as err:
             raise RunFolderError(f"{json_path}: field {err} is missing ({tensor_path.name} or the JSON)") from None

@@ -257,16 +257,25 @@ def random_control(reference: Sequence[Neuron], d_mlp: int, seed: int, index: in
 # --------------------------------------------------------------------------- run-level sets
 
 
-def finalize(config: RunConfig, records: Mapping[str, FactRecord]) -> LocalizationResult:
+def finalize(config: RunConfig, records: Mapping[str, FactRecord], *,
+             chosen: Mapping[str, Sequence[Neuron]] | None = None,
+             chosen_scores: Mapping[str, Float[Tensor, "layer d_mlp"]] | None = None) -> LocalizationResult:
     """The cross-fact step of a localisation: fact-specific scores (per ``config.specificity``),
-    the common-neuron filter, the random control and the language-specific sets."""
+    the common-neuron filter, the random control and the language-specific sets.
+
+    ``chosen`` (with the maps that ranked them, ``chosen_scores``) replaces the specificity step by
+    sets selected elsewhere: the causal selection (:func:`lakn.causal.causal_sets`), ``selection="causal"``."""
     method, threshold, top_k = config.method, config.threshold, config.top_k
     lakn = {fid: list(rec.lakn) for fid, rec in records.items()}
     language_specific = {fid: dict(rec.language_specific) for fid, rec in records.items()}
     specific: dict = {}
     sets_given = method in ("kn", "amig")  # these methods select sets directly, not by a score
     selection = "sets" if sets_given else "raw"
-    if not sets_given and config.specificity != "raw":
+    if chosen is not None:
+        lakn = {fid: [(int(l), int(i)) for l, i in chosen[fid]] for fid in records}
+        specific = dict(chosen_scores or {})
+        selection = "causal"
+    elif not sets_given and config.specificity != "raw":
         relations = {fid: rec.relation for fid, rec in records.items()}
         refs = reference_sets(list(records), relations, config.reference)
         if config.specificity == "specific" or use_specific(min(len(r) for r in refs.values()), config.min_reference):
@@ -279,9 +288,9 @@ def finalize(config: RunConfig, records: Mapping[str, FactRecord]) -> Localizati
         lakn = {fid: random_control(lakn[fid], config.d_mlp, config.seed, i) for i, fid in enumerate(records)}
     if not sets_given:
         for fid, rec in records.items():
-            chosen = set(lakn[fid])
+            kept = set(lakn[fid])
             language_specific[fid] = {
-                lang: [n for n in select_neurons(s, threshold, top_k) if n not in chosen]
+                lang: [n for n in select_neurons(s, threshold, top_k) if n not in kept]
                 for lang, s in rec.per_language.items()
             }
     return LocalizationResult(config.to_dict(), dict(records), lakn, language_specific, selection, specific)

@@ -33,17 +33,22 @@ LAYERS: list[list[str]] = [
     ["results"],                                       # LocalizationResult, FactRecord, ResultTable
     ["attribution.memory", "attribution.kv_cache"],
     ["attribution.runners"],
-    ["attribution.exact", "attribution.approx"],
+    ["attribution.exact", "attribution.approx", "attribution.effects"],
     ["attribution"],                                   # integrated gradients, public API
     ["selection"],                                     # scores -> neuron sets, random control
     ["scoring"],                                       # MATRICE and baselines per fact
-    ["splits", "interventions", "editing"],            # honest splits; activation and weight interventions
+    ["causal"],                                        # causal, specificity-seeking selection (effect maps)
+    ["splits", "interventions", "weights"],            # honest splits; activation interventions; W_out rows, Edit
+    ["closed_form"],                                   # preserved-key covariance, target, the constrained solve
+    ["editing"],                                       # edit / inject methods (closed form, gradient, kn embedding)
     ["localization"],                                  # attribute -> score -> select, resumable
+    ["evaluation.specificity"],                        # the specificity protocol's groups, per-row mask pass
     ["evaluation.change_rates", "evaluation.editing", "evaluation.enhancement", "evaluation.injection",
      "evaluation.runs"],
+    ["evaluation.tradeoff"],                           # own vs unrelated drop over k and contrast weights
     ["evaluation"],
     ["plotting._style"],
-    ["plotting.layers", "plotting.scores", "plotting.languages", "plotting.changes"],
+    ["plotting.layers", "plotting.scores", "plotting.languages", "plotting.changes", "plotting.tradeoff"],
     ["plotting.runs"],
     ["plotting"],
     ["report"],                                        # one HTML page per run: tables, figures, LAKN cards

@@ -68,7 +68,9 @@ def test_change_rates_values_and_kinds(model, toy_facts):
     res = change_rates(model, sets, toy_facts, top_k_answer=1000, max_queries=1, progress=False)
     df = res.to_dataframe()
     assert set(df["kind"]) == {"related", "same_relation"}
-    assert res.config["n_kept"] == res.config["n_queries"] == 12
+    # own queries of the two targets; the two other facts (not in sets) are the unrelated sample
+    assert res.config["n_kept"] == res.config["n_queries"] == 6
+    assert res.config["unrelated"]["n_probe_kept"] == res.config["unrelated"]["n_probe_queries"] == 6
     # a method with no neuron for a fact is listed, not averaged in as "no change"
     assert "capital_spain" not in set(df["target"]) and res.config["no_neurons"]["m"] == ["capital_spain"]
     # a suppress row equals the change computed by hand
@@ -170,8 +172,10 @@ def test_cli_evaluate_edit_inject_on_a_tiny_run(tmp_path, monkeypatch, capsys):
     lakn.localize_methods(m, lakn.load_facts(data), methods=("matrice", "kn"), languages=["en"], steps=1,
                           max_queries=1, out=runs, data=str(data), progress=False, top_k=5)
     assert cli.main(["evaluate", str(runs), "--top-k-answer", "400", "--holdout-languages", "fr"]) == 0
-    out = capsys.readouterr().out
-    assert "suppress:related" in out and "held-out" in out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert "top-1 retention" in out and "heldout_language" in out and "± " in out
+    assert "no fact outside the run" in captured.err  # all three facts are the run's: no unrelated group
     res = ChangeRateResult.load(runs / "eval.json")
     assert {"matrice", "kn", "random"} == set(res.to_dataframe()["method"])
     assert {"seen", "heldout_paraphrase", "heldout_language"} == set(res.to_dataframe()["split"])

@@ -127,7 +127,7 @@ def test_edit_is_reversible_bit_for_bit(arch, toy_facts):
     before = {l: w_out(m, l)[0].detach().clone() for l in (0, 1)}
     q = fact.queries("en")[0]
     p_before = lakn.answer_probability(m, lakn.Query(q.template, q.prompt, "Madrid", q.separator, "en"))
-    edit = edit_fact(m, fact, {"en": "Madrid"}, neurons, language="en", steps=5, lr=0.3)
+    edit = edit_fact(m, fact, {"en": "Madrid"}, neurons, method="gradient", language="en", steps=5, lr=0.3)
     assert isinstance(edit, Edit) and len(edit.history) == 5 and edit.history[-1] < edit.history[0]
     p_after = lakn.answer_probability(m, lakn.Query(q.template, q.prompt, "Madrid", q.separator, "en"))
     assert p_after > p_before
@@ -143,7 +143,7 @@ def test_edit_is_reversible_bit_for_bit(arch, toy_facts):
     edit.redo()
     assert torch.equal(w_out(m, 1)[0], changed[1])
     edit.undo()
-    with edit_fact(m, fact, {"en": "Madrid"}, neurons, steps=2):
+    with edit_fact(m, fact, {"en": "Madrid"}, neurons, method="gradient", steps=2):
         assert not torch.equal(w_out(m, 1)[0], before[1])
     assert torch.equal(w_out(m, 1)[0], before[1])
 
@@ -175,7 +175,7 @@ def test_activation_neurons_and_inject(toy_facts):
     neurons = activation_neurons(m, fact, ["en", "fr"], k=5)
     assert len(neurons) == 5 and len(set(neurons)) == 5
     before = w_out(m, 0)[0].detach().clone()
-    with lakn.inject_fact(m, fact, language="en", neurons=neurons, steps=3) as edit:
+    with lakn.inject_fact(m, fact, language="en", neurons=neurons, method="gradient", steps=3) as edit:
         assert edit.history[-1] <= edit.history[0]
     assert torch.equal(w_out(m, 0)[0], before)
 
@@ -203,9 +203,9 @@ def test_edit_locality_term_keeps_other_prompts(toy_facts):
     q = fact.queries("en")[0]
     new_q = lakn.Query(q.template, q.prompt, "Madrid", q.separator, "en")
     p0 = lakn.answer_probability(m, new_q)
-    with edit_fact(m, fact, {"en": "Madrid"}, neurons, steps=15, lr=0.3, locality_weight=0.0) as free:
+    with edit_fact(m, fact, {"en": "Madrid"}, neurons, method="gradient", steps=15, lr=0.3, locality_weight=0.0) as free:
         kl_free, p_free = _kl_on(m, prompts, reference), lakn.answer_probability(m, new_q)
-    with edit_fact(m, fact, {"en": "Madrid"}, neurons, steps=15, lr=0.3, preserve=preserve,
+    with edit_fact(m, fact, {"en": "Madrid"}, neurons, method="gradient", steps=15, lr=0.3, preserve=preserve,
                    locality_weight=20.0) as kept:
         kl_kept, p_kept = _kl_on(m, prompts, reference), lakn.answer_probability(m, new_q)
     assert free.locality_history == [] and len(kept.locality_history) == 15
@@ -213,14 +213,14 @@ def test_edit_locality_term_keeps_other_prompts(toy_facts):
     assert p_free > p0 and p_kept > p0
     assert "KL" in kept.method and "KL" not in free.method
     with pytest.raises(ValueError, match="locality_weight"):
-        edit_fact(m, fact, {"en": "Madrid"}, neurons, locality_weight=-1.0)
+        edit_fact(m, fact, {"en": "Madrid"}, neurons, method="gradient", locality_weight=-1.0)
 
 
 def test_edit_stops_at_target_probability(toy_facts):
     m = tiny_model("llama", weight_scale=3.0)
     fact = toy_facts[0]
     neurons = [(l, i) for l in (0, 1) for i in range(24)]
-    edit = edit_fact(m, fact, {"en": "Madrid"}, neurons, steps=60, lr=0.3, target_prob=0.01)
+    edit = edit_fact(m, fact, {"en": "Madrid"}, neurons, method="gradient", steps=60, lr=0.3, target_prob=0.01)
     try:
         assert 0 < len(edit.history) < 60  # stopped early
         for q in fact.queries("en"):
@@ -229,4 +229,4 @@ def test_edit_stops_at_target_probability(toy_facts):
     finally:
         edit.undo()
     with pytest.raises(ValueError, match="target_prob"):
-        edit_fact(m, fact, {"en": "Madrid"}, neurons, target_prob=1.5)
+        edit_fact(m, fact, {"en": "Madrid"}, neurons, method="gradient", target_prob=1.5)

@@ -11,7 +11,10 @@ from typing import Any
 from ..config import CHOICES, RunConfig, positive_int
 
 __all__ = ["absolute_path", "comma_list", "positive_int", "add_run_options", "run_options", "add_deprecated",
-           "add_training_options", "print_frame", "evaluation_facts"]
+           "add_training_options", "add_edit_method_options", "edit_method_options", "int_list", "choice_list",
+           "print_frame", "evaluation_facts"]
+
+EDIT_METHOD_CHOICES = ("closed_form", "gradient", "kn_embedding")
 
 
 def absolute_path(text: str) -> str:
@@ -80,6 +83,69 @@ def add_training_options(parser: argparse.ArgumentParser, *, language: str, lang
     parser.add_argument("--target-prob", type=float, default=None,
                         help="stop once every training query gives the answer this probability (default: run all steps)")
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def int_list(text: str) -> list[int]:
+    """argparse type: ``"1,10,50"`` -> ``[1, 10, 50]`` (each a positive integer)."""
+    return [positive_int(t) for t in comma_list(text)]
+
+
+def choice_list(choices: tuple[str, ...]):
+    """argparse type: a comma-separated list whose items are all in ``choices``."""
+
+    def parse(text: str) -> list[str]:
+        items = comma_list(text)
+        bad = [t for t in items if t not in choices]
+        if bad or not items:
+            raise argparse.ArgumentTypeError(f"invalid choice {','.join(bad) or text!r} (choose from {', '.join(choices)})")
+        return items
+
+    return parse
+
+
+def add_edit_method_options(parser: argparse.ArgumentParser, *, sets: tuple[str, ...], default_sets: str,
+                            sets_help: str) -> None:
+    """The options that choose the edit (edit, inject): the method(s), the neuron set(s), the layers
+    of the whole-layer set and the closed-form solve's settings (left to lakn.editing unless given)."""
+    parser.add_argument("--method", type=choice_list(EDIT_METHOD_CHOICES), default=["closed_form"],
+                        help="edit method(s), comma-separated: closed_form (the constrained least-squares update), "
+                             "gradient (Adam steps on the rows), kn_embedding (the knowledge-neuron embedding edit); "
+                             "default closed_form")
+    parser.add_argument("--edit-set", type=choice_list(sets), default=comma_list(default_sets),
+                        help=f"{sets_help} (comma-separated; default {default_sets})")
+    parser.add_argument("--layers", type=int_list_or_zero, default=None,
+                        help="layers of the whole-layer set (default: the layer holding most of the fact's neurons)")
+    parser.add_argument("--lam", type=float, default=None, help="closed_form: weight of the preserved keys")
+    parser.add_argument("--gain", type=float, default=None, help="closed_form: scale of the target; kn_embedding: scale of the embedding change (kn_scale)")
+    parser.add_argument("--null-space", type=float, default=None,
+                        help="closed_form: project the update onto the null space of the preserved keys "
+                             "(eigenvalue threshold, e.g. 1e-4; default: no projection)")
+
+
+def int_list_or_zero(text: str) -> list[int]:
+    """argparse type: ``"0,12"`` -> ``[0, 12]`` (integers >= 0)."""
+    out = []
+    for t in comma_list(text):
+        if not t.isdigit():
+            raise argparse.ArgumentTypeError(f"expected integers >= 0, got {t!r}")
+        out.append(int(t))
+    return out
+
+
+def edit_method_options(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """The options of ``method`` given on the command line (the others keep lakn.editing's defaults)."""
+    out: dict[str, Any] = {}
+    if method == "closed_form":
+        for name in ("lam", "gain", "null_space"):
+            if getattr(args, name, None) is not None:
+                out[name] = getattr(args, name)
+    elif method == "kn_embedding" and getattr(args, "gain", None) is not None:
+        out["kn_scale"] = args.gain
+    elif method == "gradient":
+        out.update(steps=args.steps, lr=args.lr)
+        if args.target_prob is not None:
+            out["target_prob"] = args.target_prob
+    return out
 
 
 def print_frame(title: str, frame) -> None:

@@ -1,14 +1,19 @@
-"""Edit each fact of a run to another fact's answer (same relation) by a few Adam steps on the W_out
-rows of its LAKNs, of as many language-specific neurons, and of as many random neurons (matched
-per layer), using one language; measure reliability, generality (other languages) and locality.
-Every edit is undone. Writes DIR/edit.json.
+"""Edit each fact of a run to another fact's answer (same relation) with each edit method (closed_form:
+the constrained least-squares update of the neurons' W_out rows, the default; gradient: Adam steps
+on the rows; kn_embedding: the knowledge-neuron embedding edit) through each neuron set (the LAKNs,
+as many language-specific and random neurons matched per layer, or whole layers), alone or in
+batches, using one language; measure against the model before the edit: reliability (edit
+language), generality per language, held-out paraphrases and locality on the same and on other
+relations. Every edit is undone. Writes DIR/edit.json.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from ._common import add_training_options, evaluation_facts, positive_int, print_frame
+from ._common import (add_edit_method_options, add_training_options, edit_method_options, evaluation_facts,
+                      int_list, positive_int, print_frame)
 
 __all__ = ["register"]
 
@@ -19,32 +24,78 @@ def register(sub) -> None:
     p.add_argument("run", help="a run folder (or folder of runs: the matrice run is used)")
     p.add_argument("--data", default=None)
     add_training_options(p, language="the edit language", languages="languages to measure (default: the fact's)",
-                         steps=10, what="fact ids to edit", preserve=8,
-                         preserve_help="other facts whose next-token distribution the edit keeps (KL term; 0: "
-                                       "none). They are left out of the locality measurement",
+                         steps=10, what="fact ids to edit", preserve=0,
+                         preserve_help="gradient method: other facts whose next-token distribution the edit keeps "
+                                       "(KL term; 0: none). They are left out of the locality measurement",
                          seed_help="seed of the random control and of the --preserve sample")
+    add_edit_method_options(p, sets=("lakn", "layer"), default_sets="lakn",
+                            sets_help="neuron sets: lakn (the LAKNs, as many language-specific and random neurons) "
+                                      "and/or layer (every neuron of --layers)")
     p.add_argument("--neurons", type=positive_int, default=None, help="neurons per set (default: smaller set's size)")
-    p.add_argument("--max-queries", type=positive_int, default=2)
+    p.add_argument("--max-queries", type=positive_int, default=2,
+                   help="queries per language the edit uses and reliability/generality measure (default 2)")
+    p.add_argument("--max-heldout", type=int, default=2,
+                   help="held-out paraphrases per language measured (not used by the edit; default 2)")
+    p.add_argument("--batch", type=int_list, default=[1],
+                   help="facts per edit, comma-separated, e.g. 1,10,50 (one batched solve each; default 1)")
     p.set_defaults(handler=run)
 
 
+def layer_sets(model, neuron_sets, layers=None):
+    """``{fact_id: every neuron of layers}``; without ``layers`` the layer that holds most of the fact's neurons."""
+    from .. import editing
+
+    d_mlp = int(model.cfg.d_mlp)
+    whole = getattr(editing, "layer_neurons", None) or (lambda m, ls: [(l, i) for l in ls for i in range(d_mlp)])
+    out = {}
+    for fid, neurons in neuron_sets.items():
+        chosen = list(layers) if layers else [Counter(l for l, _ in neurons).most_common(1)[0][0]]
+        out[fid] = list(whole(model, chosen))
+    return out
+
+
 def run(args) -> int:
-    from ..evaluation import editing_experiment, load_runs
+    import torch
+
+    from ..evaluation import load_runs
+    from ..evaluation.editing import edit_evaluation
     from ..models import load_model
-    from ..selection import editing_sets
+    from ..selection import editing_sets, seeded_generator
 
     runs = load_runs(args.run)
     result = runs.get("matrice", next(iter(runs.values())))
     facts, _ = evaluation_facts(args, result)
     model = load_model(args.model, verbose=True)
-    sets = editing_sets(result, language=args.language, n=args.neurons, seed=args.seed)
+    found = editing_sets(result, language=args.language, n=args.neurons, seed=args.seed)
+    sets = {}
+    if "lakn" in args.edit_set:
+        sets.update(found)
+    if "layer" in args.edit_set:
+        sets["layer"] = layer_sets(model, {fid: result.lakn[fid] for fid in found["lakn"]}, args.layers)
     if args.fact_ids is not None:
         sets = {name: {f: n for f, n in per.items() if f in args.fact_ids} for name, per in sets.items()}
-    res = editing_experiment(model, facts, sets, edit_language=args.language, languages=args.languages,
-                             steps=args.steps, lr=args.lr, max_queries=args.max_queries, n_preserve=args.preserve,
-                             locality_weight=args.locality_weight, target_prob=args.target_prob, seed=args.seed)
+    methods = {m: {"method": m, **edit_method_options(args, m)} for m in args.method}
+    unrelated = list(facts)
+    if args.preserve > 0 and "gradient" in methods:
+        edited = {f for per in sets.values() for f in per}
+        rest = [f for f in facts if f.fact_id not in edited] or list(facts)
+        order = torch.randperm(len(rest), generator=seeded_generator(args.seed, 0)).tolist()
+        picked = [rest[i] for i in order][: args.preserve]
+        prompts = [f.queries(args.language)[0] for f in picked
+                   if args.language in f.templates and f.answers.get(args.language) and f.queries(args.language)]
+        methods["gradient"].update(preserve=prompts, locality_weight=args.locality_weight)
+        unrelated = [f for f in facts if f not in picked]
+    res = edit_evaluation(model, facts, sets, methods=methods, edit_language=args.language, languages=args.languages,
+                          max_queries=args.max_queries, max_heldout=args.max_heldout, unrelated=unrelated,
+                          batch_sizes=args.batch)
     out = Path(args.run) / "edit.json"
     res.save(out)
-    print_frame(f"editing via W_out rows, edit language {args.language} (success = P(new) > P(old))", res.table())
+    print_frame(f"editing, edit language {args.language}: top-1 of the new answer (reliability, generality per "
+                "language, held-out paraphrases), share of generality queries with P(new) > P(old), top-1 retention "
+                "of unrelated facts (loc_same: same relation, other answer; loc_other: other relations)", res.wide())
+    print_frame("per metric and language (value: top-1 share after the edit; before: the same before it; "
+                "n_queries / n_facts behind each cell)", res.table())
+    if res.config.get("skipped_batches"):
+        print(f"batches skipped (too few facts): {res.config['skipped_batches']}")
     print(f"written: {out}")
     return 0

@@ -1,24 +1,38 @@
-"""Train the W_out rows of k neurons active on the subject in every language (and of k random
-neurons) on one language's queries of fictional facts, then query the facts in every language.
-Writes --out (JSON).
+"""Teach the fictional facts of lakn (facts no model can know) through neurons with each edit method
+(closed_form: the least-squares update of the neurons' W_out rows, the default; gradient: Adam
+steps; kn_embedding: the knowledge-neuron embedding edit), trained on some languages' queries, then
+query them in every language (recall: the answer's first token top-1) and check real facts keep
+their top-1 answer (locality). Neuron sets: k neurons active on the subject in every language, as
+many random neurons (matched per layer), or a whole layer. Writes RUN/inject.json or --out.
 """
 
 from __future__ import annotations
 
-from ._common import add_training_options, positive_int, print_frame
+from pathlib import Path
+
+from ._common import (add_edit_method_options, add_training_options, comma_list, edit_method_options,
+                      evaluation_facts, positive_int, print_frame)
 
 __all__ = ["register"]
 
 
 def register(sub) -> None:
-    p = sub.add_parser("inject", help="teach fictional facts through neurons in one language; recall in others",
+    p = sub.add_parser("inject", help="teach fictional facts through neurons in some languages; recall in all",
                        description=__doc__)
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("run", nargs="?", default=None,
+                   help="a run folder: its facts check locality (unless --unrelated) and RUN/inject.json is written")
+    p.add_argument("--data", default=None, help="the run's facts file (default: the one it recorded)")
+    p.add_argument("--out", default=None, help="JSON file to write (default RUN/inject.json; needed without RUN)")
     add_training_options(p, language="the training language", languages="languages to choose neurons with and to query",
                          steps=20, what="fictional fact ids", preserve=0,
-                         preserve_help="facts of --unrelated after the first --n-unrelated whose next-token "
-                                       "distribution the training keeps (KL term)",
+                         preserve_help="gradient method: facts of --unrelated after the first --n-unrelated whose "
+                                       "next-token distribution the training keeps (KL term)",
                          seed_help="seed of the random control")
+    p.add_argument("--train-languages", type=comma_list, default=None,
+                   help="languages whose queries train the fact, e.g. en,fr (default: --language)")
+    add_edit_method_options(p, sets=("activation", "random", "layer"), default_sets="activation,random",
+                            sets_help="neuron sets: activation (k neurons active on the subject in every language), "
+                                      "random (as many, matched per layer), layer (every neuron of --layers)")
     p.add_argument("--unrelated", default=None, help="facts file whose first --n-unrelated facts check locality")
     p.add_argument("--n-unrelated", type=positive_int, default=4)
     p.add_argument("--k", type=positive_int, default=20, help="neurons to train (default 20)")
@@ -26,21 +40,37 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from ..evaluation import injection_experiment
+    from ..evaluation import injection_experiment, load_runs
     from ..facts import load_facts
     from ..models import load_model
 
-    pool = load_facts(args.unrelated) if args.unrelated else []
+    if args.out is None and args.run is None:
+        raise ValueError("give a run folder (RUN/inject.json is written) or --out FILE")
+    if args.unrelated:
+        pool = load_facts(args.unrelated)
+    elif args.run is not None:
+        runs = load_runs(args.run)
+        pool, _ = evaluation_facts(args, runs.get("matrice", next(iter(runs.values()))))
+    else:
+        pool = []
     unrelated, preserve = pool[: args.n_unrelated], pool[args.n_unrelated : args.n_unrelated + max(args.preserve, 0)]
     model = load_model(args.model, verbose=True)
     known = load_facts("fictional")
     fictional = [f for f in known if args.fact_ids is None or f.fact_id in args.fact_ids]
     if not fictional:
         raise ValueError(f"no fictional fact among {args.fact_ids}; known: {[f.fact_id for f in known]}")
-    res = injection_experiment(model, fictional, language=args.language, languages=args.languages, unrelated=unrelated,
-                               k=args.k, steps=args.steps, lr=args.lr, preserve=preserve,
-                               locality_weight=args.locality_weight, target_prob=args.target_prob, seed=args.seed)
-    res.save(args.out)
-    print_frame(f"injection of fictional facts, trained in {args.language}", res.table())
-    print(f"written: {args.out}")
+    methods = {m: {"method": m, **{k: v for k, v in edit_method_options(args, m).items()
+                                   if k not in ("steps", "lr", "target_prob")}} for m in args.method}
+    res = injection_experiment(model, fictional, language=args.language, languages=args.languages,
+                               train_languages=args.train_languages, unrelated=unrelated, k=args.k, steps=args.steps,
+                               lr=args.lr, preserve=preserve, locality_weight=args.locality_weight,
+                               target_prob=args.target_prob, seed=args.seed, methods=methods,
+                               neuron_sets=args.edit_set, layers=args.layers)
+    out = Path(args.out) if args.out else Path(args.run) / "inject.json"
+    res.save(out)
+    trained = ",".join(args.train_languages or [args.language])
+    print_frame(f"injection of fictional facts, trained in {trained}: recall = the answer's first token top-1 "
+                "(trained languages / the others), locality = top-1 retention of real facts", res.wide())
+    print_frame("per language", res.table())
+    print(f"written: {out}")
     return 0

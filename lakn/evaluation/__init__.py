@@ -4,7 +4,9 @@ Every experiment returns a :class:`~lakn.results.ResultTable` holding one row pe
 the settings that made it, with ``to_dataframe()`` (raw rows, for figures), ``table()`` (the
 summary the CLI prints) and ``save(path)`` / ``load(path)`` as JSON. One module per experiment:
 
-- :mod:`~lakn.evaluation.change_rates`: suppress / enhance, (P_after - P_before) / P_before;
+- :mod:`~lakn.evaluation.change_rates`: suppress / enhance, (P_after - P_before) / P_before and top-1
+  retention under the fair specificity protocol (groups and the unrelated sample: :mod:`~lakn.evaluation.specificity`);
+- :mod:`~lakn.evaluation.tradeoff`: own against unrelated drop over neuron counts and contrast weights;
 - :mod:`~lakn.evaluation.editing`: cross-lingual editing (reliability, generality, locality);
 - :mod:`~lakn.evaluation.enhancement`: enhancement in the languages the model gets wrong;
 - :mod:`~lakn.evaluation.injection`: teaching fictional facts;
@@ -19,14 +21,17 @@ from typing import Any
 
 from .._deprecation import deprecated_names, warn_renamed
 from .change_rates import INTERVENTIONS, ChangeRateResult, change_rates
-from .editing import EditingResult, counterfactuals, editing_experiment
+from .editing import EditingResult, counterfactuals, edit_evaluation, editing_experiment
 from .enhancement import EnhancementResult, enhancement_experiment
 from .injection import InjectionResult, injection_experiment
 from .runs import load_runs, localize_methods
+from .specificity import GROUPS, unrelated_facts
+from .tradeoff import TradeoffResult, tradeoff
 
 __all__ = [
-    "ChangeRateResult", "change_rates", "INTERVENTIONS",
-    "EditingResult", "counterfactuals", "editing_experiment",
+    "ChangeRateResult", "change_rates", "INTERVENTIONS", "GROUPS", "unrelated_facts",
+    "TradeoffResult", "tradeoff",
+    "EditingResult", "counterfactuals", "edit_evaluation", "editing_experiment",
     "EnhancementResult", "enhancement_experiment",
     "InjectionResult", "injection_experiment",
     "localize_methods", "load_runs",

@@ -34,7 +34,8 @@ def localize_methods(
 
 
 def load_runs(folder: str | Path) -> dict[str, LocalizationResult]:
-    """{method: result} from a run folder (``result.json`` inside) or a folder of run folders."""
+    """{method: result} from a run folder (``result.json`` inside) or a folder of run folders; a second
+    run of the same method (e.g. another selection) is keyed ``method@folder``."""
     folder = Path(folder)
     if (folder / "result.json").is_file():
         r = LocalizationResult.load(folder)
@@ -42,8 +43,10 @@ def load_runs(folder: str | Path) -> dict[str, LocalizationResult]:
     runs = {}
     for sub in sorted(p for p in folder.iterdir() if (p / "result.json").is_file()) if folder.is_dir() else []:
         r = LocalizationResult.load(sub)
-        runs[r.config.get("method", sub.name)] = r
+        name = str(r.config.get("method", sub.name))
+        runs[name if name not in runs else f"{name}@{sub.name}"] = r  # two runs of one method: both kept
     if not runs:
         raise FileNotFoundError(f"{folder} holds no finished localisation run (no result.json in it or below it)")
     order = ["matrice", "kn", "amig", "mean", "random"]
-    return dict(sorted(runs.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+    return dict(sorted(runs.items(), key=lambda kv: order.index(kv[0].split("@")[0]) if kv[0].split("@")[0] in order
+                       else len(order)))

@@ -12,14 +12,16 @@ folder as standalone HTML that works offline (``lakn plot RUN``)::
     lakn.plotting.write_run_figures("runs/demo")     # -> [Path("runs/demo/figures/..."), ...]
 
 One module per kind of figure: :mod:`~lakn.plotting.layers`, :mod:`~lakn.plotting.scores`,
-:mod:`~lakn.plotting.languages`, :mod:`~lakn.plotting.changes`, :mod:`~lakn.plotting.runs`.
+:mod:`~lakn.plotting.languages`, :mod:`~lakn.plotting.changes`, :mod:`~lakn.plotting.tradeoff` (own against
+unrelated drop), :mod:`~lakn.plotting.runs`.
 """
 
 from .changes import CHANGE_COLUMNS, probability_change, read_eval_table, summarize_changes
 from .languages import jaccard, language_overlap, overlap_matrix
 from .layers import lakn_vs_specific, layer_counts, layer_distribution
-from .runs import run_figures, write_run_figures
+from .runs import run_figures, tradeoff_figures, write_run_figures
 from .scores import language_scores, score_map
+from .tradeoff import TRADEOFF_LABELS, read_tradeoff_table, tradeoff_figure
 
 __all__ = [
     "layer_distribution",
@@ -35,5 +37,9 @@ __all__ = [
     "read_eval_table",
     "run_figures",
     "write_run_figures",
+    "tradeoff_figure",
+    "tradeoff_figures",
+    "read_tradeoff_table",
+    "TRADEOFF_LABELS",
     "CHANGE_COLUMNS",
 ]

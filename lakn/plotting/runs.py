@@ -11,8 +11,9 @@ from .changes import probability_change, read_eval_table
 from .languages import language_overlap
 from .layers import lakn_vs_specific, layer_distribution
 from .scores import language_scores, score_map
+from .tradeoff import read_tradeoff_table, tradeoff_figure
 
-__all__ = ["run_figures", "write_run_figures"]
+__all__ = ["run_figures", "write_run_figures", "tradeoff_figures"]
 
 
 def run_figures(result, *, eval_table=None, top: int = 10, max_facts: int = 5) -> dict[str, Any]:
@@ -36,6 +37,15 @@ def run_figures(result, *, eval_table=None, top: int = 10, max_facts: int = 5) -
     return figs
 
 
+def tradeoff_figures(table) -> dict[str, Any]:
+    """The trade-off figures of a :class:`~lakn.evaluation.tradeoff.TradeoffResult` table, by file stem:
+    own seen drop against the other-relation drop and against the same-relation different-answer drop."""
+    if table is None or not len(table):
+        return {}
+    return {"tradeoff_other_relations": tradeoff_figure(table),
+            "tradeoff_same_relation": tradeoff_figure(table, unrelated="same_relation_different_answer")}
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:80] or "fact"
 
@@ -46,7 +56,8 @@ def write_run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | N
 
     Files work offline: ``plotly.min.js`` is written once into ``out_dir`` and every HTML file
     references it (keep them together). The probability-change figure is drawn when
-    ``RUN/eval.json`` exists and holds a change table (see :func:`read_eval_table`). Prints
+    ``RUN/eval.json`` exists and holds a change table (see :func:`read_eval_table`), the trade-off
+    figures when ``RUN/tradeoff.json`` does (also in a folder of runs, which has no ``result.json``). Prints
     nothing; returns the paths of the HTML files.
     """
     from ..results import LocalizationResult
@@ -54,10 +65,15 @@ def write_run_figures(run_dir: str | os.PathLike, out_dir: str | os.PathLike | N
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    result = LocalizationResult.load(run_dir)  # names the problem when result.json is missing
+    trade = read_tradeoff_table(run_dir / "tradeoff.json")
+    if trade is not None and not (run_dir / "result.json").exists():  # a folder of runs (lakn.localize_methods)
+        figs = tradeoff_figures(trade)
+    else:
+        result = LocalizationResult.load(run_dir)  # names the problem when result.json is missing
+        figs = {**run_figures(result, eval_table=read_eval_table(run_dir / "eval.json"), max_facts=max_facts),
+                **tradeoff_figures(trade)}
     out = Path(out_dir) if out_dir is not None else run_dir / "figures"
     out.mkdir(parents=True, exist_ok=True)
-    figs = run_figures(result, eval_table=read_eval_table(run_dir / "eval.json"), max_facts=max_facts)
     paths = []
     for stem, fig in figs.items():
         path = out / f"{stem}.html"

@@ -1,0 +1,176 @@
+"""The editing frontier on the shared RML-LAMA-like data: generality against locality for the
+closed-form edit through a whole layer (a small grid of lam, gain and the null-space projection),
+beside the gradient (Adam) edit and the knowledge-neuron embedding edit on a small neuron set
+(the run's LAKNs, or activation-chosen neurons without a run) and random neurons of the same size,
+and a batch-size point (1, 10, 50 facts in one solve).
+
+    OMP_NUM_THREADS=1 python experiments/edit_frontier.py [--out frontier.json]
+        [--facts 8] [--batch 10,50] [--layer 12] [--run RUN_DIR] [--quick]
+
+Facts: those the embedded Gemma 3 270M answers in English (first answer token top-1), each with a
+counterfactual (another fact of its relation whose answers differ in every language); edited in
+en with keys from every measured language; measured in en (reliability), fr/es/ru/de/zh/ar
+(generality on the edit's queries, and held-out paraphrases the edit never saw), and locality
+(top-1 retention) on a pool of other facts: the same relation (another answer) and other
+relations. The data is read where it lies (never copied); without it the script says so and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rml_lama_like" / "facts.jsonl"  # ../shared
+LANGS = ["en", "fr", "es", "ru", "de", "zh", "ar"]
+
+
+def pick_facts(model, facts, languages, n_edit, n_batch, n_pool, seed):
+    """Known facts with counterfactuals for the edits (relations taken in turn), and a locality
+    pool of other facts: for each edited relation a few others, then any facts."""
+    import torch
+
+    from lakn.evaluation.editing import counterfactuals
+    from lakn.known import select_known
+
+    full = [f for f in facts if all(l in f.templates and f.answers.get(l) for l in languages)]
+    new = counterfactuals(full)
+    g = torch.Generator().manual_seed(seed)
+    order = [full[i] for i in torch.randperm(len(full), generator=g).tolist()]
+    candidates = [f for f in order if f.fact_id in new]  # ~6% are known in en: score them all
+    known = select_known(model, candidates, languages=["en"], top_k=1, max_queries=1, full_answer=False)
+    ok = known.known_fact_ids(min_languages=1, languages=["en"])
+    known_facts = [f for f in candidates if f.fact_id in ok]
+    by_rel = defaultdict(list)
+    for f in known_facts:
+        by_rel[f.relation].append(f)
+    edit: list = []
+    while len(edit) < n_edit and any(by_rel.values()):  # relations in turn: several relations, a few each
+        for rel in list(by_rel):
+            if by_rel[rel] and len(edit) < n_edit:
+                edit.append(by_rel[rel].pop(0))
+    batch = edit + [f for f in known_facts if f not in edit][: max(n_batch - len(edit), 0)]
+    used = {f.fact_id for f in batch}
+    rest = [f for f in order if f.fact_id not in used]
+    pool, rels = [], {f.relation for f in edit}
+    for rel in sorted(rels):
+        pool += [f for f in rest if f.relation == rel][:3]
+    pool += [f for f in rest if f not in pool and f.relation not in rels][: max(n_pool - len(pool), 0)]
+    answers = {f.fact_id: {l: new[f.fact_id][l] for l in languages} for f in batch}  # keys: the measured languages
+    return edit, batch, pool, answers, len(known_facts), len(candidates)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--out", default="frontier.json")
+    ap.add_argument("--facts", type=int, default=8, help="facts edited one at a time (default 8)")
+    ap.add_argument("--batch", default="10,50", help="batch sizes of the batch point (default 10,50)")
+    ap.add_argument("--pool", type=int, default=30, help="facts of the locality pool (default 30)")
+    ap.add_argument("--layer", type=int, default=12)
+    ap.add_argument("--k", type=int, default=20, help="size of the small neuron set without a run (default 20)")
+    ap.add_argument("--run", default=None, help="a run folder of these facts: its LAKNs are the small set")
+    ap.add_argument("--max-queries", type=int, default=2)
+    ap.add_argument("--languages", default=",".join(LANGS))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--preserve", default="demo", choices=("generic", "demo"),
+                    help="preserved keys: lakn's generic text alone, or with every query prompt of lakn's demo facts "
+                         "in all their languages (default demo; disjoint from the shared data measured here)")
+    ap.add_argument("--grid", default=None, help="closed-form grid points LAM:GAIN[:NS],... (default: the built-in grid)")
+    ap.add_argument("--skip-small", action="store_true", help="skip the small-set comparison")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 2 facts, 2 grid points, batch 3")
+    args = ap.parse_args()
+    if not Path(args.data).is_file():
+        print(f"edit_frontier: the shared data is not at {args.data}; nothing to do")
+        return 0
+    import lakn
+    from lakn.closed_form import preservation
+    from lakn.editing import activation_neurons, layer_neurons
+    from lakn.evaluation.editing import EditingResult, edit_evaluation
+    from lakn.selection import random_control
+
+    languages = [l.strip() for l in args.languages.split(",") if l.strip()]
+    batches = [int(b) for b in args.batch.split(",") if b.strip()]
+    grid = [(1e3, 1.0, None), (1e4, 1.0, None), (1e5, 1.0, None), (1e3, 3.0, None), (1e4, 3.0, None),
+            (1e5, 3.0, None), (1e4, 1.0, 1e-4)]
+    if args.grid:
+        grid = [(float(p.split(":")[0]), float(p.split(":")[1]), float(p.split(":")[2]) if p.count(":") == 2 else None)
+                for p in args.grid.split(",")]
+    if args.quick:
+        args.facts, batches, args.pool, grid = 2, [3], 8, [(1e4, 1.0, None), (1e4, 3.0, None)]
+    t0 = time.time()
+    model = lakn.load_model()
+    facts = lakn.load_facts(args.data)
+    edit, batch, pool, new, n_known, n_cand = pick_facts(model, facts, languages, args.facts, max(batches, default=0),
+                                                         args.pool, args.seed)
+    print(f"[{time.time() - t0:.0f}s] {n_known} known of {n_cand} candidates; editing {len(edit)} facts "
+          f"({sorted({f.relation for f in edit})}), batch pool {len(batch)}, locality pool {len(pool)} facts",
+          flush=True)
+    t1 = time.time()
+    kept = preservation(model, [args.layer], facts=lakn.load_facts("demo") if args.preserve == "demo" else None)
+    print(f"[{time.time() - t0:.0f}s] covariance of layer {args.layer} ({kept.source}, {kept.n_tokens} tokens): "
+          f"{time.time() - t1:.1f} s", flush=True)
+    common = dict(new_answers=new, edit_language="en", languages=languages, max_queries=args.max_queries,
+                  max_heldout=2, unrelated=pool, progress=False)
+    layer = {f.fact_id: layer_neurons(model, [args.layer]) for f in batch}
+    results = []
+
+    def run(label, **kw):
+        t = time.time()
+        res = edit_evaluation(model, **{**common, **kw})
+        results.append(res)
+        print(f"[{time.time() - t0:.0f}s] {label}: {time.time() - t:.0f} s", flush=True)
+        return res
+
+    methods = {f"closed_form lam={lam:g} gain={gain:g}" + (f" ns={ns:g}" if ns else ""):
+               dict(method="closed_form", lam=lam, gain=gain, preserve=kept, **({"null_space": ns} if ns else {}))
+               for lam, gain, ns in grid}
+    run("closed_form grid, whole layer", facts=edit, sets={f"layer{args.layer}": layer}, methods=methods)
+    if args.run:
+        from lakn.evaluation import load_runs
+
+        runs = load_runs(args.run)
+        result = runs.get("matrice", next(iter(runs.values())))
+        small = {f.fact_id: list(result.lakn[f.fact_id])[: args.k] for f in edit if result.lakn.get(f.fact_id)}
+        small_name = "lakn"
+    else:
+        small = {f.fact_id: activation_neurons(model, f, languages, args.k) for f in edit}
+        small_name = "activation"
+    rand = {fid: random_control(n, int(model.cfg.d_mlp), args.seed, i) for i, (fid, n) in enumerate(small.items())}
+    peers = {"closed_form lam=1e4 gain=1": dict(method="closed_form", lam=1e4, gain=1.0, preserve=kept),
+             "gradient": dict(method="gradient"), "kn_embedding": dict(method="kn_embedding")}
+    if not args.skip_small:
+        run("small sets: closed_form, gradient, kn_embedding", facts=edit, sets={small_name: small, "random": rand},
+            methods=peers)
+    if batches:
+        bmethods = {k: v for k, v in methods.items() if v["lam"] == 1e4 and "null_space" not in v}
+        run(f"batches {batches}", facts=batch, sets={f"layer{args.layer}": layer}, methods=bmethods,
+            batch_sizes=batches)
+    merged = EditingResult([r for res in results for r in res.rows],
+                           dict(runs=[res.config for res in results], data=args.data, layer=args.layer,
+                                edited=[f.fact_id for f in edit], batch_facts=[f.fact_id for f in batch],
+                                pool=[f.fact_id for f in pool], n_known=n_known, seconds=time.time() - t0))
+    merged.save(args.out)
+    print_tables(merged)
+    print(f"written: {args.out} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def print_tables(res) -> None:
+    import pandas as pd
+
+    df = res.to_dataframe()
+    wide = res.wide()
+    held = df[df.metric == "heldout"]
+    for lang in sorted(held.language.unique()):
+        wide[f"held_{lang}"] = held[held.language == lang].groupby(["method", "neurons", "batch"])["top1"].mean()
+    with pd.option_context("display.max_columns", 40, "display.width", 250, "display.float_format", "{:.2f}".format):
+        print(wide)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())

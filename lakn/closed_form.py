@@ -1,0 +1,455 @@
+"""The constrained closed-form edit of chosen neurons' W_out rows (docs/method.md §8.3).
+
+Pieces, each usable alone:
+
+- :func:`preservation` / :class:`Preservation`: the second moment ``C_l = K0 K0^T / n`` of layer
+  ``l``'s MLP post-activations over preserved tokens (every position of generic text, plus other
+  facts' query prompts), cached per model, layer and source under
+  ``lakn.models.cache_dir()/covariance/``;
+- :func:`post_activations` / :func:`last_keys`: neuron activations (``blocks.{l}.mlp.hook_post``)
+  of prompts, the forward stopped after the last layer asked for;
+- :func:`find_target`: the residual ``delta`` (d_model) that, added to the MLP output
+  (``blocks.{L}.mlp.hook_out``) at the last prompt position, makes the new answer likely;
+- :func:`solve_rows`: the update of the neurons' rows,
+  ``dW = (K K^T + lam C_SS + rho I)^{-1} K R``, optionally inside the null space of ``C_SS``.
+
+:func:`lakn.edit_fact` (``method="closed_form"``, the default) puts them together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from importlib.resources import files
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from .facts import Fact
+from .hooks import hook_name
+from .tokens import EncodedQuery, logits_at, model_device
+
+__all__ = [
+    "Preservation",
+    "preservation",
+    "generic_texts",
+    "post_activations",
+    "last_keys",
+    "find_target",
+    "solve_rows",
+    "GENERIC_TEXT",
+]
+
+GENERIC_TEXT = "generic_text.jsonl"
+"""The package's generic text (short everyday sentences in en, fr, es, de, ru, zh, ar, ja, written for lakn)."""
+
+_FORMAT = "lakn-preservation-1"
+
+
+def generic_texts(languages: Iterable[str] | None = None) -> list[str]:
+    """The sentences of ``lakn/data/generic_text.jsonl`` (of ``languages`` only, when given)."""
+    wanted = None if languages is None else set(languages)
+    path = Path(str(files("lakn") / "data" / GENERIC_TEXT))
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if wanted is None or row["language"] in wanted:
+                out.append(str(row["text"]))
+    return out
+
+
+# --------------------------------------------------------------------------- activations
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the last needed layer has run."""
+
+
+def post_activations(model, tokens: Tensor, layers: Iterable[int]) -> dict[int, Float[Tensor, "batch pos d_mlp"]]:
+    """Neuron activations (``blocks.{l}.mlp.hook_post``) of ``tokens`` at ``layers``, without
+    gradients; the forward stops after the last of the layers (no unembedding)."""
+    wanted = sorted({int(l) for l in layers})
+    if not wanted:
+        raise ValueError("no layers given")
+    store: dict[int, Tensor] = {}
+    last = wanted[-1]
+
+    def make(layer: int):
+        def hook(act, hook=None):
+            store[layer] = act.detach()
+            if layer == last:
+                raise _Stop
+            return act
+
+        return hook
+
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name(l), make(l)) for l in wanted]):
+            model(tokens.to(model_device(model)))
+    except _Stop:
+        pass
+    missing = [l for l in wanted if l not in store]
+    if missing:
+        raise RuntimeError(f"the forward pass did not reach the MLP of layers {missing}")
+    return store
+
+
+def last_keys(model, prompts: Sequence[Tensor], by_layer: dict[int, list[int]]) -> dict[int, Float[Tensor, "q n"]]:
+    """Keys: the activations of ``by_layer[l]``'s neurons at each prompt's last position, float64
+    ``[len(prompts), n_l]`` per layer (prompts of equal length run as one batch)."""
+    out = {l: torch.zeros(len(prompts), len(idx), dtype=torch.float64) for l, idx in by_layer.items()}
+    for length, members in _by_length(prompts).items():
+        for start in range(0, len(members), 32):
+            chunk = members[start:start + 32]
+            acts = post_activations(model, torch.stack([prompts[i] for i in chunk]), by_layer)
+            for layer, idx in by_layer.items():
+                keys = acts[layer][:, -1][:, torch.as_tensor(idx, device=acts[layer].device)]
+                out[layer][chunk] = keys.double().cpu()
+    return out
+
+
+def _by_length(seqs: Sequence[Tensor]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, s in enumerate(seqs):
+        groups.setdefault(int(s.shape[-1]), []).append(i)
+    return groups
+
+
+# --------------------------------------------------------------------------- preservation
+
+
+@dataclass(eq=False)
+class Preservation:
+    """Second moments of MLP post-activations over preserved tokens, per layer.
+
+    ``moments[l]`` is ``C_l = K0 K0^T / n_tokens`` (``d_mlp x d_mlp``, float64), K0 the layer's
+    activations at every preserved token; ``n_tokens`` the token count, ``source`` a description
+    of the text, ``source_sha256`` the hash of the exact texts, ``model`` the model's name.
+    ``save(path)`` writes ``path`` (safetensors) and ``path + ".json"`` (metadata with the
+    safetensors file's SHA-256); :meth:`load` checks the hash and the shapes.
+    """
+
+    moments: dict[int, Tensor]
+    n_tokens: int
+    source: str = ""
+    source_sha256: str = ""
+    model: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self.moments)
+
+    def __getitem__(self, layer: int) -> Tensor:
+        return self.moments[int(layer)]
+
+    def restricted(self, layer: int, idx: Sequence[int]) -> Float[Tensor, "n n"]:
+        """``C_SS``: the layer's second moment on the neurons ``idx`` (float64)."""
+        if int(layer) not in self.moments:
+            raise ValueError(f"the preservation has no covariance for layer {layer} (it has layers {self.layers})")
+        c = self.moments[int(layer)]
+        index = torch.as_tensor(list(idx), dtype=torch.long)
+        if index.numel() and (index.min() < 0 or index.max() >= c.shape[0]):
+            raise ValueError(f"neuron index out of range for the layer-{layer} covariance of size {c.shape[0]}")
+        return c.double().index_select(0, index).index_select(1, index)
+
+    def merged(self, other: "Preservation") -> "Preservation":
+        """Both token sets together (token-weighted mean of the moments, on their common layers)."""
+        common = sorted(set(self.moments) & set(other.moments))
+        n = self.n_tokens + other.n_tokens
+        moments = {l: (self.moments[l].double() * self.n_tokens + other.moments[l].double() * other.n_tokens) / max(n, 1)
+                   for l in common}
+        sha = hashlib.sha256((self.source_sha256 + other.source_sha256).encode()).hexdigest()
+        return Preservation(moments, n, f"{self.source} + {other.source}", sha, self.model or other.model)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({f"layer.{l}": self.moments[l].contiguous().cpu() for l in self.layers}, str(tmp))
+        digest = _sha256_file(tmp)
+        os.replace(tmp, path)
+        meta = dict(format=_FORMAT, layers=self.layers, n_tokens=int(self.n_tokens), source=self.source,
+                    source_sha256=self.source_sha256, model=self.model, sha256=digest, meta=self.meta)
+        side = _meta_path(path)
+        side_tmp = side.with_name(side.name + ".tmp")
+        side_tmp.write_text(json.dumps(meta, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(side_tmp, side)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Preservation":
+        """Read a saved preservation; a missing, changed or malformed file raises ``ValueError``
+        naming it."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        side = _meta_path(path)
+        try:
+            meta = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read the preservation metadata {side}: {err}") from err
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError(f"{side} is not a lakn preservation file (format {_FORMAT!r} expected)")
+        try:
+            digest = _sha256_file(path)
+        except OSError as err:
+            raise ValueError(f"cannot read the preservation file {path}: {err}") from err
+        if digest != meta.get("sha256"):
+            raise ValueError(f"preservation file {path} is corrupted or changed: its SHA-256 {digest[:12]}... "
+                             f"differs from the one recorded in {side.name}")
+        try:
+            tensors = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types
+            raise ValueError(f"cannot read the preservation file {path}: {err}") from err
+        moments = {}
+        for layer in meta.get("layers", []):
+            t = tensors.get(f"layer.{layer}")
+            if t is None or t.ndim != 2 or t.shape[0] != t.shape[1]:
+                raise ValueError(f"preservation file {path} has no square matrix for layer {layer}")
+            moments[int(layer)] = t.double()
+        return cls(moments, int(meta["n_tokens"]), str(meta.get("source", "")), str(meta.get("source_sha256", "")),
+                   str(meta.get("model", "")), dict(meta.get("meta") or {}))
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fingerprint(model) -> str:
+    """A cheap hash of the weights (each parameter's shape, sum and a strided sample), so a
+    cached covariance of one model is never used for another of the same name."""
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+            flat = p.detach().reshape(-1)
+            step = max(1, flat.numel() // 64)
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}{float(flat.sum()):.9e}".encode())
+            h.update(flat[::step].float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _second_moments(model, token_lists: Sequence[Tensor], layers: list[int]) -> tuple[dict[int, Tensor], int]:
+    d_mlp = int(model.cfg.d_mlp)
+    sums = {l: torch.zeros(d_mlp, d_mlp, dtype=torch.float64) for l in layers}
+    n = 0
+    for length, members in sorted(_by_length(token_lists).items()):
+        for start in range(0, len(members), 32):
+            chunk = members[start:start + 32]
+            acts = post_activations(model, torch.stack([token_lists[i] for i in chunk]), layers)
+            for layer in layers:
+                a = acts[layer].reshape(-1, acts[layer].shape[-1]).double().cpu()
+                sums[layer] += a.T @ a
+            n += len(chunk) * length
+    return {l: s / max(n, 1) for l, s in sums.items()}, n
+
+
+def preservation(
+    model,
+    layers: Iterable[int],
+    *,
+    texts: Sequence[str] | None = None,
+    facts: Sequence[Fact] | None = None,
+    languages: Sequence[str] | None = None,
+    cache: bool = True,
+) -> Preservation:
+    """The preserved-key second moments of ``layers``: activations at every token position of
+    ``texts`` (default: the package's generic text, :func:`generic_texts`, of ``languages`` when
+    given) plus, with ``facts``, the prompts of those facts' queries in ``languages`` (default:
+    all of each fact's languages).
+
+    With ``cache`` each layer's matrix is stored under ``cache_dir()/covariance/`` in a file
+    named by a hash of (model name, weights fingerprint, layer, exact texts), and reused.
+    """
+    from .models import cache_dir, is_masked_lm, model_name
+
+    wanted = sorted({int(l) for l in layers})
+    n_layers = int(model.cfg.n_layers)
+    if not wanted:
+        raise ValueError("no layers given for the preservation")
+    if wanted[0] < 0 or wanted[-1] >= n_layers:
+        raise IndexError(f"layers {wanted} out of range for a model with {n_layers} layers")
+    all_texts = list(generic_texts(languages) if texts is None else texts)
+    parts = ["generic text" if texts is None else f"{len(all_texts)} texts"]
+    if facts:
+        causal = not is_masked_lm(model)
+        prompts = [q.prompt for f in facts for lang in (languages or f.languages) if lang in f.templates
+                   for q in f.queries(lang, causal=causal)]
+        all_texts += prompts
+        parts.append(f"{len(prompts)} query prompts of {len(facts)} facts")
+    all_texts = [t for t in all_texts if t.strip()]
+    if not all_texts:
+        raise ValueError("no preserved text: give texts or facts")
+    source_sha = hashlib.sha256(json.dumps(all_texts, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+    source = ", ".join(parts) + f" ({len(all_texts)} texts)"
+    name = model_name(model)
+    folder = cache_dir() / "covariance"
+    moments: dict[int, Tensor] = {}
+    n_tokens = None
+    paths = {}
+    if cache:
+        fp = _fingerprint(model)
+        for layer in wanted:
+            key = json.dumps([_FORMAT, name, fp, layer, source_sha, str(model.cfg.dtype) if hasattr(model.cfg, "dtype") else ""])
+            paths[layer] = folder / (hashlib.sha256(key.encode()).hexdigest()[:40] + ".safetensors")
+            if paths[layer].exists():
+                try:
+                    cached = Preservation.load(paths[layer])
+                    moments[layer] = cached.moments[layer]
+                    n_tokens = cached.n_tokens
+                except (ValueError, KeyError) as err:
+                    warnings.warn(f"ignoring a bad cached covariance ({err}); recomputing", stacklevel=2)
+    todo = [l for l in wanted if l not in moments]
+    if todo:
+        tokens = [model.to_tokens(t)[0].cpu() for t in all_texts]
+        computed, n = _second_moments(model, tokens, todo)
+        moments.update(computed)
+        n_tokens = n
+        if cache:
+            for layer in todo:
+                Preservation({layer: computed[layer]}, n, source, source_sha, name).save(paths[layer])
+    assert n_tokens is not None
+    return Preservation({l: moments[l] for l in wanted}, int(n_tokens), source, source_sha, name)
+
+
+def prompt_preservation(model, prompts: Sequence[Tensor], layers: Iterable[int]) -> Preservation:
+    """The second moments of ``prompts`` (token ids, every position), uncached."""
+    moments, n = _second_moments(model, list(prompts), sorted({int(l) for l in layers}))
+    sha = hashlib.sha256(b"".join(p.numpy().tobytes() for p in prompts)).hexdigest()
+    return Preservation(moments, n, f"{len(prompts)} prompts", sha, "")
+
+
+# --------------------------------------------------------------------------- target
+
+
+def find_target(
+    model,
+    layer: int,
+    encoded: Sequence[EncodedQuery],
+    *,
+    steps: int = 20,
+    lr: float = 0.5,
+    decay: float = 0.05,
+) -> tuple[Float[Tensor, "d_model"], list[float]]:
+    """The residual ``delta`` that, added to ``blocks.{layer}.mlp.hook_out`` at the last prompt
+    position of each query (nowhere else), maximises the mean teacher-forced log-probability of
+    the queries' answers: ``steps`` Adam steps (learning rate ``lr``) on
+    ``mean_q NLL_q(answer) + decay * ||delta||^2 / mean_q ||out_q||^2`` (``out_q`` the clean MLP
+    output there: the penalty is scale-free). Returns ``delta`` (float32, on the CPU) and the
+    mean NLL before each step."""
+    if not encoded:
+        raise ValueError("no queries to find the target on")
+    if any(e.masked for e in encoded):
+        raise ValueError("the closed-form target needs a causal LM (answers after the prompt)")
+    device = model_device(model)
+    point = f"blocks.{int(layer)}.mlp.hook_out"
+    d_model = int(model.cfg.d_model)
+    inputs = [(torch.cat([e.prompt, e.answer[:-1]])[None].to(device), len(e.prompt) - 1, e.answer.to(device))
+              for e in encoded]
+    norms = []
+    for tokens, pos, _ in inputs:
+        store: dict = {}
+
+        def grab(out, hook=None, store=store, pos=pos):
+            store["out"] = out[0, pos].detach().float()
+            raise _Stop
+
+        try:
+            with torch.no_grad(), model.hooks(fwd_hooks=[(point, grab)]):
+                model(tokens)
+        except _Stop:
+            pass
+        norms.append(float(store["out"].norm() ** 2))
+    scale = max(sum(norms) / len(norms), 1e-12)
+    delta = torch.zeros(d_model, device=device, requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=lr)
+    history: list[float] = []
+    with torch.enable_grad():
+        for _ in range(int(steps)):
+            optimiser.zero_grad()
+            losses = []
+            for tokens, pos, answer in inputs:
+                onehot = torch.zeros(tokens.shape[1], 1, device=device)
+                onehot[pos] = 1.0
+
+                def add(out, hook=None, onehot=onehot):
+                    return out + (onehot * delta).to(out.dtype)
+
+                with model.hooks(fwd_hooks=[(point, add)]):
+                    logits = logits_at(model, tokens, len(answer))[0].float()
+                losses.append(torch.nn.functional.cross_entropy(logits, answer))
+            nll = torch.stack(losses).mean()
+            history.append(float(nll.detach()))
+            (nll + decay * (delta**2).sum() / scale).backward()
+            optimiser.step()
+    return delta.detach().float().cpu(), history
+
+
+# --------------------------------------------------------------------------- solve
+
+
+def solve_rows(
+    keys: Float[Tensor, "q n"],
+    residuals: Float[Tensor, "q d_model"],
+    covariance: Float[Tensor, "n n"] | None = None,
+    *,
+    lam: float = 1e4,
+    null_space: float | None = None,
+    ridge: float = 1e-6,
+) -> Float[Tensor, "n d_model"]:
+    """The row update ``dW`` (``n x d_model``, float64) minimising
+    ``sum_q ||k_q^T dW - r_q^T||^2 + lam tr(dW^T C dW) + rho ||dW||^2``, i.e.
+    ``dW = (K K^T + lam C + rho I)^{-1} K R`` with ``K = keys^T``, ``R = residuals`` and the tiny
+    ridge ``rho = ridge * mean diag(K K^T + lam C)``.
+
+    ``null_space = eps``: ``dW`` is restricted to the null space of ``C`` (AlphaEdit): with
+    ``C = U diag(s) U^T`` and ``U0`` the eigenvectors whose eigenvalue is below ``eps * max(s)``,
+    ``dW = U0 Y`` and ``Y = (U0^T K K^T U0 + lam diag(s0) + rho I)^{-1} U0^T K R``, so the output on a
+    preserved key ``k0`` changes by ``k0^T U0 Y``, whose mean square over the preserved keys is
+    at most ``eps max(s) ||Y||^2``.
+    """
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    if keys.ndim != 2 or residuals.ndim != 2 or keys.shape[0] != residuals.shape[0]:
+        raise ValueError(f"keys {tuple(keys.shape)} and residuals {tuple(residuals.shape)} must be [q, n] and [q, d]")
+    K = keys.double().T
+    R = residuals.double()
+    n = K.shape[0]
+    C = torch.zeros(n, n, dtype=torch.float64) if covariance is None else covariance.double()
+    if C.shape != (n, n):
+        raise ValueError(f"covariance {tuple(C.shape)} does not match {n} neurons")
+    A = K @ K.T + lam * C
+    B = K @ R
+    if null_space is not None:
+        if not 0 < null_space < 1:
+            raise ValueError(f"null_space must be in (0, 1), got {null_space}")
+        if covariance is None:
+            raise ValueError("null_space needs a covariance")
+        s, U = torch.linalg.eigh(C)
+        U0 = U[:, s < null_space * s.max().clamp_min(1e-300)]
+        if U0.shape[1] == 0:
+            raise ValueError(f"the preserved covariance has no eigenvalue below null_space={null_space:g} x its "
+                             "largest: no null space to edit in (raise null_space or edit more neurons)")
+        A0 = U0.T @ A @ U0
+        rho = ridge * float(A0.diagonal().mean().clamp_min(1e-300))
+        Y = torch.linalg.solve(A0 + rho * torch.eye(A0.shape[0], dtype=torch.float64), U0.T @ B)
+        return U0 @ Y
+    rho = ridge * float(A.diagonal().mean().clamp_min(1e-300))
+    return torch.linalg.solve(A + rho * torch.eye(n, dtype=torch.float64), B)

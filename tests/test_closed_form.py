@@ -1,0 +1,283 @@
+"""The constrained closed-form edit (docs/method.md §8.3): the solve, preservation, batch, hooks, undo."""
+
+import pytest
+import torch
+
+import lakn
+from lakn.closed_form import Preservation, find_target, last_keys, post_activations, preservation, solve_rows
+from lakn.editing import EDIT_METHODS, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
+from lakn.facts import FactsError
+from lakn.testing import active_hook_count, tiny_model
+
+TEXTS = ["The cat sleeps.", "Il pleut.", "我们吃饭。"]  # few tokens: the layer's covariance has a null space
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama", weight_scale=4.0)
+
+
+def _mlp_out(model, tokens, layer):
+    store = {}
+
+    def grab(out, hook=None):
+        store["out"] = out.detach().clone()
+        return out
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{layer}.mlp.hook_out", grab)]):
+        model(tokens)
+    return store["out"][0]
+
+
+def _weights(model):
+    return {l: w_out(model, l)[0].detach().clone() for l in range(int(model.cfg.n_layers))}
+
+
+def _same(model, saved):
+    return all(torch.equal(w_out(model, l)[0], w) for l, w in saved.items())
+
+
+def _prompt_tokens(model, fact, langs):
+    return [model.to_tokens(q.prompt) for l in langs for q in fact.queries(l)]
+
+
+# --------------------------------------------------------------------------- the solve
+
+
+def test_solve_satisfies_its_normal_equations_and_interpolates_without_lam():
+    g = torch.Generator().manual_seed(0)
+    q, n, d = 5, 12, 7
+    K, R = torch.randn(q, n, generator=g, dtype=torch.float64), torch.randn(q, d, generator=g, dtype=torch.float64)
+    A = torch.randn(40, n, generator=g, dtype=torch.float64)
+    C = A.T @ A / 40
+    dW = solve_rows(K, R, C, lam=3.0, ridge=1e-6)
+    lhs = (K.T @ K + 3.0 * C) @ dW
+    rho = 1e-6 * float((K.T @ K + 3.0 * C).diagonal().mean())
+    torch.testing.assert_close(lhs + rho * dW, K.T @ R, rtol=1e-9, atol=1e-9)
+    exact = solve_rows(K, R, C, lam=0.0, ridge=1e-12)  # n > q: the keys map exactly to the residuals
+    torch.testing.assert_close(K @ exact, R, rtol=1e-6, atol=1e-6)
+    big = solve_rows(K, R, C, lam=1e8)
+    assert float((A @ big).norm()) < 1e-3 * float((A @ exact).norm())  # large lam: preserved keys barely move
+
+
+def test_null_space_solve_leaves_preserved_keys_exactly_and_maps_the_keys():
+    g = torch.Generator().manual_seed(1)
+    n, d = 16, 6
+    K0 = torch.randn(30, 9, generator=g, dtype=torch.float64) @ torch.randn(9, n, generator=g, dtype=torch.float64)
+    C = K0.T @ K0 / 30  # rank 9 of 16: a null space of dimension 7
+    K, R = torch.randn(4, n, generator=g, dtype=torch.float64), torch.randn(4, d, generator=g, dtype=torch.float64)
+    dW = solve_rows(K, R, C, lam=1e4, null_space=1e-8, ridge=1e-12)
+    assert float((K0 @ dW).abs().max()) < 1e-8 * float(dW.abs().max())
+    torch.testing.assert_close(K @ dW, R, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="no null space"):
+        solve_rows(K, R, torch.eye(n, dtype=torch.float64), null_space=1e-3)
+    with pytest.raises(ValueError, match="lam"):
+        solve_rows(K, R, C, lam=-1.0)
+
+
+# --------------------------------------------------------------------------- edits on a tiny model
+
+
+def test_closed_form_edit_maps_keys_to_the_target_and_raises_the_new_answer(llama, toy_facts):
+    fact = toy_facts[0]
+    before = _weights(llama)
+    q = fact.queries("en")[0]
+    new_q = lakn.Query(q.template, q.prompt, "Madrid", q.separator, "en")
+    p0 = lakn.answer_probability(llama, new_q)
+    prompts = _prompt_tokens(llama, fact, ["en", "fr", "zh"])
+    outs0 = [_mlp_out(llama, t, 1)[-1] for t in prompts]
+    with edit_fact(llama, fact, {"en": "Madrid", "fr": "Madrid", "zh": "马德里"}, layer_neurons(llama, [1]),
+                   lam=0.0, ridge=1e-12, target_steps=30) as edit:
+        assert edit.method.startswith("closed_form") and "keys=en,fr,zh" in edit.method
+        assert edit.info["n_keys"] == 6 and edit.history[-1] < edit.history[0]
+        target = edit.info["targets"][0]
+        for t, o0 in zip(prompts, outs0):  # every language's key gives the same output change
+            torch.testing.assert_close(_mlp_out(llama, t, 1)[-1] - o0, target, rtol=1e-3, atol=1e-3)
+        assert lakn.answer_probability(llama, new_q) > p0
+    assert _same(llama, before)
+
+
+def test_large_lam_and_null_space_keep_preserved_outputs(llama, toy_facts):
+    fact = toy_facts[1]
+    pres = preservation(llama, [1], texts=TEXTS)
+    texts = [llama.to_tokens(t) for t in TEXTS]
+    ref = [_mlp_out(llama, t, 1) for t in texts]
+    keys = [llama.to_tokens(q.prompt) for l in ("en", "fr") for q in fact.queries(l)]
+    key0 = [_mlp_out(llama, t, 1)[-1] for t in keys]
+
+    def change(**kw):
+        with edit_fact(llama, fact, {"en": "Rome", "fr": "Rome"}, layer_neurons(llama, [1]), preserve=pres,
+                       ridge=1e-12, **kw) as e:
+            moved = max(float((_mlp_out(llama, t, 1) - r).abs().max()) for t, r in zip(texts, ref))
+            target = e.info["targets"][0]
+            err = max(float((_mlp_out(llama, t, 1)[-1] - k0 - target).abs().max()) for t, k0 in zip(keys, key0))
+        return moved, err / float(target.abs().max())
+
+    free, free_err = change(lam=0.0)
+    kept, _ = change(lam=1e6)
+    null, null_err = change(lam=1e4, null_space=1e-6)
+    assert free > 1e-2 and free_err < 1e-3
+    assert kept < 0.05 * free
+    assert null < 1e-4 * free and null_err < 1e-3  # preserved tokens untouched, keys still mapped
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_weight_edit_and_hooks_give_the_same_logits(arch, toy_facts):
+    m = tiny_model(arch, weight_scale=3.0)
+    fact = toy_facts[2]
+    tokens = m.to_tokens("The capital of Italy is Rome, of Spain Madrid")
+    for method, neurons in (("closed_form", [(0, i) for i in range(0, 40, 3)] + [(1, 5), (1, 7)]),
+                            ("gradient", [(0, 1), (1, 2)]), ("kn_embedding", [(1, 3), (1, 4)])):
+        edit = edit_fact(m, fact, {"en": "Tokyo"}, neurons, method=method, steps=3, lam=10.0)
+        with torch.no_grad():
+            applied = m(tokens)
+        edit.undo()
+        with torch.no_grad():
+            clean = m(tokens)
+            with m.hooks(fwd_hooks=edit.hooks()):
+                hooked = m(tokens)
+        assert float((applied - clean).abs().max()) > 1e-4, method
+        torch.testing.assert_close(hooked, applied, atol=1e-5, rtol=1e-5)
+        assert active_hook_count(m) == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with m.hooks(fwd_hooks=edit.hooks()):
+            raise RuntimeError("boom")
+    assert active_hook_count(m) == 0
+
+
+def test_undo_restores_bit_for_bit_for_batches_and_overlapping_edits(llama, toy_facts):
+    before = _weights(llama)
+    answers = {f.fact_id: {"en": toy_facts[(i + 1) % 4].answers["en"]} for i, f in enumerate(toy_facts)}
+    a = edit_fact(llama, toy_facts[0], answers[toy_facts[0].fact_id], layer_neurons(llama, [1]))
+    b = edit_facts(llama, toy_facts[1:], answers, [(0, 3), (1, 2), (1, 60)], lam=1.0)
+    c = edit_fact(llama, toy_facts[2], {"en": "Paris"}, [(1, 2), (0, 3)], method="gradient", steps=2)
+    d = edit_facts(llama, toy_facts[:2], answers, {toy_facts[0].fact_id: [(1, 2)], toy_facts[1].fact_id: [(1, 9)]},
+                   method="kn_embedding")
+    assert not _same(llama, before)
+    for e in (b, d, a, c):  # any order
+        e.undo()
+    assert _same(llama, before)
+    b.redo()
+    b.undo()
+    assert _same(llama, before)
+
+
+def test_batch_is_one_solve_that_maps_every_fact(llama, toy_facts):
+    facts = toy_facts[:3]
+    answers = {f.fact_id: {"en": toy_facts[(i + 1) % 4].answers["en"], "fr": toy_facts[(i + 1) % 4].answers["fr"]}
+               for i, f in enumerate(facts)}
+    neurons = layer_neurons(llama, [1])
+    prompts = {f.fact_id: _prompt_tokens(llama, f, ["en", "fr"]) for f in facts}
+    out0 = {i: [_mlp_out(llama, t, 1)[-1] for t in p] for i, p in prompts.items()}
+    with edit_facts(llama, facts, answers, neurons, lam=0.0, ridge=1e-12, target_steps=5) as batch:
+        assert "batch=3" in batch.method and batch.info["n_keys"] == 12
+        for f, target in zip(facts, batch.info["targets"]):
+            for t, o0 in zip(prompts[f.fact_id], out0[f.fact_id]):
+                torch.testing.assert_close(_mlp_out(llama, t, 1)[-1] - o0, target, rtol=1e-3, atol=1e-3)
+        joint = batch.deltas[1].clone()
+    summed = torch.zeros_like(joint)
+    for f in facts:
+        with edit_fact(llama, f, answers[f.fact_id], neurons, lam=0.0, ridge=1e-12, target_steps=5) as single:
+            summed += single.deltas[1]
+    assert float((joint - summed).abs().max()) > 1e-3 * float(joint.abs().max())
+
+
+def test_inject_through_the_same_solve(llama, toy_facts):
+    fact = toy_facts[3]
+    before = _weights(llama)
+    with inject_fact(llama, fact, languages=("en", "fr"), neurons=layer_neurons(llama, [1]), lam=0.0,
+                     ridge=1e-12) as e:
+        assert "inject" in e.method and e.info["key_languages"] == ["en", "fr"] and len(e.info["targets"]) == 2
+        assert e.info["n_keys"] == 4
+    with inject_fact(llama, fact, language="en", neurons=[(1, 1), (1, 2)], method="gradient", steps=2) as g:
+        assert len(g.history) == 2
+    assert _same(llama, before)
+
+
+# --------------------------------------------------------------------------- preservation
+
+
+def test_preservation_is_cached_saved_loaded_and_checked(llama, tmp_path, toy_facts):
+    pres = preservation(llama, [0, 1], texts=TEXTS)
+    files = sorted((tmp_path / "cache" / "covariance").glob("*.safetensors"))
+    assert len(files) == 2 and all(len(f.stem) == 40 for f in files)  # named by a hash
+    assert pres.n_tokens == sum(llama.to_tokens(t).shape[1] for t in TEXTS)
+    acts = torch.cat([post_activations(llama, llama.to_tokens(t), [1])[1][0] for t in TEXTS]).double()
+    torch.testing.assert_close(pres[1], acts.T @ acts / pres.n_tokens)
+    again = preservation(llama, [1], texts=TEXTS)  # from the cache
+    assert torch.equal(again[1], pres[1]) and again.n_tokens == pres.n_tokens
+    with_facts = preservation(llama, [1], texts=TEXTS, facts=toy_facts[:2], languages=["en"])
+    assert with_facts.n_tokens > pres.n_tokens and "4 query prompts" in with_facts.source
+    path = pres.save(tmp_path / "p.safetensors")
+    loaded = Preservation.load(path)
+    assert loaded.layers == [0, 1] and torch.equal(loaded[0], pres[0]) and loaded.source == pres.source
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="p.safetensors"):
+        Preservation.load(path)
+    with pytest.raises(ValueError, match="metadata"):
+        Preservation.load(tmp_path / "missing.safetensors")
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+
+def test_bad_inputs_give_clear_errors(llama, toy_facts):
+    fact = toy_facts[0]
+    before = _weights(llama)
+    n = [(1, 0), (1, 1)]
+    with pytest.raises(ValueError, match="unknown edit method"):
+        edit_fact(llama, fact, {"en": "Rome"}, n, method="rome")
+    with pytest.raises(ValueError, match="no neurons"):
+        edit_fact(llama, fact, {"en": "Rome"}, [])
+    with pytest.raises(FactsError, match="edit language 'en'"):
+        edit_fact(llama, fact, {"fr": "Rome"}, n)
+    with pytest.raises(FactsError, match="key language"):
+        edit_fact(llama, fact, {"en": "Rome"}, n, key_languages=["en", "xx"])
+    with pytest.raises(ValueError, match="lam"):
+        edit_fact(llama, fact, {"en": "Rome"}, n, lam=-1.0)
+    with pytest.raises(ValueError, match="null_space"):
+        edit_fact(llama, fact, {"en": "Rome"}, n, null_space=2.0)
+    with pytest.raises(IndexError, match="d_mlp"):
+        edit_fact(llama, fact, {"en": "Rome"}, [(1, 10_000)])
+    with pytest.raises(ValueError, match="layer"):
+        edit_fact(llama, fact, {"en": "Rome"}, [(0, 1), (1, 1)], preserve=preservation(llama, [1], texts=TEXTS))
+    other = tiny_model("llama", d_mlp=48)
+    wrong = preservation(other, [0, 1], texts=TEXTS)
+    with pytest.raises(ValueError, match="another model"):
+        edit_fact(llama, fact, {"en": "Rome"}, n, preserve=wrong)
+    with pytest.raises(FactsError, match="no entry"):
+        edit_facts(llama, toy_facts[:2], {fact.fact_id: {"en": "Rome"}}, n)
+    with pytest.raises(TypeError, match="unknown option"):
+        edit_facts(llama, toy_facts[:1], {fact.fact_id: {"en": "Rome"}}, n, lamda=3)
+    with pytest.raises(FactsError, match="no queries or answer"):
+        inject_fact(llama, fact, languages=("de",), neurons=n)
+    bert = tiny_model("bert")
+    with pytest.raises(ValueError, match="causal LM"):
+        edit_fact(bert, fact, {"en": "Rome"}, [(0, 1)])
+    assert _same(llama, before) and active_hook_count(llama) == 0
+    assert EDIT_METHODS == ("closed_form", "gradient", "kn_embedding")
+
+
+def test_a_failing_solve_leaves_no_hooks_and_no_change(llama, toy_facts, monkeypatch):
+    import lakn.closed_form as cf
+
+    before = _weights(llama)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("solver failed")
+
+    monkeypatch.setattr(cf, "solve_rows", broken)
+    with pytest.raises(RuntimeError, match="solver failed"):
+        edit_fact(llama, toy_facts[0], {"en": "Rome"}, layer_neurons(llama, [1]), preserve=preservation(llama, [1], texts=TEXTS))
+    assert _same(llama, before) and active_hook_count(llama) == 0 and not llama.__dict__.get("_lakn_edits")
+    delta, history = find_target(llama, 1, [lakn.encode_query(llama, toy_facts[0].queries("en")[0])], steps=2)
+    keys = last_keys(llama, [llama.to_tokens("Hello")[0]], {1: [0, 5]})
+    assert delta.shape == (int(llama.cfg.d_model),) and len(history) == 2 and keys[1].shape == (1, 2)
+    assert active_hook_count(llama) == 0

@@ -1,0 +1,211 @@
+"""The edit evaluation (lakn.evaluation.editing.edit_evaluation, injection_experiment, lakn edit / inject):
+numbers relative to the model before the edit, on tiny models with dummy and breaking edits."""
+
+import json
+
+import pytest
+import torch
+
+import lakn
+from lakn.evaluation.editing import EditingResult, apply_edits, edit_evaluation, locality_group
+from lakn.evaluation.injection import InjectionResult, injection_experiment
+from lakn.facts import Fact
+from lakn.testing import tiny_model
+
+CITIES = ["Paris", "Madrid", "Rome", "Tokyo", "Cairo", "Moscow", "Berlin", "London", "Ottawa", "Canberra", "Lisbon"]
+COUNTRIES = ["France", "Spain", "Italy", "Japan", "Egypt", "Russia", "Germany", "England", "Canada", "Australia",
+             "Portugal"]
+
+
+def fact(fid, relation, answer, subject, fr=None):
+    return Fact.from_dict({
+        "fact_id": fid, "relation": relation, "object": {"en": answer, "fr": fr or answer},
+        "queries": {"en": [f"The capital of {subject} is [Y]", f"{subject}'s capital city is [Y]",
+                           f"{subject} has its capital in [Y]", f"The seat of {subject}'s government is [Y]"],
+                    "fr": [f"La capitale de {subject} est [Y]", f"{subject} a pour capitale [Y]"]}})
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model("llama", weight_scale=3.0)
+
+
+@pytest.fixture(scope="module")
+def capitals():
+    return [fact(f"cap_{c.lower()}", "capital", city, c) for c, city in zip(COUNTRIES, CITIES)]
+
+
+def noop(model, facts, new_answers, neurons, **options):
+    """A dummy edit that changes nothing."""
+
+    class Handle:
+        undone = False
+
+        def undo(self):
+            self.undone = True
+
+    return Handle()
+
+
+def breaking(model, facts, new_answers, neurons, **options):
+    """An edit that breaks everything: large random W_out in every layer (undone bit for bit)."""
+    saved = []
+    g = torch.Generator().manual_seed(0)
+    for layer in range(model.cfg.n_layers):
+        w, _ = lakn.w_out(model, layer)
+        saved.append((w, w.detach().clone()))
+        with torch.no_grad():
+            w.add_(torch.randn(w.shape, generator=g) * 50)
+
+    class Handle:
+        def undo(self):
+            with torch.no_grad():
+                for w, orig in saved:
+                    w.copy_(orig)
+
+    return Handle()
+
+
+def test_noop_edit_gives_the_before_numbers_exactly(model, capitals):
+    sets = {"lakn": {f.fact_id: [(1, 2), (1, 3)] for f in capitals[:4]}}
+    res = edit_evaluation(model, capitals, sets, methods={"noop": {"method": noop}}, max_queries=2, max_heldout=2,
+                          progress=False)
+    df = res.to_dataframe()
+    eff = df[df.metric != "locality"]
+    # the queries: 2 edit queries (en: reliability; fr: generality) and up to 2 held-out (en only: fr has 2 in all)
+    assert set(eff.metric) == {"reliability", "generality", "heldout"}
+    assert (eff.groupby(["fact_id", "metric"]).size() == 2).all()
+    assert set(eff.loc[eff.metric == "heldout", "language"]) == {"en"}
+    # nothing changed: reliability = the share of queries that already predicted the new answer
+    assert (eff.top1 == eff.top1_before).all() and (eff.success == eff.success_before).all()
+    rel = eff[eff.metric == "reliability"]
+    table = res.table()
+    assert table.loc[("noop", "lakn", 1, "reliability", "en"), "value"] == pytest.approx(rel.top1_before.mean())
+    assert table.loc[("noop", "lakn", 1, "reliability", "en"), "n_queries"] == len(rel) == 8
+    assert table.loc[("noop", "lakn", 1, "reliability", "en"), "n_facts"] == 4
+    # locality: every unrelated query keeps its top-1 exactly; the edited fact is never its own locality
+    loc = df[df.metric == "locality"]
+    assert len(loc) and (loc.success == 1.0).all()
+    assert not (loc.other_fact == loc.fact_id).any()
+    assert res.wide().loc[("noop", "lakn", 1), "loc_same"] == 1.0
+    # every unrelated fact is a capital: same_answer when its first answer token is the edited fact's old or new
+    # one in that language (the tiny tokenizer shares some), else same_relation; one query per language
+    def token(f, lang, answer=None):
+        f = f if answer is None else Fact(f.fact_id, f.relation, {lang: answer}, f.templates)
+        return lakn.encode_query(model, f.queries(lang)[0]).answer[0].item()
+
+    by_id = {f.fact_id: f for f in capitals}
+    new = res.config["new_answers"]
+    expected = ["same_answer" if token(by_id[o], lang) in {token(by_id[f], lang), token(by_id[f], lang, new[f][lang])}
+                else "same_relation" for f, o, lang in zip(loc.fact_id, loc.other_fact, loc.language)]
+    assert list(loc.group) == expected and {"same_answer", "same_relation"} == set(expected)
+    assert len(loc) == 4 * 10 * 2
+
+
+def test_breaking_edit_drops_locality_and_is_undone(model, capitals):
+    before = lakn.w_out(model, 0)[0].detach().clone()
+    sets = {"lakn": {capitals[0].fact_id: [(0, 1)]}}
+    res = edit_evaluation(model, capitals, sets, methods={"break": {"method": breaking}, "noop": {"method": noop}},
+                          max_queries=1, progress=False)
+    assert torch.equal(lakn.w_out(model, 0)[0], before)
+    wide = res.wide()
+    assert wide.loc[("noop", "lakn", 1), "loc_same"] == 1.0
+    assert wide.loc[("break", "lakn", 1), "loc_same"] < 0.5
+
+
+def test_locality_groups_on_hand_made_facts(model):
+    edited = fact("cap_france", "capital", "Paris", "France")
+    pool = [fact("same_new", "capital", "Madrid", "Spain"), fact("same_old", "capital", "Paris", "Italy"),
+            fact("same_rel", "capital", "Tokyo", "Japan"), fact("other_rel", "language", "Madrid", "Egypt")]
+    tok = {c: lakn.encode_query(model, f.queries("en")[0]).answer[0] for c, f in
+           zip(["Madrid", "Paris", "Tokyo"], pool[:3])}
+    assert len(set(tok.values())) == 3  # precondition: three different first tokens
+    res = edit_evaluation(model, [edited, *pool], {"s": {"cap_france": [(1, 0)]}}, methods={"noop": {"method": noop}},
+                          new_answers={"cap_france": {"en": "Madrid", "fr": "Madrid"}}, languages=["en"],
+                          unrelated=pool, progress=False)
+    groups = res.to_dataframe().query("metric == 'locality'").set_index("other_fact")["group"].to_dict()
+    assert groups == {"same_new": "same_answer", "same_old": "same_answer", "same_rel": "same_relation",
+                      "other_rel": "other_relation"}
+    # the same through the helper, for a batch: a fact of the relation sharing no answer token
+    assert locality_group("language", 1, "en", []) == "other_relation"
+
+
+def test_batches_of_1_and_10_run_and_undo(model, capitals):
+    before = [lakn.w_out(model, layer)[0].detach().clone() for layer in range(model.cfg.n_layers)]
+    sets = {"lakn": {f.fact_id: [(1, i)] for i, f in enumerate(capitals)}}
+    res = edit_evaluation(model, capitals, sets, methods={"gradient": {"method": "gradient", "steps": 1}},
+                          languages=["en"], max_queries=1, max_heldout=0, batch_sizes=(1, 10), progress=False)
+    for layer, w in enumerate(before):
+        assert torch.equal(lakn.w_out(model, layer)[0], w)
+    df = res.to_dataframe()
+    eff = df[df.metric == "reliability"]
+    assert eff.groupby("batch").fact_id.nunique().to_dict() == {1: 11, 10: 10}
+    assert eff.groupby("batch").batch_id.nunique().to_dict() == {1: 11, 10: 1}
+    loc = df[(df.metric == "locality") & (df.batch == 10)]
+    assert set(loc.other_fact) == {capitals[10].fact_id}  # the batch's own facts are not its locality
+    assert res.config["batched"]["10"] == (getattr(lakn.editing, "edit_facts", None) is not None)
+    assert res.wide().loc[("gradient", "lakn", 10), "n_neurons"] == 10
+    with pytest.raises(ValueError, match="not offered"):
+        apply_edits(model, capitals[:1], {capitals[0].fact_id: {"en": "Rome"}}, {capitals[0].fact_id: [(0, 1)]},
+                    method="no_such_method")
+
+
+def test_save_load_round_trip(model, capitals, tmp_path):
+    sets = {"lakn": {f.fact_id: [(1, 2)] for f in capitals[:2]}}
+    res = edit_evaluation(model, capitals[:5], sets, methods={"noop": {"method": noop}}, max_queries=1, progress=False)
+    path = res.save(tmp_path / "edit.json")
+    assert json.loads(path.read_text())["kind"] == "EditingResult"
+    back = EditingResult.load(path)
+    assert back.rows == res.rows and back.config == res.config
+    assert back.table().equals(res.table()) and back.wide().equals(res.wide())
+
+
+def test_injection_with_no_training_keeps_everything(model, capitals):
+    fict = lakn.load_facts("fictional")[:1]
+    res = injection_experiment(model, fict, languages=["en", "fr", "zh"], train_languages=["en", "fr"],
+                               unrelated=capitals[:3], k=4, steps=0, neuron_sets=("activation", "random"),
+                               progress=False)
+    df = res.to_dataframe()
+    rec = df[df.metric == "recall"].astype({"trained": bool})
+    assert set(rec[rec.trained].language) == {"en", "fr"} and set(rec[~rec.trained].language) == {"zh"}
+    assert (rec.top1 == rec.top1_before).all()
+    assert (df[df.metric == "locality"].success == 1.0).all()
+    wide = res.wide()
+    assert set(wide.index) == {("gradient", "activation"), ("gradient", "random")}
+    assert (wide["locality"] == 1.0).all() and (wide["n_neurons"] == 4).all()
+    back = InjectionResult.load(res.save(_tmp_json()))
+    assert back.rows == res.rows
+
+
+def _tmp_json():
+    import tempfile
+
+    return tempfile.mkdtemp() + "/inject.json"
+
+
+def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capitals):
+    from lakn import cli, models
+
+    data = tmp_path / "facts.jsonl"
+    data.write_text("\n".join(json.dumps({"fact_id": f.fact_id, "relation": f.relation, "object": f.answers,
+                                          "queries": {k: list(v) for k, v in f.templates.items()}})
+                              for f in capitals[:4]))
+    m = tiny_model("llama", weight_scale=3.0)
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: m)
+    runs = tmp_path / "runs"
+    lakn.localize_methods(m, lakn.load_facts(data), methods=("matrice",), languages=["en"], steps=1, max_queries=1,
+                          out=runs, data=str(data), progress=False, top_k=3)
+    assert cli.main(["edit", str(runs), "--method", "gradient", "--steps", "1", "--edit-set", "lakn,layer",
+                     "--batch", "1,2", "--max-queries", "1", "--languages", "en,fr"]) == 0
+    out = capsys.readouterr().out
+    assert "loc_same" in out and "reliability" in out and "gen_fr" in out
+    df = EditingResult.load(runs / "edit.json").to_dataframe()
+    assert set(df.neurons) == {"lakn", "language_specific", "random", "layer"}
+    assert set(df.batch) == {1, 2}
+    assert df.loc[df.neurons == "layer", "n_neurons"].min() == m.cfg.d_mlp
+    assert cli.main(["inject", str(runs), "--method", "gradient", "--steps", "1", "--k", "3", "--languages", "en,fr",
+                     "--train-languages", "en", "--fact-ids", "fict_capital_velmora"]) == 0
+    assert "recall_trained" in capsys.readouterr().out
+    inj = InjectionResult.load(runs / "inject.json")
+    assert {r["fact_id"] for r in inj.rows} == {"fict_capital_velmora"}
+    assert {r["other_fact"] for r in inj.rows if r["metric"] == "locality"} <= {f.fact_id for f in capitals[:4]}
