@@ -31,9 +31,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .facts import Fact
+from .facts import Fact, Query
 from .hooks import hook_name
-from .tokens import EncodedQuery, logits_at, model_device
+from .tokens import EncodedQuery, encode_query, logits_at, model_device
 
 __all__ = [
     "Preservation",
@@ -453,3 +453,31 @@ def solve_rows(
         return U0 @ Y
     rho = ridge * float(A.diagonal().mean().clamp_min(1e-300))
     return torch.linalg.solve(A + rho * torch.eye(n, dtype=torch.float64), B)
+
+
+def _default_preserved_facts(exclude: frozenset[str]) -> list[Fact]:
+    """lakn's demo facts (written for lakn; every query prompt in all their languages), without the
+    facts being edited: the preserved other-fact keys of the default closed-form edit."""
+    from .facts import load_facts
+
+    return [f for f in load_facts("demo") if f.fact_id not in exclude]
+
+
+def preservation_for(model, preserve, layers: list[int], exclude: frozenset[str] = frozenset()) -> Preservation:
+    """The preservation a closed-form edit uses: ``preserve`` itself (a :class:`Preservation`), or the
+    default one (:func:`preservation` of the generic text and the demo facts but ``exclude``), plus
+    the tokens of ``preserve`` when it is a sequence of prompts."""
+    if isinstance(preserve, Preservation):
+        missing = [l for l in layers if l not in preserve.moments]
+        if missing:
+            raise ValueError(f"the preservation has no covariance for layer(s) {missing} (it has {preserve.layers}); "
+                             f"build it with lakn.preservation(model, {layers})")
+        return preserve
+    base = preservation(model, layers, facts=_default_preserved_facts(exclude))
+    if preserve is None or (isinstance(preserve, Sequence) and len(preserve) == 0):
+        return base
+    if not isinstance(preserve, Sequence):
+        raise TypeError(f"preserve must be a Preservation, a sequence of prompts or None, not {type(preserve).__name__}")
+    prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
+               for p in preserve]
+    return base.merged(prompt_preservation(model, prompts, layers))

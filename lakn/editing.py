@@ -130,36 +130,17 @@ class _Group:
     key_languages: list[str]
 
 
-def _preservation_for(model, preserve, layers: list[int]):
-    from .closed_form import Preservation, preservation, prompt_preservation
-
-    if isinstance(preserve, Preservation):
-        missing = [l for l in layers if l not in preserve.moments]
-        if missing:
-            raise ValueError(f"the preservation has no covariance for layer(s) {missing} (it has {preserve.layers}); "
-                             f"build it with lakn.preservation(model, {layers})")
-        return preserve
-    base = preservation(model, layers)
-    if preserve is None or (isinstance(preserve, Sequence) and len(preserve) == 0):
-        return base
-    if not isinstance(preserve, Sequence):
-        raise TypeError(f"preserve must be a Preservation, a sequence of prompts or None, not {type(preserve).__name__}")
-    prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
-               for p in preserve]
-    return base.merged(prompt_preservation(model, prompts, layers))
-
-
 def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, label: str = "") -> Edit:
-    from .closed_form import find_target, last_keys, solve_rows
+    from .closed_form import find_target, last_keys, preservation_for, solve_rows
 
     if is_masked_lm(model):
         raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
                          "use method='gradient' for a masked LM")
     layers = sorted(by_layer)
     d_mlp = int(model.cfg.d_mlp)
-    pres = _preservation_for(model, preserve, layers)
+    pres = preservation_for(model, preserve, layers, frozenset(g.name.split(':')[0] for g in groups))
     for layer in layers:
         if pres[layer].shape != (d_mlp, d_mlp):
             raise ValueError(f"the layer-{layer} covariance is {tuple(pres[layer].shape)}, this model's layers have "
@@ -259,8 +240,9 @@ def edit_fact(
     of the fact's queries in every ``key_languages`` language (default: the edit language and
     every other language of ``new_answers`` the fact has queries in); the rows' change is the
     least-squares map of every key to ``gain * delta / n_layers`` that keeps the preserved keys'
-    output (``preserve``: a :class:`~lakn.closed_form.Preservation`; ``None``: the generic-text
-    covariance, built once and cached; a sequence of prompts: their tokens added to it) unchanged
+    output (``preserve``: a :class:`~lakn.closed_form.Preservation`; ``None``: the covariance of
+    lakn's generic text and of every query prompt of lakn's demo facts but the edited ones, built
+    once per set of texts and cached; a sequence of prompts: their tokens added to it) unchanged
     up to ``lam``: ``dW = (K K^T + lam C_SS)^{-1} K R``, in the null space of ``C_SS`` with
     ``null_space``. Causal LMs only.
 
