@@ -80,6 +80,8 @@ def main() -> int:
                     help="preserved keys: lakn's generic text alone, or with every query prompt of lakn's demo facts "
                          "in all their languages (default demo; disjoint from the shared data measured here)")
     ap.add_argument("--grid", default=None, help="closed-form grid points LAM:GAIN[:NS],... (default: the built-in grid)")
+    ap.add_argument("--position", default="subject", choices=("last", "subject"),
+                    help="where keys are read and the target added: the last prompt token or the subject's last token")
     ap.add_argument("--skip-small", action="store_true", help="skip the small-set comparison")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 facts, 2 grid points, batch 3")
     args = ap.parse_args()
@@ -126,7 +128,8 @@ def main() -> int:
         return res
 
     methods = {f"closed_form lam={lam:g} gain={gain:g}" + (f" ns={ns:g}" if ns else ""):
-               dict(method="closed_form", lam=lam, gain=gain, preserve=kept, **({"null_space": ns} if ns else {}))
+               dict(method="closed_form", lam=lam, gain=gain, preserve=kept, position=args.position,
+                    **({"null_space": ns} if ns else {}))
                for lam, gain, ns in grid}
     run("closed_form grid, whole layer", facts=edit, sets={f"layer{args.layer}": layer}, methods=methods)
     if args.run:
@@ -140,13 +143,14 @@ def main() -> int:
         small = {f.fact_id: activation_neurons(model, f, languages, args.k) for f in edit}
         small_name = "activation"
     rand = {fid: random_control(n, int(model.cfg.d_mlp), args.seed, i) for i, (fid, n) in enumerate(small.items())}
-    peers = {"closed_form lam=1e4 gain=1": dict(method="closed_form", lam=1e4, gain=1.0, preserve=kept),
+    first = next(iter(methods))
+    peers = {  # the closed form needs a covariance of every layer of the small sets: left out here
              "gradient": dict(method="gradient"), "kn_embedding": dict(method="kn_embedding")}
     if not args.skip_small:
         run("small sets: closed_form, gradient, kn_embedding", facts=edit, sets={small_name: small, "random": rand},
             methods=peers)
     if batches:
-        bmethods = {k: v for k, v in methods.items() if v["lam"] == 1e4 and "null_space" not in v}
+        bmethods = {first: methods[first]}
         run(f"batches {batches}", facts=batch, sets={f"layer{args.layer}": layer}, methods=bmethods,
             batch_sizes=batches)
     merged = EditingResult([r for res in results for r in res.rows],

@@ -6,10 +6,11 @@ Pieces, each usable alone:
   ``l``'s MLP post-activations over preserved tokens (every position of generic text, plus other
   facts' query prompts), cached per model, layer and source under
   ``lakn.models.cache_dir()/covariance/``;
-- :func:`post_activations` / :func:`last_keys`: neuron activations (``blocks.{l}.mlp.hook_post``)
+- :func:`post_activations` / :func:`prompt_keys`: neuron activations (``blocks.{l}.mlp.hook_post``)
   of prompts, the forward stopped after the last layer asked for;
+- :func:`subject_position`: where a prompt's subject ends (the token ROME and MEMIT edit at);
 - :func:`find_target`: the residual ``delta`` (d_model) that, added to the MLP output
-  (``blocks.{L}.mlp.hook_out``) at the last prompt position, makes the new answer likely;
+  (``blocks.{L}.mlp.hook_out``) at the key position, makes the new answer likely;
 - :func:`solve_rows`: the update of the neurons' rows,
   ``dW = (K K^T + lam C_SS + rho I)^{-1} K R``, optionally inside the null space of ``C_SS``.
 
@@ -40,7 +41,8 @@ __all__ = [
     "preservation",
     "generic_texts",
     "post_activations",
-    "last_keys",
+    "prompt_keys",
+    "subject_position",
     "find_target",
     "solve_rows",
     "GENERIC_TEXT",
@@ -101,18 +103,72 @@ def post_activations(model, tokens: Tensor, layers: Iterable[int]) -> dict[int, 
     return store
 
 
-def last_keys(model, prompts: Sequence[Tensor], by_layer: dict[int, list[int]]) -> dict[int, Float[Tensor, "q n"]]:
-    """Keys: the activations of ``by_layer[l]``'s neurons at each prompt's last position, float64
-    ``[len(prompts), n_l]`` per layer (prompts of equal length run as one batch)."""
+def prompt_keys(
+    model, prompts: Sequence[Tensor], by_layer: dict[int, list[int]], positions: Sequence[int] | None = None
+) -> dict[int, Float[Tensor, "q n"]]:
+    """Keys: the activations of ``by_layer[l]``'s neurons at ``positions[i]`` of prompt ``i`` (default:
+    its last position), float64 ``[len(prompts), n_l]`` per layer (prompts of equal length run as
+    one batch)."""
+    if positions is None:
+        positions = [int(p.shape[-1]) - 1 for p in prompts]
+    if len(positions) != len(prompts):
+        raise ValueError(f"{len(positions)} key positions for {len(prompts)} prompts")
+    for i, (p, pos) in enumerate(zip(prompts, positions)):
+        if not 0 <= int(pos) < int(p.shape[-1]):
+            raise IndexError(f"key position {pos} outside prompt {i} of {int(p.shape[-1])} tokens")
     out = {l: torch.zeros(len(prompts), len(idx), dtype=torch.float64) for l, idx in by_layer.items()}
     for length, members in _by_length(prompts).items():
         for start in range(0, len(members), 32):
             chunk = members[start:start + 32]
             acts = post_activations(model, torch.stack([prompts[i] for i in chunk]), by_layer)
+            where = torch.as_tensor([int(positions[i]) for i in chunk])
             for layer, idx in by_layer.items():
-                keys = acts[layer][:, -1][:, torch.as_tensor(idx, device=acts[layer].device)]
-                out[layer][chunk] = keys.double().cpu()
+                a = acts[layer][torch.arange(len(chunk)), where.to(acts[layer].device)]
+                out[layer][chunk] = a[:, torch.as_tensor(idx, device=a.device)].double().cpu()
     return out
+
+
+def _subject_end(prompt: str, subject: str) -> int | None:
+    """The character index just after ``subject`` in ``prompt``: an exact match, else a
+    case-insensitive one, else the longest prefix of the subject (at least 60% of it, 2+
+    characters) that occurs, so an inflected form counts ("Франции" for "Франция")."""
+    subject = subject.strip()
+    if not subject:
+        return None
+    for hay, needle in ((prompt, subject), (prompt.casefold(), subject.casefold())):
+        at = hay.find(needle)
+        if at >= 0 and len(hay) == len(prompt):
+            return at + len(needle)
+    shortest = max(2, -(-len(subject) * 3 // 5))
+    for n in range(len(subject) - 1, shortest - 1, -1):
+        at = prompt.find(subject[:n])
+        if at >= 0:
+            return at + n
+    return None
+
+
+def subject_position(model, prompt: str, subject: str) -> int | None:
+    """The index, in ``model.to_tokens(prompt)[0]``, of the token holding the subject's last
+    character (the "subject's last token" of ROME / MEMIT), or ``None`` when the subject is not
+    in the prompt. The key at this token is the subject's, not the relation template's, so
+    other facts of the relation have other keys."""
+    end = _subject_end(prompt, subject)
+    if end is None:
+        return None
+    tokens = model.to_tokens(prompt)[0]
+    bos = 0
+    try:
+        enc = model.tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=False)
+        offsets = enc["offset_mapping"]
+        bos = len(tokens) - len(enc["input_ids"])
+        if bos < 0 or tokens[bos:].tolist() != list(enc["input_ids"]):
+            raise ValueError("the tokenizer's ids differ from model.to_tokens")
+        for i, (_, stop) in enumerate(offsets):
+            if stop >= end:
+                return bos + i
+        return len(tokens) - 1
+    except (NotImplementedError, KeyError, ValueError, TypeError):  # no offsets (slow tokenizer)
+        return min(len(model.to_tokens(prompt[:end])[0]), len(tokens)) - 1
 
 
 def _by_length(seqs: Sequence[Tensor]) -> dict[int, list[int]]:
@@ -347,9 +403,10 @@ def find_target(
     steps: int = 20,
     lr: float = 0.5,
     decay: float = 0.05,
+    positions: Sequence[int] | None = None,
 ) -> tuple[Float[Tensor, "d_model"], list[float]]:
-    """The residual ``delta`` that, added to ``blocks.{layer}.mlp.hook_out`` at the last prompt
-    position of each query (nowhere else), maximises the mean teacher-forced log-probability of
+    """The residual ``delta`` that, added to ``blocks.{layer}.mlp.hook_out`` at ``positions[i]`` of
+    query ``i`` (default: its last prompt position; nowhere else), maximises the mean teacher-forced log-probability of
     the queries' answers: ``steps`` Adam steps (learning rate ``lr``) on
     ``mean_q NLL_q(answer) + decay * ||delta||^2 / mean_q ||out_q||^2`` (``out_q`` the clean MLP
     output there: the penalty is scale-free). Returns ``delta`` (float32, on the CPU) and the
@@ -361,8 +418,15 @@ def find_target(
     device = model_device(model)
     point = f"blocks.{int(layer)}.mlp.hook_out"
     d_model = int(model.cfg.d_model)
-    inputs = [(torch.cat([e.prompt, e.answer[:-1]])[None].to(device), len(e.prompt) - 1, e.answer.to(device))
-              for e in encoded]
+    if positions is None:
+        positions = [len(e.prompt) - 1 for e in encoded]
+    if len(positions) != len(encoded):
+        raise ValueError(f"{len(positions)} target positions for {len(encoded)} queries")
+    bad = [int(p) for p, e in zip(positions, encoded) if not 0 <= int(p) < len(e.prompt)]
+    if bad:
+        raise IndexError(f"target position(s) {bad} outside the prompts")
+    inputs = [(torch.cat([e.prompt, e.answer[:-1]])[None].to(device), int(p), e.answer.to(device))
+              for e, p in zip(encoded, positions)]
     norms = []
     for tokens, pos, _ in inputs:
         store: dict = {}

@@ -15,6 +15,7 @@ whose :meth:`Edit.hooks` give the same change as TransformerLens hooks::
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -23,10 +24,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .facts import Fact, FactsError, Query
-from .hooks import Neuron, capture_hook, group_by_layer, hook_name
+from .hooks import Neuron, group_by_layer
 from .models import is_masked_lm
 from .tokens import EncodedQuery, encode_query, last_logits, logits_at, model_device
-from .weights import Edit, _delta_hooks, _rows, _write_rows, layer_neurons, w_out
+from .weights import Edit, _delta_hooks, _rows, _write_rows, activation_neurons, layer_neurons, w_out
 
 __all__ = ["w_out", "Edit", "edit_fact", "edit_facts", "inject_fact", "activation_neurons", "layer_neurons",
            "EDIT_METHODS"]
@@ -99,16 +100,43 @@ def _key_languages(fact: Fact, new_answers: Mapping[str, str], language: str,
     return langs
 
 
-def _prompts(model, fact: Fact, languages: Sequence[str], max_queries: int | None) -> tuple[list[Tensor], list[str]]:
-    """Token ids of the fact's query prompts in ``languages`` (at most ``max_queries`` each)."""
-    prompts, langs = [], []
+KEY_POSITIONS = ("subject", "last")
+"""Where the closed-form edit reads its keys and adds its target (method.md §8.3): the subject's last
+token (default, as ROME / MEMIT: other facts of the relation keep their keys) or the last prompt token."""
+
+LAM = 1e5  # the closed-form edit's default weight of the preserved keys (results.md run 5's frontier)
+
+
+def _position(model, query: Query, tokens: Tensor, fact: Fact, position: str) -> int | None:
+    """The key position of one query: its last prompt token, or its subject's last token (None
+    when the fact names no subject in the query's language or the prompt does not contain it)."""
+    if position == "last":
+        return int(tokens.shape[-1]) - 1
+    from .closed_form import subject_position
+
+    subject = fact.subjects.get(query.language)
+    return None if not subject else subject_position(model, query.prompt, subject)
+
+
+def _prompts(model, fact: Fact, languages: Sequence[str], max_queries: int | None,
+             position: str = "last") -> tuple[list[Tensor], list[str], list[int]]:
+    """Token ids of the fact's query prompts in ``languages`` (at most ``max_queries`` each) with
+    their key positions; with ``position="subject"`` prompts whose subject is not found are left out."""
+    prompts, langs, positions = [], [], []
     for lang in languages:
         for q in fact.queries(lang, causal=True)[:max_queries]:
             if not q.prompt.strip():
                 raise FactsError(f"query {q.template!r} ({lang}) has no text before the answer slot")
-            prompts.append(model.to_tokens(q.prompt)[0].cpu())
-            langs.append(lang)
-    return prompts, langs
+            tokens = model.to_tokens(q.prompt)[0].cpu()
+            pos = _position(model, q, tokens, fact, position)
+            if pos is not None:
+                prompts.append(tokens)
+                langs.append(lang)
+                positions.append(pos)
+    if not prompts:
+        raise FactsError(f"fact {fact.fact_id!r}: no query in {list(languages)} contains the fact's subject "
+                         f"(given in {sorted(fact.subjects)}); give it a 'subject' or use position='last'")
+    return prompts, langs, positions
 
 
 def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[EncodedQuery]:
@@ -119,6 +147,26 @@ def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[
     return [encode_query(model, q) for q in queries]
 
 
+def _group(model, name: str, target_fact: Fact, key_fact: Fact, language: str, key_languages: Sequence[str],
+           max_queries: int | None, position: str) -> "_Group":
+    """One closed-form target: ``target_fact``'s queries in ``language`` (answers: the new ones)
+    and ``key_fact``'s prompts in ``key_languages``, each with its key position."""
+    if position not in KEY_POSITIONS:
+        raise ValueError(f"unknown key position {position!r}; choose from {KEY_POSITIONS}")
+    if position == "subject" and not key_fact.subjects:
+        warnings.warn(f"fact {key_fact.fact_id!r} names no subject: keys at the last prompt token", stacklevel=4)
+        position = "last"
+    queries = target_fact.queries(language, causal=True)[:max_queries]
+    encoded = _encoded(model, target_fact, language, max_queries)
+    where = [_position(model, q, e.prompt, target_fact, position) for q, e in zip(queries, encoded)]
+    targets = [(e, p) for e, p in zip(encoded, where) if p is not None]
+    if not targets:
+        raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query contains the fact's subject "
+                         f"{target_fact.subjects.get(language)!r}; give it a 'subject' or use position='last'")
+    prompts, _, positions = _prompts(model, key_fact, key_languages, max_queries, position)
+    return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages))
+
+
 @dataclass
 class _Group:
     """One target of a closed-form solve: the queries its delta is found on and the prompts whose
@@ -126,14 +174,16 @@ class _Group:
 
     name: str
     targets: list[EncodedQuery]
+    target_positions: list[int]
     prompts: list[Tensor]
+    key_positions: list[int]
     key_languages: list[str]
 
 
-def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float,
+def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, label: str = "") -> Edit:
-    from .closed_form import find_target, last_keys, preservation_for, solve_rows
+    from .closed_form import find_target, preservation_for, prompt_keys, solve_rows
 
     if is_masked_lm(model):
         raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
@@ -149,11 +199,11 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     deltas, histories, keys, residuals = [], [], [], []
     for group in groups:
         delta, history = find_target(model, target_layer, group.targets, steps=target_steps, lr=target_lr,
-                                     decay=target_decay)
+                                     decay=target_decay, positions=group.target_positions)
         deltas.append(delta)
         histories.append(history)
         if group.prompts:
-            keys.append(last_keys(model, group.prompts, by_layer))
+            keys.append(prompt_keys(model, group.prompts, by_layer, group.key_positions))
             residuals.append((gain / len(layers)) * delta.double()[None].expand(len(group.prompts), -1))
     if not keys:
         raise ValueError("no key prompts for the closed-form solve")
@@ -169,7 +219,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     langs = sorted({l for g in groups for l in g.key_languages})
     method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
               + f" keys={','.join(langs)}" + (f" {label}" if label else ""))
-    info = dict(key_languages=langs, n_keys=int(R.shape[0]), target_layer=target_layer, layers=layers,
+    info = dict(key_languages=langs, n_keys=int(R.shape[0]), target_layer=target_layer, layers=layers, position=position,
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
                 lam=lam, gain=gain, null_space=null_space)
@@ -215,8 +265,9 @@ def edit_fact(
     language: str = "en",
     method: str = "closed_form",
     key_languages: Sequence[str] | None = None,
+    position: str = "subject",
     preserve: Any = None,
-    lam: float = 1e4,
+    lam: float = LAM,
     gain: float = 1.0,
     null_space: float | None = None,
     target_steps: int = 20,
@@ -271,10 +322,10 @@ def edit_fact(
     edited = _with_answers(fact, new_answers)
     if method == "closed_form":
         langs = _key_languages(fact, new_answers, language, key_languages)
-        group = _Group(fact.fact_id, _encoded(model, edited, language, max_queries),
-                       _prompts(model, fact, langs, max_queries)[0], langs)
-        return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, gain=gain, null_space=null_space,
-                            target_steps=target_steps, target_lr=target_lr, target_decay=target_decay, ridge=ridge)
+        group = _group(model, fact.fact_id, edited, fact, language, langs, max_queries, position)
+        return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
+                            null_space=null_space, target_steps=target_steps, target_lr=target_lr,
+                            target_decay=target_decay, ridge=ridge)
     if method == "kn_embedding":
         pair = (_first_token(model, fact, language), _first_token(model, edited, language))
         return _kn_embedding(model, [pair], by_layer, kn_scale)
@@ -318,6 +369,7 @@ def edit_facts(
     language: str = "en",
     method: str = "closed_form",
     key_languages: Sequence[str] | None = None,
+    position: str = "subject",
     max_queries: int | None = None,
     **options,
 ) -> Edit:
@@ -350,7 +402,7 @@ def edit_facts(
     else:
         shared = list(neurons)
         sets = {i: shared for i in ids}
-    lam, gain, null_space = options.get("lam", 1e4), options.get("gain", 1.0), options.get("null_space")
+    lam, gain, null_space = options.get("lam", LAM), options.get("gain", 1.0), options.get("null_space")
     _check_options(method, lam, gain, null_space)
     if method == "closed_form":
         allowed = {"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay", "ridge"}
@@ -364,18 +416,19 @@ def edit_facts(
             if language not in answers:
                 raise FactsError(f"new_answers[{fact.fact_id!r}] has no answer in the edit language {language!r}")
             langs = _key_languages(fact, answers, language, key_languages)
-            groups.append(_Group(fact.fact_id, _encoded(model, _with_answers(fact, answers), language, max_queries),
-                                 _prompts(model, fact, langs, max_queries)[0], langs))
+            groups.append(_group(model, fact.fact_id, _with_answers(fact, answers), fact, language, langs,
+                                 max_queries, position))
         kw = {k: v for k, v in options.items() if k in allowed}
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
-        return _closed_form(model, groups, by_layer, label=f"batch={len(facts)}", **kw)
+        return _closed_form(model, groups, by_layer, label=f"batch={len(facts)}", position=position, **kw)
     singles: list[Edit] = []
     try:
         for fact in facts:
             e = edit_fact(model, fact, new_answers[fact.fact_id], sets[fact.fact_id], language=language,
-                          method=method, key_languages=key_languages, max_queries=max_queries, **options)
+                          method=method, key_languages=key_languages, position=position, max_queries=max_queries,
+                          **options)
             e.undo()
             singles.append(e)
     finally:
@@ -429,40 +482,6 @@ def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay, preserve=()
     return Edit(model, by_layer, original, deltas, history, method=method, locality_history=locality)
 
 
-def activation_neurons(
-    model, fact: Fact, languages: Sequence[str], k: int = 20, *, exclude_layers: Sequence[int] = ()
-) -> list[Neuron]:
-    """LAKN-style neurons for a fact the model does not know (so attribution has nothing to find):
-    the ``k`` neurons whose activation at the answer position is large in *every* language.
-
-    Score of (l, i): min over languages of the language's mean |activation| divided by that
-    layer's mean |activation| (so no layer dominates by scale). Best first.
-    """
-    causal = not is_masked_lm(model)
-    n_layers = int(model.cfg.n_layers)
-    per_lang = []
-    for lang in languages:
-        acts = []
-        for q in fact.queries(lang, causal=causal):
-            enc = encode_query(model, q)
-            store: dict = {}
-            hooks = [(hook_name(l), capture_hook(store, l, position="last")) for l in range(n_layers)]
-            with torch.no_grad():
-                model.run_with_hooks(enc.prompt[None].to(model_device(model)), fwd_hooks=hooks)
-            acts.append(torch.stack([store[l][0].float().abs().cpu() for l in range(n_layers)]))
-        if acts:
-            a = torch.stack(acts).mean(0)
-            per_lang.append(a / a.mean(-1, keepdim=True).clamp_min(1e-12))
-    if not per_lang:
-        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {list(languages)}")
-    score = torch.stack(per_lang).min(0).values
-    for layer in exclude_layers:
-        score[layer] = -1
-    top = score.flatten().topk(k).indices
-    d_mlp = score.shape[1]
-    return [(int(i) // d_mlp, int(i) % d_mlp) for i in top]
-
-
 def inject_fact(
     model,
     fact: Fact,
@@ -473,6 +492,7 @@ def inject_fact(
     k: int = 20,
     language: str | None = None,
     neuron_languages: Sequence[str] | None = None,
+    position: str = "subject",
     max_queries: int | None = None,
     **options,
 ) -> Edit:
@@ -503,7 +523,7 @@ def inject_fact(
     unknown_opts = set(options) - _OPTIONS
     if unknown_opts:
         raise TypeError(f"inject_fact got unknown option(s) {sorted(unknown_opts)}")
-    lam, gain, null_space = options.get("lam", 1e4), options.get("gain", 1.0), options.get("null_space")
+    lam, gain, null_space = options.get("lam", LAM), options.get("gain", 1.0), options.get("null_space")
     _check_options(method, lam, gain, null_space)
     by_layer = _neuron_layers(model, neurons)
     if method == "closed_form":
@@ -512,9 +532,9 @@ def inject_fact(
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
-        groups = [_Group(f"{fact.fact_id}:{lang}", _encoded(model, fact, lang, max_queries),
-                         _prompts(model, fact, [lang], max_queries)[0], [lang]) for lang in languages]
-        return _closed_form(model, groups, by_layer, label="inject", **kw)
+        groups = [_group(model, f"{fact.fact_id}:{lang}", fact, fact, lang, [lang], max_queries, position)
+                  for lang in languages]
+        return _closed_form(model, groups, by_layer, label="inject", position=position, **kw)
     if method == "kn_embedding":
         pairs = [(None, _first_token(model, fact, lang)) for lang in languages]
         return _kn_embedding(model, pairs, by_layer, float(options.get("kn_scale", 1.0)), label="inject")

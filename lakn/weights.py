@@ -9,15 +9,16 @@ TransformerLens hooks, without touching the weights. :mod:`lakn.editing` compute
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .hooks import MLP_POST, Neuron, hook_name
+from .facts import Fact, FactsError
+from .hooks import MLP_POST, Neuron, capture_hook, hook_name
 
-__all__ = ["w_out", "Edit", "layer_neurons"]
+__all__ = ["w_out", "Edit", "layer_neurons", "activation_neurons"]
 
 
 # Names of the MLP output projection in Hugging Face decoder layers, for models the bridge does
@@ -219,3 +220,40 @@ def layer_neurons(model, layers: Iterable[int]) -> list[Neuron]:
             raise IndexError(f"layer {layer} out of range for a model with {n_layers} layers")
         out += [(int(layer), i) for i in range(d_mlp)]
     return out
+
+
+def activation_neurons(
+    model, fact: Fact, languages: Sequence[str], k: int = 20, *, exclude_layers: Sequence[int] = ()
+) -> list[Neuron]:
+    """LAKN-style neurons for a fact the model does not know (so attribution has nothing to find):
+    the ``k`` neurons whose activation at the answer position is large in *every* language.
+
+    Score of (l, i): min over languages of the language's mean |activation| divided by that
+    layer's mean |activation| (so no layer dominates by scale). Best first.
+    """
+    from .models import is_masked_lm
+    from .tokens import encode_query, model_device
+
+    causal = not is_masked_lm(model)
+    n_layers = int(model.cfg.n_layers)
+    per_lang = []
+    for lang in languages:
+        acts = []
+        for q in fact.queries(lang, causal=causal):
+            enc = encode_query(model, q)
+            store: dict = {}
+            hooks = [(hook_name(l), capture_hook(store, l, position="last")) for l in range(n_layers)]
+            with torch.no_grad():
+                model.run_with_hooks(enc.prompt[None].to(model_device(model)), fwd_hooks=hooks)
+            acts.append(torch.stack([store[l][0].float().abs().cpu() for l in range(n_layers)]))
+        if acts:
+            a = torch.stack(acts).mean(0)
+            per_lang.append(a / a.mean(-1, keepdim=True).clamp_min(1e-12))
+    if not per_lang:
+        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {list(languages)}")
+    score = torch.stack(per_lang).min(0).values
+    for layer in exclude_layers:
+        score[layer] = -1
+    top = score.flatten().topk(k).indices
+    d_mlp = score.shape[1]
+    return [(int(i) // d_mlp, int(i) % d_mlp) for i in top]

@@ -37,6 +37,7 @@ def toy_facts():
     return [
         Fact.from_dict({
             "fact_id": f"capital_{country.lower()}", "relation": rel,
+            "subject": {"en": country, "fr": country, "zh": country},
             "object": {"en": city, "fr": city, "zh": zh},
             "queries": {
                 "en": [f"The capital of {country} is [Y]", f"{country}'s capital city is [Y]"],

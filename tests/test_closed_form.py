@@ -4,7 +4,16 @@ import pytest
 import torch
 
 import lakn
-from lakn.closed_form import Preservation, find_target, last_keys, post_activations, preservation, solve_rows
+from lakn.closed_form import (
+    Preservation,
+    _subject_end,
+    find_target,
+    post_activations,
+    preservation,
+    prompt_keys,
+    solve_rows,
+    subject_position,
+)
 from lakn.editing import EDIT_METHODS, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
 from lakn.facts import FactsError
 from lakn.testing import active_hook_count, tiny_model
@@ -92,7 +101,7 @@ def test_closed_form_edit_maps_keys_to_the_target_and_raises_the_new_answer(llam
     prompts = _prompt_tokens(llama, fact, ["en", "fr", "zh"])
     outs0 = [_mlp_out(llama, t, 1)[-1] for t in prompts]
     with edit_fact(llama, fact, {"en": "Madrid", "fr": "Madrid", "zh": "马德里"}, layer_neurons(llama, [1]),
-                   lam=0.0, ridge=1e-12, target_steps=30) as edit:
+                   lam=0.0, ridge=1e-12, target_steps=30, position="last") as edit:
         assert edit.method.startswith("closed_form") and "keys=en,fr,zh" in edit.method
         assert edit.info["n_keys"] == 6 and edit.history[-1] < edit.history[0]
         target = edit.info["targets"][0]
@@ -112,7 +121,7 @@ def test_large_lam_and_null_space_keep_preserved_outputs(llama, toy_facts):
 
     def change(**kw):
         with edit_fact(llama, fact, {"en": "Rome", "fr": "Rome"}, layer_neurons(llama, [1]), preserve=pres,
-                       ridge=1e-12, **kw) as e:
+                       ridge=1e-12, position="last", **kw) as e:
             moved = max(float((_mlp_out(llama, t, 1) - r).abs().max()) for t, r in zip(texts, ref))
             target = e.info["targets"][0]
             err = max(float((_mlp_out(llama, t, 1)[-1] - k0 - target).abs().max()) for t, k0 in zip(keys, key0))
@@ -133,7 +142,7 @@ def test_weight_edit_and_hooks_give_the_same_logits(arch, toy_facts):
     tokens = m.to_tokens("The capital of Italy is Rome, of Spain Madrid")
     for method, neurons in (("closed_form", [(0, i) for i in range(0, 40, 3)] + [(1, 5), (1, 7)]),
                             ("gradient", [(0, 1), (1, 2)]), ("kn_embedding", [(1, 3), (1, 4)])):
-        edit = edit_fact(m, fact, {"en": "Tokyo"}, neurons, method=method, steps=3, lam=10.0)
+        edit = edit_fact(m, fact, {"en": "Tokyo"}, neurons, method=method, steps=3, lam=10.0, position="last")
         with torch.no_grad():
             applied = m(tokens)
         edit.undo()
@@ -174,7 +183,7 @@ def test_batch_is_one_solve_that_maps_every_fact(llama, toy_facts):
     neurons = layer_neurons(llama, [1])
     prompts = {f.fact_id: _prompt_tokens(llama, f, ["en", "fr"]) for f in facts}
     out0 = {i: [_mlp_out(llama, t, 1)[-1] for t in p] for i, p in prompts.items()}
-    with edit_facts(llama, facts, answers, neurons, lam=0.0, ridge=1e-12, target_steps=5) as batch:
+    with edit_facts(llama, facts, answers, neurons, lam=0.0, ridge=1e-12, target_steps=5, position="last") as batch:
         assert "batch=3" in batch.method and batch.info["n_keys"] == 12
         for f, target in zip(facts, batch.info["targets"]):
             for t, o0 in zip(prompts[f.fact_id], out0[f.fact_id]):
@@ -182,7 +191,8 @@ def test_batch_is_one_solve_that_maps_every_fact(llama, toy_facts):
         joint = batch.deltas[1].clone()
     summed = torch.zeros_like(joint)
     for f in facts:
-        with edit_fact(llama, f, answers[f.fact_id], neurons, lam=0.0, ridge=1e-12, target_steps=5) as single:
+        with edit_fact(llama, f, answers[f.fact_id], neurons, lam=0.0, ridge=1e-12, target_steps=5,
+                       position="last") as single:
             summed += single.deltas[1]
     assert float((joint - summed).abs().max()) > 1e-3 * float(joint.abs().max())
 
@@ -278,6 +288,120 @@ def test_a_failing_solve_leaves_no_hooks_and_no_change(llama, toy_facts, monkeyp
         edit_fact(llama, toy_facts[0], {"en": "Rome"}, layer_neurons(llama, [1]), preserve=preservation(llama, [1], texts=TEXTS))
     assert _same(llama, before) and active_hook_count(llama) == 0 and not llama.__dict__.get("_lakn_edits")
     delta, history = find_target(llama, 1, [lakn.encode_query(llama, toy_facts[0].queries("en")[0])], steps=2)
-    keys = last_keys(llama, [llama.to_tokens("Hello")[0]], {1: [0, 5]})
+    keys = prompt_keys(llama, [llama.to_tokens("Hello")[0]], {1: [0, 5]})
     assert delta.shape == (int(llama.cfg.d_model),) and len(history) == 2 and keys[1].shape == (1, 2)
     assert active_hook_count(llama) == 0
+
+
+# --------------------------------------------------------------------------- subject position
+
+
+def test_subject_end_exact_case_and_inflected():
+    assert _subject_end("The capital of France is", "France") == len("The capital of France")
+    assert _subject_end("the capital of france is", "France") == len("the capital of france")
+    # Russian genitive: "Франции" for "Франция" -> the longest prefix that occurs ("Франци")
+    assert _subject_end("Столица Франции —", "Франция") == len("Столица Франци")
+    assert _subject_end("The capital of Spain is", "France") is None
+    assert _subject_end("anything", "  ") is None
+
+
+def test_subject_position_is_the_subjects_last_token(llama):
+    for prompt, subject in [("The capital of France is", "France"), ("France's capital city is", "France"),
+                            ("法国的首都是", "法国"), ("Столица Франции —", "Франция")]:
+        tokens = llama.to_tokens(prompt)[0]
+        pos = subject_position(llama, prompt, subject)
+        assert pos is not None and 0 < pos < len(tokens)
+        text_to_pos = llama.tokenizer.decode(tokens[1:pos + 1])  # without <bos>
+        end = _subject_end(prompt, subject)
+        # the decoded tokens up to pos cover the subject's end, the ones before it do not
+        assert len(text_to_pos) >= end
+        assert len(llama.tokenizer.decode(tokens[1:pos])) < end
+    assert subject_position(llama, "The capital of Spain is", "France") is None
+
+
+def test_prompt_keys_read_the_given_positions(llama):
+    prompts = [llama.to_tokens(t)[0] for t in ("The capital of France is", "Le chat dort", "The capital of Spain is")]
+    positions = [4, 1, 2]
+    keys = prompt_keys(llama, prompts, {1: [0, 3, 7]}, positions)
+    for i, (p, pos) in enumerate(zip(prompts, positions)):
+        acts = post_activations(llama, p[None], [1])[1][0]
+        torch.testing.assert_close(keys[1][i], acts[pos, [0, 3, 7]].double())
+    last = prompt_keys(llama, prompts, {1: [0, 3, 7]})
+    torch.testing.assert_close(last[1][1], post_activations(llama, prompts[1][None], [1])[1][0, -1, [0, 3, 7]].double())
+    with pytest.raises(IndexError, match="outside prompt 0"):
+        prompt_keys(llama, prompts[:1], {1: [0]}, [99])
+    with pytest.raises(ValueError, match="2 key positions for 1 prompts"):
+        prompt_keys(llama, prompts[:1], {1: [0]}, [0, 1])
+
+
+def test_find_target_acts_only_at_its_position(llama, toy_facts):
+    enc = lakn.encode_query(llama, toy_facts[0].queries("en")[0])  # "The capital of France is" -> Paris
+    pos = subject_position(llama, "The capital of France is", "France")
+    delta, history = find_target(llama, 0, [enc], steps=8, positions=[pos])
+    # layer 0 at the subject token: only attention in the later layer carries it to the answer
+    assert history[-1] < history[0] - 0.1
+    tokens = enc.prompt[None]
+    onehot = torch.zeros(tokens.shape[1], 1)
+    onehot[pos] = 1.0
+    clean = _mlp_out(llama, tokens, 0)
+    store = {}
+
+    def add(out, hook=None):
+        return out + onehot * delta
+
+    def grab(out, hook=None):
+        store["out"] = out.detach().clone()
+        return out
+
+    with torch.no_grad(), llama.hooks(fwd_hooks=[("blocks.0.mlp.hook_out", add), ("blocks.0.mlp.hook_out", grab)]):
+        llama(tokens)
+    changed = (store["out"][0] - clean).norm(dim=-1)
+    assert changed[pos] > 0 and torch.count_nonzero(changed) == 1
+    with pytest.raises(IndexError, match="target position"):
+        find_target(llama, 0, [enc], steps=1, positions=[len(enc.prompt)])
+
+
+def _with_subjects(fact):
+    return fact  # the toy facts name their subjects
+
+
+def _without_subjects(fact):
+    return lakn.Fact(fact.fact_id, fact.relation, fact.answers, fact.templates, {}, fact.relation_label,
+                     fact.other_answers, fact.causal_ok)
+
+
+def test_subject_position_edit_keys_and_solve(llama, toy_facts):
+    """position="subject": the keys are the subject's last token of every key language's prompt,
+    the edit maps them to the target (the delta it was found with) and undoes bit for bit."""
+    fact = _with_subjects(toy_facts[0])
+    before = _weights(llama)
+    pres = preservation(llama, [0], texts=TEXTS)
+    edit = edit_fact(llama, fact, {"en": "Rome", "fr": "Rome", "zh": "罗马"}, layer_neurons(llama, [0]),
+                     preserve=pres, position="subject", lam=1.0)
+    try:
+        assert edit.info["n_keys"] == sum(len(fact.queries(l)) for l in ("en", "fr", "zh"))
+        assert edit.info["position"] == "subject"
+        # layer 0 (a later layer carries the subject token to the answer): its output at the subject token of the first en prompt moved toward the target
+        prompt = fact.queries("en")[0].prompt
+        tokens = llama.to_tokens(prompt)
+        pos = subject_position(llama, prompt, "France")
+        edited = _mlp_out(llama, tokens, 0)[pos]
+    finally:
+        edit.undo()
+    clean = _mlp_out(llama, tokens, 0)[pos]
+    target = edit.info["targets"][0]
+    cos = torch.nn.functional.cosine_similarity(edited - clean, target, dim=0)
+    assert float(target.norm()) > 0 and cos > 0.5
+    assert _same(llama, before)
+
+
+def test_subject_position_needs_subjects(llama, toy_facts):
+    pres = preservation(llama, [1], texts=TEXTS)
+    with pytest.warns(UserWarning, match="names no subject: keys at the last prompt token"):
+        edit = edit_fact(llama, _without_subjects(toy_facts[0]), {"en": "Rome"}, layer_neurons(llama, [1]), preserve=pres)
+    edit.undo()
+    absent = lakn.Fact("x", "capital", toy_facts[0].answers, toy_facts[0].templates, {"en": "Atlantis", "fr": "Atlantis"})
+    with pytest.raises(FactsError, match="contains the fact's subject 'Atlantis'.*or use position='last'"):
+        edit_fact(llama, absent, {"en": "Rome"}, layer_neurons(llama, [1]), preserve=pres)
+    with pytest.raises(ValueError, match="unknown key position 'middle'"):
+        edit_fact(llama, toy_facts[0], {"en": "Rome"}, layer_neurons(llama, [1]), preserve=pres, position="middle")

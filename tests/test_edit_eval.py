@@ -203,6 +203,15 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     assert set(df.neurons) == {"lakn", "language_specific", "random", "layer"}
     assert set(df.batch) == {1, 2}
     assert df.loc[df.neurons == "layer", "n_neurons"].min() == m.cfg.d_mlp
+    # these facts name no subject: the default key position falls back to the last prompt token, with a warning
+    with pytest.warns(UserWarning, match="names no subject: keys at the last prompt token"):
+        assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
+                         "--max-queries", "1", "--languages", "en,fr"]) == 0
+    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
+                     "--position", "last", "--lam", "100", "--max-queries", "1", "--languages", "en,fr"]) == 0
+    capsys.readouterr()
+    cf = EditingResult.load(runs / "edit.json")
+    assert cf.config["methods"]["closed_form"] == {"method": "closed_form", "lam": 100.0, "position": "last"}
     assert cli.main(["inject", str(runs), "--method", "gradient", "--steps", "1", "--k", "3", "--languages", "en,fr",
                      "--train-languages", "en", "--fact-ids", "fict_capital_velmora"]) == 0
     assert "recall_trained" in capsys.readouterr().out

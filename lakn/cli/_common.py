@@ -117,6 +117,9 @@ def add_edit_method_options(parser: argparse.ArgumentParser, *, sets: tuple[str,
                         help="layers of the whole-layer set (default: the layer holding most of the fact's neurons)")
     parser.add_argument("--lam", type=float, default=None, help="closed_form: weight of the preserved keys")
     parser.add_argument("--gain", type=float, default=None, help="closed_form: scale of the target; kn_embedding: scale of the embedding change (kn_scale)")
+    parser.add_argument("--position", choices=("subject", "last"), default=None,
+                        help="closed_form: read the keys and add the target at the subject's last token (subject) "
+                             "or at the last prompt token (last); default: lakn.editing's")
     parser.add_argument("--null-space", type=float, default=None,
                         help="closed_form: project the update onto the null space of the preserved keys "
                              "(eigenvalue threshold, e.g. 1e-4; default: no projection)")
@@ -136,7 +139,7 @@ def edit_method_options(args: argparse.Namespace, method: str) -> dict[str, Any]
     """The options of ``method`` given on the command line (the others keep lakn.editing's defaults)."""
     out: dict[str, Any] = {}
     if method == "closed_form":
-        for name in ("lam", "gain", "null_space"):
+        for name in ("lam", "gain", "null_space", "position"):
             if getattr(args, name, None) is not None:
                 out[name] = getattr(args, name)
     elif method == "kn_embedding" and getattr(args, "gain", None) is not None:

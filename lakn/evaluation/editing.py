@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .._io import jsonable as _jsonable
 from .._progress import progress as _progress
 from ..editing import edit_fact
 from ..facts import Fact, FactsError
@@ -528,13 +529,3 @@ def edit_evaluation(
                   new_answers=new_answers,
                   n_neurons={k: {f: len(v) for f, v in per.items()} for k, per in sets.items()})
     return EditingResult(rows, _jsonable(config))
-
-
-def _jsonable(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return repr(obj)

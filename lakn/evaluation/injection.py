@@ -8,6 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from .._io import jsonable
 from .._progress import progress as _progress
 from ..editing import activation_neurons, inject_fact
 from ..facts import Fact, FactsError, load_facts
@@ -192,11 +193,11 @@ def injection_experiment(
                     rows.append(dict(method=label, edit_method=method, neurons=name, fact_id=fact.fact_id,
                                      metric="locality", language=q.language, prompt=q.prompt, other_fact=q.fact_id,
                                      success=float(top0[j] == top1[j]), n_neurons=len(neurons)))
-    return InjectionResult(rows, dict(language=language, train_languages=train_languages,
+    return InjectionResult(rows, jsonable(dict(language=language, train_languages=train_languages,
                                       languages=list(languages or []), k=k, steps=steps, lr=lr,
                                       methods={k_: dict(v) for k_, v in table.items()}, neuron_sets=list(neuron_sets),
                                       layers=list(layers or []), options=dict(options or {}),
                                       preserve=[f.fact_id for f in preserve], locality_weight=locality_weight,
                                       target_prob=target_prob, seed=seed, first_token_only=True,
                                       selection="activation_neurons: min over languages of layer-normalised |act|",
-                                      fictional=[f.fact_id for f in fictional]))
+                                      fictional=[f.fact_id for f in fictional])))

@@ -1,0 +1,96 @@
+"""Cost of one edit and of a batch, per method, side by side (no downloads).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_edit.py [--layer 12] [--batch 10] [--repeats 2]
+
+On the embedded Gemma 3 270M with lakn's demo facts (each given another fact's answers of its
+relation): the preserved-key covariance of one layer built from scratch and read from the cache;
+one closed-form edit through the whole layer (keys at the subject's last token and at the last
+prompt token, keys from 7 languages, 20 target steps); a batch of ``--batch`` facts in one solve;
+the gradient edit (10 Adam steps) and the knowledge-neuron embedding edit through 20 neurons; and
+``undo()``. Prints seconds (median of ``--repeats``) and peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+
+import lakn
+from lakn.editing import edit_facts, layer_neurons
+from lakn.evaluation.editing import counterfactuals
+
+LANGS = ["en", "fr", "es", "ru", "de", "zh", "ar"]
+
+
+def _timed(fn, repeats: int):
+    times, out = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layer", type=int, default=12)
+    ap.add_argument("--batch", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = lakn.load_model()
+    facts = lakn.load_facts("demo")
+    new = counterfactuals(facts)
+    facts = [f for f in facts if f.fact_id in new and all(l in f.templates for l in LANGS)]
+    answers = {f.fact_id: {l: new[f.fact_id][l] for l in LANGS if l in new[f.fact_id]} for f in facts}
+    fact, layer = facts[0], args.layer
+    whole = layer_neurons(model, [layer])
+    small = [(layer, i) for i in range(20)]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ["LAKN_CACHE_DIR"] = tmp  # a cold cache, then the warm one
+        t = time.perf_counter()
+        kept = lakn.preservation(model, [layer], facts=facts[1:])
+        rows.append(("covariance, built (1 layer)", time.perf_counter() - t, f"{kept.n_tokens} tokens"))
+        t = time.perf_counter()
+        lakn.preservation(model, [layer], facts=facts[1:])
+        rows.append(("covariance, from the cache", time.perf_counter() - t, "hash-checked read"))
+
+        def single(**kw):
+            e = lakn.edit_fact(model, fact, answers[fact.fact_id], kw.pop("neurons", whole), preserve=kept, **kw)
+            e.undo()
+            return e
+
+        for pos in ("subject", "last"):
+            s, e = _timed(lambda: single(position=pos), args.repeats)
+            rows.append((f"closed_form, whole layer, keys at {pos}", s, f"{e.info['n_keys']} keys"))
+        batch = facts[: args.batch]
+        s, e = _timed(lambda: edit_facts(model, batch, {f.fact_id: answers[f.fact_id] for f in batch}, whole,
+                                         preserve=kept, position="subject").undo() or None, args.repeats)
+        rows.append((f"closed_form batch of {len(batch)} (one solve)", s, f"{s / len(batch):.2f} s per fact"))
+        s, _ = _timed(lambda: single(neurons=small, method="gradient"), args.repeats)
+        rows.append(("gradient, 20 neurons, 10 Adam steps", s, ""))
+        s, _ = _timed(lambda: single(neurons=small, method="kn_embedding"), args.repeats)
+        rows.append(("kn_embedding, 20 neurons", s, ""))
+        e = lakn.edit_fact(model, fact, answers[fact.fact_id], whole, preserve=kept, position="subject")
+        t = time.perf_counter()
+        e.undo()
+        rows.append(("undo (whole layer)", time.perf_counter() - t, "bit for bit"))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"Gemma 3 270M, layer {layer}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
+          f"median of {args.repeats}; peak RSS {peak:.0f} MiB")
+    print(f"{'step':<46} {'seconds':>8}  note")
+    for name, s, note in rows:
+        print(f"{name:<46} {s:>8.2f}  {note}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""New-knowledge injection on the embedded Gemma 3 270M: lakn's fictional facts taught in some
+languages (default en, fr) and recalled in all, with locality on real facts of the shared
+RML-LAMA-like data that the model knows (top-1 retention of their first answer token).
+
+Methods x neuron sets: the closed-form solve (keys at the subject's last token, or the last prompt
+token) through a whole layer, and the gradient (Adam) and knowledge-neuron embedding edits
+through the activation-chosen neurons and random neurons of the same count and layers.
+
+    OMP_NUM_THREADS=1 python experiments/inject_frontier.py [--out inject.json] [--layer 12]
+        [--train en,fr] [--unrelated 30] [--grid 1e4:1,1e5:1]
+
+Without the shared data the locality pool is lakn's demo facts (the script says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rml_lama_like" / "facts.jsonl"  # ../shared
+LANGS = ["en", "fr", "es", "ru", "de", "zh", "ar"]
+
+
+def known_pool(model, facts, n, seed):
+    """``n`` facts the model answers in English (first answer token top-1), in a seeded order."""
+    import torch
+
+    from lakn.known import select_known
+
+    g = torch.Generator().manual_seed(seed)
+    order = [facts[i] for i in torch.randperm(len(facts), generator=g).tolist()]
+    pool = []
+    for start in range(0, len(order), 200):
+        chunk = order[start:start + 200]
+        ok = select_known(model, chunk, languages=["en"], top_k=1, max_queries=1,
+                          full_answer=False).known_fact_ids(min_languages=1, languages=["en"])
+        pool += [f for f in chunk if f.fact_id in ok]
+        if len(pool) >= n:
+            break
+    return pool[:n]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--out", default="inject.json")
+    ap.add_argument("--layer", type=int, default=12)
+    ap.add_argument("--train", default="en,fr", help="training languages (default en,fr)")
+    ap.add_argument("--languages", default=",".join(LANGS))
+    ap.add_argument("--unrelated", type=int, default=30, help="real facts of the locality pool (default 30)")
+    ap.add_argument("--grid", default="1e4:1", help="closed-form points LAM:GAIN,... (default 1e4:1)")
+    ap.add_argument("--positions", default="subject,last", help="closed-form key positions (default subject,last)")
+    ap.add_argument("--k", type=int, default=20, help="activation-chosen neurons for the small-set methods")
+    ap.add_argument("--skip-small", action="store_true", help="only the closed form through the layer")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    import lakn
+    from lakn.evaluation import injection_experiment
+    from lakn.evaluation import InjectionResult
+
+    t0 = time.time()
+    model = lakn.load_model()
+    languages = [l for l in args.languages.split(",") if l]
+    train = [l for l in args.train.split(",") if l]
+    if Path(args.data).is_file():
+        facts = [f for f in lakn.load_facts(args.data) if all(l in f.templates for l in languages)]
+        pool_name = "shared data"
+    else:
+        print(f"inject_frontier: no shared data at {args.data}; the locality pool is lakn's demo facts")
+        facts, pool_name = list(lakn.load_facts("demo")), "demo facts"
+    pool = known_pool(model, facts, args.unrelated, args.seed)
+    print(f"[{time.time() - t0:.0f}s] locality pool: {len(pool)} known {pool_name}", flush=True)
+    kept = lakn.preservation(model, [args.layer], facts=lakn.load_facts("demo"))
+    results = []
+    grid = [(float(p.split(":")[0]), float(p.split(":")[1])) for p in args.grid.split(",") if p]
+    closed = {f"closed_form {pos} lam={lam:g} gain={gain:g}": dict(method="closed_form", lam=lam, gain=gain,
+                                                                    preserve=kept, position=pos)
+              for pos in args.positions.split(",") if pos for lam, gain in grid}
+    common = dict(languages=languages, train_languages=train, unrelated=pool, k=args.k, seed=args.seed,
+                  progress=False)
+    t = time.time()
+    results.append(injection_experiment(model, methods=closed, neuron_sets=["layer"], layers=[args.layer], **common))
+    print(f"[{time.time() - t0:.0f}s] closed form through layer {args.layer}: {time.time() - t:.0f} s", flush=True)
+    if not args.skip_small:
+        t = time.time()
+        small = {"gradient": dict(method="gradient"), "kn_embedding": dict(method="kn_embedding")}
+        results.append(injection_experiment(model, methods=small, neuron_sets=["activation", "random"], **common))
+        print(f"[{time.time() - t0:.0f}s] gradient, kn_embedding through {args.k} neurons: {time.time() - t:.0f} s",
+              flush=True)
+    merged = InjectionResult([r for res in results for r in res.rows],
+                             dict(runs=[res.config for res in results], layer=args.layer, train=train,
+                                  pool=[f.fact_id for f in pool], seconds=time.time() - t0))
+    merged.save(args.out)
+    import pandas as pd
+
+    with pd.option_context("display.max_columns", 30, "display.width", 220, "display.float_format", "{:.2f}".format):
+        print(merged.wide())
+        df = merged.to_dataframe()
+        rec = df[df.metric == "recall"]
+        print(rec.pivot_table(index=["method", "neurons"], columns="language", values="top1", aggfunc="mean"))
+    print(f"written: {args.out} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.exit(main())
