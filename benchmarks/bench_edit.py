@@ -65,7 +65,9 @@ def main() -> None:
         rows.append(("covariance, from the cache", time.perf_counter() - t, "hash-checked read"))
 
         def single(**kw):
-            e = lakn.edit_fact(model, fact, answers[fact.fact_id], kw.pop("neurons", whole), preserve=kept, **kw)
+            if kw.get("method", "closed_form") == "closed_form":
+                kw["preserve"] = kept
+            e = lakn.edit_fact(model, fact, answers[fact.fact_id], kw.pop("neurons", whole), **kw)
             e.undo()
             return e
 
