@@ -147,15 +147,15 @@ def _subject_end(prompt: str, subject: str) -> int | None:
     return None
 
 
-def subject_position(model, prompt: str, subject: str) -> int | None:
+def subject_position(model, prompt: str, subject: str, tokens: Tensor | None = None) -> int | None:
     """The index, in ``model.to_tokens(prompt)[0]``, of the token holding the subject's last
     character (the "subject's last token" of ROME / MEMIT), or ``None`` when the subject is not
-    in the prompt. The key at this token is the subject's, not the relation template's, so
-    other facts of the relation have other keys."""
+    in the prompt (``tokens``: the prompt's ids when the caller has them). The key at this token
+    is the subject's, not the relation template's, so other facts of the relation have other keys."""
     end = _subject_end(prompt, subject)
     if end is None:
         return None
-    tokens = model.to_tokens(prompt)[0]
+    tokens = model.to_tokens(prompt)[0] if tokens is None else tokens
     bos = 0
     try:
         enc = model.tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=False)

@@ -115,7 +115,7 @@ def _position(model, query: Query, tokens: Tensor, fact: Fact, position: str) ->
     from .closed_form import subject_position
 
     subject = fact.subjects.get(query.language)
-    return None if not subject else subject_position(model, query.prompt, subject)
+    return None if not subject else subject_position(model, query.prompt, subject, tokens)
 
 
 def _prompts(model, fact: Fact, languages: Sequence[str], max_queries: int | None,
