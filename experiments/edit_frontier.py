@@ -83,6 +83,13 @@ def main() -> int:
     ap.add_argument("--position", default="subject", choices=("last", "subject"),
                     help="where keys are read and the target added: the last prompt token or the subject's last token")
     ap.add_argument("--skip-small", action="store_true", help="skip the small-set comparison")
+    ap.add_argument("--sizes", default="", help="set sizes of the layer's key-chosen neurons and random ones of the "
+                    "same count (closed form at the first grid point, and kn_embedding), e.g. 64,256,1024")
+    ap.add_argument("--size-peers", default="kn_embedding", help="peer methods of the --sizes sets beside the closed "
+                    "form (comma-separated; '' for none; default kn_embedding)")
+    ap.add_argument("--skip-grid", action="store_true", help="skip the whole-layer grid")
+    ap.add_argument("--target-languages", default="", help="find the closed-form target on these languages' new answers "
+                    "too (e.g. fr; default: en alone, the edit language); rows are labelled targets=...")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 facts, 2 grid points, batch 3")
     args = ap.parse_args()
     if not Path(args.data).is_file():
@@ -91,6 +98,7 @@ def main() -> int:
     import lakn
     from lakn.closed_form import preservation
     from lakn.editing import activation_neurons, layer_neurons
+    from lakn.keys import key_neurons
     from lakn.evaluation.editing import EditingResult, edit_evaluation
     from lakn.selection import random_control
 
@@ -125,13 +133,17 @@ def main() -> int:
         res = edit_evaluation(model, **{**common, **kw})
         results.append(res)
         print(f"[{time.time() - t0:.0f}s] {label}: {time.time() - t:.0f} s", flush=True)
+        print_tables(res)  # each stage's table as it ends: a crash later loses nothing printed
         return res
 
-    methods = {f"closed_form lam={lam:g} gain={gain:g}" + (f" ns={ns:g}" if ns else ""):
+    targets = [l for l in args.target_languages.split(",") if l.strip()]
+    tag = f" targets=en,{','.join(targets)}" if targets else ""
+    methods = {f"closed_form lam={lam:g} gain={gain:g}" + (f" ns={ns:g}" if ns else "") + tag:
                dict(method="closed_form", lam=lam, gain=gain, preserve=kept, position=args.position,
-                    **({"null_space": ns} if ns else {}))
+                    **({"null_space": ns} if ns else {}), **({"target_languages": targets} if targets else {}))
                for lam, gain, ns in grid}
-    run("closed_form grid, whole layer", facts=edit, sets={f"layer{args.layer}": layer}, methods=methods)
+    if not args.skip_grid:
+        run("closed_form grid, whole layer", facts=edit, sets={f"layer{args.layer}": layer}, methods=methods)
     if args.run:
         from lakn.evaluation import load_runs
 
@@ -144,6 +156,16 @@ def main() -> int:
         small_name = "activation"
     rand = {fid: random_control(n, int(model.cfg.d_mlp), args.seed, i) for i, (fid, n) in enumerate(small.items())}
     first = next(iter(methods))
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    for i, size in enumerate(sizes):
+        chosen = {f.fact_id: key_neurons(model, f, args.layer, size, kept[args.layer], languages,
+                                          max_queries=args.max_queries, position=args.position)
+                  for f in edit}
+        rnd = {fid: random_control(n, int(model.cfg.d_mlp), args.seed + 1000 * (i + 1), j)
+               for j, (fid, n) in enumerate(chosen.items())}
+        run(f"{size} key-chosen and random neurons of layer {args.layer}", facts=edit,
+            sets={f"key{size}": chosen, f"random{size}": rnd},
+            methods={first: methods[first], **{m: dict(method=m) for m in args.size_peers.split(",") if m.strip()}})
     peers = {  # the closed form needs a covariance of every layer of the small sets: left out here
              "gradient": dict(method="gradient"), "kn_embedding": dict(method="kn_embedding")}
     if not args.skip_small:

@@ -6,15 +6,13 @@ Pieces, each usable alone:
   ``l``'s MLP post-activations over preserved tokens (every position of generic text, plus other
   facts' query prompts), cached per model, layer and source under
   ``lakn.models.cache_dir()/covariance/``;
-- :func:`post_activations` / :func:`prompt_keys`: neuron activations (``blocks.{l}.mlp.hook_post``)
-  of prompts, the forward stopped after the last layer asked for;
-- :func:`subject_position`: where a prompt's subject ends (the token ROME and MEMIT edit at);
 - :func:`find_target`: the residual ``delta`` (d_model) that, added to the MLP output
   (``blocks.{L}.mlp.hook_out``) at the key position, makes the new answer likely;
 - :func:`solve_rows`: the update of the neurons' rows,
   ``dW = (K K^T + lam C_SS + rho I)^{-1} K R``, optionally inside the null space of ``C_SS``.
 
-:func:`lakn.edit_fact` (``method="closed_form"``, the default) puts them together.
+:func:`lakn.edit_fact` (``method="closed_form"``, the default) puts them together with the keys
+of :mod:`lakn.keys` (where activations are read: the subject's last token or the last prompt token).
 """
 
 from __future__ import annotations
@@ -26,23 +24,20 @@ import warnings
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .facts import Fact, Query
-from .hooks import hook_name
+from .facts import Fact, FactsError, Query
+from .keys import _by_length, _Stop, post_activations
 from .tokens import EncodedQuery, encode_query, logits_at, model_device
 
 __all__ = [
     "Preservation",
     "preservation",
     "generic_texts",
-    "post_activations",
-    "prompt_keys",
-    "subject_position",
     "find_target",
     "solve_rows",
     "GENERIC_TEXT",
@@ -65,117 +60,6 @@ def generic_texts(languages: Iterable[str] | None = None) -> list[str]:
             if wanted is None or row["language"] in wanted:
                 out.append(str(row["text"]))
     return out
-
-
-# --------------------------------------------------------------------------- activations
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the last needed layer has run."""
-
-
-def post_activations(model, tokens: Tensor, layers: Iterable[int]) -> dict[int, Float[Tensor, "batch pos d_mlp"]]:
-    """Neuron activations (``blocks.{l}.mlp.hook_post``) of ``tokens`` at ``layers``, without
-    gradients; the forward stops after the last of the layers (no unembedding)."""
-    wanted = sorted({int(l) for l in layers})
-    if not wanted:
-        raise ValueError("no layers given")
-    store: dict[int, Tensor] = {}
-    last = wanted[-1]
-
-    def make(layer: int):
-        def hook(act, hook=None):
-            store[layer] = act.detach()
-            if layer == last:
-                raise _Stop
-            return act
-
-        return hook
-
-    try:
-        with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name(l), make(l)) for l in wanted]):
-            model(tokens.to(model_device(model)))
-    except _Stop:
-        pass
-    missing = [l for l in wanted if l not in store]
-    if missing:
-        raise RuntimeError(f"the forward pass did not reach the MLP of layers {missing}")
-    return store
-
-
-def prompt_keys(
-    model, prompts: Sequence[Tensor], by_layer: dict[int, list[int]], positions: Sequence[int] | None = None
-) -> dict[int, Float[Tensor, "q n"]]:
-    """Keys: the activations of ``by_layer[l]``'s neurons at ``positions[i]`` of prompt ``i`` (default:
-    its last position), float64 ``[len(prompts), n_l]`` per layer (prompts of equal length run as
-    one batch)."""
-    if positions is None:
-        positions = [int(p.shape[-1]) - 1 for p in prompts]
-    if len(positions) != len(prompts):
-        raise ValueError(f"{len(positions)} key positions for {len(prompts)} prompts")
-    for i, (p, pos) in enumerate(zip(prompts, positions)):
-        if not 0 <= int(pos) < int(p.shape[-1]):
-            raise IndexError(f"key position {pos} outside prompt {i} of {int(p.shape[-1])} tokens")
-    out = {l: torch.zeros(len(prompts), len(idx), dtype=torch.float64) for l, idx in by_layer.items()}
-    for length, members in _by_length(prompts).items():
-        for start in range(0, len(members), 32):
-            chunk = members[start:start + 32]
-            acts = post_activations(model, torch.stack([prompts[i] for i in chunk]), by_layer)
-            where = torch.as_tensor([int(positions[i]) for i in chunk])
-            for layer, idx in by_layer.items():
-                a = acts[layer][torch.arange(len(chunk)), where.to(acts[layer].device)]
-                out[layer][chunk] = a[:, torch.as_tensor(idx, device=a.device)].double().cpu()
-    return out
-
-
-def _subject_end(prompt: str, subject: str) -> int | None:
-    """The character index just after ``subject`` in ``prompt``: an exact match, else a
-    case-insensitive one, else the longest prefix of the subject (at least 60% of it, 2+
-    characters) that occurs, so an inflected form counts ("Франции" for "Франция")."""
-    subject = subject.strip()
-    if not subject:
-        return None
-    for hay, needle in ((prompt, subject), (prompt.casefold(), subject.casefold())):
-        at = hay.find(needle)
-        if at >= 0 and len(hay) == len(prompt):
-            return at + len(needle)
-    shortest = max(2, -(-len(subject) * 3 // 5))
-    for n in range(len(subject) - 1, shortest - 1, -1):
-        at = prompt.find(subject[:n])
-        if at >= 0:
-            return at + n
-    return None
-
-
-def subject_position(model, prompt: str, subject: str, tokens: Tensor | None = None) -> int | None:
-    """The index, in ``model.to_tokens(prompt)[0]``, of the token holding the subject's last
-    character (the "subject's last token" of ROME / MEMIT), or ``None`` when the subject is not
-    in the prompt (``tokens``: the prompt's ids when the caller has them). The key at this token
-    is the subject's, not the relation template's, so other facts of the relation have other keys."""
-    end = _subject_end(prompt, subject)
-    if end is None:
-        return None
-    tokens = model.to_tokens(prompt)[0] if tokens is None else tokens
-    bos = 0
-    try:
-        enc = model.tokenizer(prompt, return_offsets_mapping=True, add_special_tokens=False)
-        offsets = enc["offset_mapping"]
-        bos = len(tokens) - len(enc["input_ids"])
-        if bos < 0 or tokens[bos:].tolist() != list(enc["input_ids"]):
-            raise ValueError("the tokenizer's ids differ from model.to_tokens")
-        for i, (_, stop) in enumerate(offsets):
-            if stop >= end:
-                return bos + i
-        return len(tokens) - 1
-    except (NotImplementedError, KeyError, ValueError, TypeError):  # no offsets (slow tokenizer)
-        return min(len(model.to_tokens(prompt[:end])[0]), len(tokens)) - 1
-
-
-def _by_length(seqs: Sequence[Tensor]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for i, s in enumerate(seqs):
-        groups.setdefault(int(s.shape[-1]), []).append(i)
-    return groups
 
 
 # --------------------------------------------------------------------------- preservation
@@ -517,6 +401,23 @@ def solve_rows(
         return U0 @ Y
     rho = ridge * float(A.diagonal().mean().clamp_min(1e-300))
     return torch.linalg.solve(A + rho * torch.eye(n, dtype=torch.float64), B)
+
+
+def _target_languages(fact: Fact, new_answers: Mapping[str, str], language: str,
+                      target_languages: Sequence[str] | None) -> list[str]:
+    """The languages the closed-form target is found on: the edit language alone (default), or
+    ``target_languages`` (each needs a new answer; the edit language is always one of them)."""
+    if target_languages is None:
+        return [language]
+    langs = list(dict.fromkeys([language, *target_languages]))
+    missing = [l for l in langs if l not in new_answers]
+    if missing:
+        raise FactsError(f"target language(s) {missing} of fact {fact.fact_id!r} have no new answer in new_answers")
+    unknown = [l for l in langs if l not in fact.templates]
+    if unknown:
+        raise FactsError(f"target language(s) {unknown} unknown for fact {fact.fact_id!r}: it has queries in "
+                         f"{sorted(fact.templates)}")
+    return langs
 
 
 def _default_preserved_facts(exclude: frozenset[str]) -> list[Fact]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -25,6 +25,8 @@ from torch import Tensor
 
 from .facts import Fact, FactsError, Query
 from .hooks import Neuron, group_by_layer
+from .closed_form import _target_languages
+from .keys import KEY_POSITIONS, _key_languages, key_position, key_prompts, prompt_keys
 from .models import is_masked_lm
 from .tokens import EncodedQuery, encode_query, last_logits, logits_at, model_device
 from .weights import Edit, _delta_hooks, _rows, _write_rows, activation_neurons, layer_neurons, w_out
@@ -85,58 +87,7 @@ def _neuron_layers(model, neurons: Iterable[Neuron]) -> dict[int, list[int]]:
     return by_layer
 
 
-def _key_languages(fact: Fact, new_answers: Mapping[str, str], language: str,
-                   key_languages: Sequence[str] | None) -> list[str]:
-    if key_languages is None:
-        langs = [language] + [l for l in new_answers if l != language and l in fact.templates]
-    else:
-        langs = list(dict.fromkeys(key_languages))
-        unknown = [l for l in langs if l not in fact.templates]
-        if unknown:
-            raise FactsError(f"key language(s) {unknown} unknown for fact {fact.fact_id!r}: it has queries in "
-                             f"{sorted(fact.templates)}")
-        if not langs:
-            raise ValueError("key_languages is empty")
-    return langs
-
-
-KEY_POSITIONS = ("subject", "last")
-"""Where the closed-form edit reads its keys and adds its target (method.md §8.3): the subject's last
-token (default, as ROME / MEMIT: other facts of the relation keep their keys) or the last prompt token."""
-
 LAM = 1e5  # the closed-form edit's default weight of the preserved keys (results.md run 5's frontier)
-
-
-def _position(model, query: Query, tokens: Tensor, fact: Fact, position: str) -> int | None:
-    """The key position of one query: its last prompt token, or its subject's last token (None
-    when the fact names no subject in the query's language or the prompt does not contain it)."""
-    if position == "last":
-        return int(tokens.shape[-1]) - 1
-    from .closed_form import subject_position
-
-    subject = fact.subjects.get(query.language)
-    return None if not subject else subject_position(model, query.prompt, subject, tokens)
-
-
-def _prompts(model, fact: Fact, languages: Sequence[str], max_queries: int | None,
-             position: str = "last") -> tuple[list[Tensor], list[str], list[int]]:
-    """Token ids of the fact's query prompts in ``languages`` (at most ``max_queries`` each) with
-    their key positions; with ``position="subject"`` prompts whose subject is not found are left out."""
-    prompts, langs, positions = [], [], []
-    for lang in languages:
-        for q in fact.queries(lang, causal=True)[:max_queries]:
-            if not q.prompt.strip():
-                raise FactsError(f"query {q.template!r} ({lang}) has no text before the answer slot")
-            tokens = model.to_tokens(q.prompt)[0].cpu()
-            pos = _position(model, q, tokens, fact, position)
-            if pos is not None:
-                prompts.append(tokens)
-                langs.append(lang)
-                positions.append(pos)
-    if not prompts:
-        raise FactsError(f"fact {fact.fact_id!r}: no query in {list(languages)} contains the fact's subject "
-                         f"(given in {sorted(fact.subjects)}); give it a 'subject' or use position='last'")
-    return prompts, langs, positions
 
 
 def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[EncodedQuery]:
@@ -147,24 +98,28 @@ def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[
     return [encode_query(model, q) for q in queries]
 
 
-def _group(model, name: str, target_fact: Fact, key_fact: Fact, language: str, key_languages: Sequence[str],
+def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Sequence[str], key_languages: Sequence[str],
            max_queries: int | None, position: str) -> "_Group":
-    """One closed-form target: ``target_fact``'s queries in ``language`` (answers: the new ones)
-    and ``key_fact``'s prompts in ``key_languages``, each with its key position."""
+    """One closed-form target: ``target_fact``'s queries in ``languages`` (answers: the new ones;
+    one delta for all) and ``key_fact``'s prompts in ``key_languages``, each with its key position."""
     if position not in KEY_POSITIONS:
         raise ValueError(f"unknown key position {position!r}; choose from {KEY_POSITIONS}")
     if position == "subject" and not key_fact.subjects:
         warnings.warn(f"fact {key_fact.fact_id!r} names no subject: keys at the last prompt token", stacklevel=4)
         position = "last"
-    queries = target_fact.queries(language, causal=True)[:max_queries]
-    encoded = _encoded(model, target_fact, language, max_queries)
-    where = [_position(model, q, e.prompt, target_fact, position) for q, e in zip(queries, encoded)]
-    targets = [(e, p) for e, p in zip(encoded, where) if p is not None]
-    if not targets:
-        raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query contains the fact's subject "
-                         f"{target_fact.subjects.get(language)!r}; give it a 'subject' or use position='last'")
-    prompts, _, positions = _prompts(model, key_fact, key_languages, max_queries, position)
-    return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages))
+    targets = []
+    for language in languages:
+        queries = target_fact.queries(language, causal=True)[:max_queries]
+        encoded = _encoded(model, target_fact, language, max_queries)
+        where = [key_position(model, q, e.prompt, target_fact, position) for q, e in zip(queries, encoded)]
+        found = [(e, p) for e, p in zip(encoded, where) if p is not None]
+        if not found:
+            raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query contains the fact's subject "
+                             f"{target_fact.subjects.get(language)!r}; give it a 'subject' or use position='last'")
+        targets += found
+    prompts, _, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
+    return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages),
+                  list(languages))
 
 
 @dataclass
@@ -178,12 +133,13 @@ class _Group:
     prompts: list[Tensor]
     key_positions: list[int]
     key_languages: list[str]
+    target_languages: list[str] = field(default_factory=list)
 
 
 def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, label: str = "") -> Edit:
-    from .closed_form import find_target, preservation_for, prompt_keys, solve_rows
+    from .closed_form import find_target, preservation_for, solve_rows
 
     if is_masked_lm(model):
         raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
@@ -217,9 +173,12 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     history = [sum(h[i] for h in histories if i < len(h)) / sum(1 for h in histories if i < len(h))
                for i in range(steps)]
     langs = sorted({l for g in groups for l in g.key_languages})
+    tlangs = sorted({l for g in groups for l in g.target_languages})
     method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
-              + f" keys={','.join(langs)}" + (f" {label}" if label else ""))
-    info = dict(key_languages=langs, n_keys=int(R.shape[0]), target_layer=target_layer, layers=layers, position=position,
+              + f" keys={','.join(langs)}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
+              + (f" {label}" if label else ""))
+    info = dict(key_languages=langs, target_languages=tlangs, n_keys=int(R.shape[0]), target_layer=target_layer,
+                layers=layers, position=position,
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
                 lam=lam, gain=gain, null_space=null_space)
@@ -265,6 +224,7 @@ def edit_fact(
     language: str = "en",
     method: str = "closed_form",
     key_languages: Sequence[str] | None = None,
+    target_languages: Sequence[str] | None = None,
     position: str = "subject",
     preserve: Any = None,
     lam: float = LAM,
@@ -286,10 +246,12 @@ def edit_fact(
 
     ``method="closed_form"`` (default, docs/method.md §8.3): a residual ``delta`` is found once by
     ``target_steps`` Adam steps (``target_lr``; L2 penalty ``target_decay``) so that, added to the
-    MLP output of the last edited layer at the last prompt position of the ``language`` queries,
-    the new answer is likely; the keys are the neurons' activations at the last prompt position
-    of the fact's queries in every ``key_languages`` language (default: the edit language and
-    every other language of ``new_answers`` the fact has queries in); the rows' change is the
+    MLP output of the last edited layer at the key position of the ``language`` queries, the new
+    answer is likely; the keys are the neurons' activations at the key position of the fact's
+    queries in every ``key_languages`` language (default: the edit language and every other
+    language of ``new_answers`` the fact has queries in). The key position (``position``,
+    :mod:`lakn.keys`) is the subject's last token (default) or ``"last"``, the last prompt token;
+    :func:`lakn.key_neurons` picks a smaller set than a whole layer. The rows' change is the
     least-squares map of every key to ``gain * delta / n_layers`` that keeps the preserved keys'
     output (``preserve``: a :class:`~lakn.closed_form.Preservation`; ``None``: the covariance of
     lakn's generic text and of every query prompt of lakn's demo facts but the edited ones, built
@@ -304,6 +266,9 @@ def edit_fact(
     ``method="kn_embedding"`` (Dai et al. 2022): each neuron's row gains
     ``kn_scale * (E[new] - E[old])``, E the unembedding column of the first answer token.
 
+    ``target_languages`` (closed_form, gradient): find the target (train the rows) on the new
+    answers of these languages as well as ``language``'s (default: ``language`` alone, an edit in
+    one language; experiments/target_transfer.py measures why more may be needed).
     ``max_queries`` caps the queries used per language. Other languages' answers in
     ``new_answers`` are otherwise only used by the metrics. Returns a reversible :class:`Edit`::
 
@@ -320,19 +285,23 @@ def edit_fact(
         raise ValueError(f"locality_weight must be >= 0, got {locality_weight}")
     by_layer = _neuron_layers(model, neurons)
     edited = _with_answers(fact, new_answers)
+    targets = _target_languages(fact, new_answers, language, target_languages)
     if method == "closed_form":
         langs = _key_languages(fact, new_answers, language, key_languages)
-        group = _group(model, fact.fact_id, edited, fact, language, langs, max_queries, position)
+        group = _group(model, fact.fact_id, edited, fact, targets, langs, max_queries, position)
         return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
                             null_space=null_space, target_steps=target_steps, target_lr=target_lr,
                             target_decay=target_decay, ridge=ridge)
     if method == "kn_embedding":
+        if len(targets) > 1:
+            raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
+                             "target_languages is for closed_form and gradient")
         pair = (_first_token(model, fact, language), _first_token(model, edited, language))
         return _kn_embedding(model, [pair], by_layer, kn_scale)
     if preserve is not None and not isinstance(preserve, Sequence):
         raise TypeError("method='gradient' takes preserve prompts (queries or token ids), not "
                         f"{type(preserve).__name__}")
-    encoded = _encoded(model, edited, language, max_queries)
+    encoded = [e for l in targets for e in _encoded(model, edited, l, max_queries)]
     prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
                for p in (preserve or ())]
     return _train_rows(model, encoded, [(l, i) for l, idx in by_layer.items() for i in idx],
@@ -369,6 +338,7 @@ def edit_facts(
     language: str = "en",
     method: str = "closed_form",
     key_languages: Sequence[str] | None = None,
+    target_languages: Sequence[str] | None = None,
     position: str = "subject",
     max_queries: int | None = None,
     **options,
@@ -416,7 +386,8 @@ def edit_facts(
             if language not in answers:
                 raise FactsError(f"new_answers[{fact.fact_id!r}] has no answer in the edit language {language!r}")
             langs = _key_languages(fact, answers, language, key_languages)
-            groups.append(_group(model, fact.fact_id, _with_answers(fact, answers), fact, language, langs,
+            targets = _target_languages(fact, answers, language, target_languages)
+            groups.append(_group(model, fact.fact_id, _with_answers(fact, answers), fact, targets, langs,
                                  max_queries, position))
         kw = {k: v for k, v in options.items() if k in allowed}
         kw.setdefault("preserve", None)
@@ -427,7 +398,8 @@ def edit_facts(
     try:
         for fact in facts:
             e = edit_fact(model, fact, new_answers[fact.fact_id], sets[fact.fact_id], language=language,
-                          method=method, key_languages=key_languages, position=position, max_queries=max_queries,
+                          method=method, key_languages=key_languages, target_languages=target_languages,
+                          position=position, max_queries=max_queries,
                           **options)
             e.undo()
             singles.append(e)
@@ -532,7 +504,7 @@ def inject_fact(
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
-        groups = [_group(model, f"{fact.fact_id}:{lang}", fact, fact, lang, [lang], max_queries, position)
+        groups = [_group(model, f"{fact.fact_id}:{lang}", fact, fact, [lang], [lang], max_queries, position)
                   for lang in languages]
         return _closed_form(model, groups, by_layer, label="inject", position=position, **kw)
     if method == "kn_embedding":

@@ -4,18 +4,10 @@ import pytest
 import torch
 
 import lakn
-from lakn.closed_form import (
-    Preservation,
-    _subject_end,
-    find_target,
-    post_activations,
-    preservation,
-    prompt_keys,
-    solve_rows,
-    subject_position,
-)
+from lakn.closed_form import Preservation, find_target, preservation, solve_rows
 from lakn.editing import EDIT_METHODS, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
 from lakn.facts import FactsError
+from lakn.keys import _subject_end, key_neurons, key_prompts, post_activations, prompt_keys, subject_position
 from lakn.testing import active_hook_count, tiny_model
 
 TEXTS = ["The cat sleeps.", "Il pleut.", "我们吃饭。"]  # few tokens: the layer's covariance has a null space
@@ -405,3 +397,55 @@ def test_subject_position_needs_subjects(llama, toy_facts):
         edit_fact(llama, absent, {"en": "Rome"}, layer_neurons(llama, [1]), preserve=pres)
     with pytest.raises(ValueError, match="unknown key position 'middle'"):
         edit_fact(llama, toy_facts[0], {"en": "Rome"}, layer_neurons(llama, [1]), preserve=pres, position="middle")
+
+
+def test_key_neurons_rank_by_key_against_preserved_energy(llama, toy_facts):
+    """key_neurons: min over languages of mean k_i^2 / C_ii, computed here by hand from the keys;
+    a neuron made expensive in C drops out; bad k / moment shapes are named."""
+    fact, d_mlp = toy_facts[0], int(llama.cfg.d_mlp)
+    langs = ["en", "fr", "zh"]
+    prompts, plangs, positions = key_prompts(llama, fact, langs, 2, "subject")
+    keys = prompt_keys(llama, prompts, {1: list(range(d_mlp))}, positions)[1]
+    eye = torch.eye(d_mlp, dtype=torch.float64)
+    per_lang = torch.stack([(keys[[i for i, l in enumerate(plangs) if l == lang]] ** 2).mean(0) for lang in langs])
+    expected = per_lang.min(0).values.argsort(descending=True)[:5].tolist()
+    assert key_neurons(llama, fact, 1, 5, eye, langs) == [(1, i) for i in expected]
+    costly = eye.clone()
+    costly[expected[0], expected[0]] = 1e9  # the best neuron is loud on preserved text: not cheap any more
+    picked = key_neurons(llama, fact, 1, 5, costly, langs)
+    assert (1, expected[0]) not in picked and picked[:4] == [(1, i) for i in expected[1:5]]
+    with pytest.raises(ValueError, match="k must be in 1"):
+        key_neurons(llama, fact, 1, d_mlp + 1, eye, langs)
+    with pytest.raises(ValueError, match="second moment is"):
+        key_neurons(llama, fact, 1, 3, eye[:4, :4], langs)
+
+
+def test_target_languages_find_one_target_on_every_given_language(llama, toy_facts, monkeypatch):
+    """target_languages: the delta is found on the new answers of the edit language and the given
+    ones (what find_target is handed), recorded in info and the label; bad use is named."""
+    import lakn.closed_form as cf
+
+    seen = []
+    real = cf.find_target
+
+    def spy(model, layer, encoded, **kw):
+        seen.append([tuple(e.answer.tolist()) for e in encoded])
+        return real(model, layer, encoded, **kw)
+
+    monkeypatch.setattr(cf, "find_target", spy)
+    fact, pres = toy_facts[0], preservation(llama, [1], texts=TEXTS)
+    new = {"en": "Rome", "fr": "Rome", "zh": "罗马"}
+    answer = {l: tuple(lakn.encode_query(llama, lakn.editing._with_answers(fact, new).queries(l)[0]).answer.tolist())
+              for l in new}
+    edit = edit_fact(llama, fact, new, layer_neurons(llama, [1]), preserve=pres, target_steps=2)
+    edit.undo()
+    assert set(seen[-1]) == {answer["en"]} and edit.info["target_languages"] == ["en"]
+    edit = edit_fact(llama, fact, new, layer_neurons(llama, [1]), preserve=pres, target_steps=2,
+                     target_languages=["zh"])
+    edit.undo()
+    assert set(seen[-1]) == {answer["en"], answer["zh"]} and len(seen[-1]) == len(fact.queries("en")) + len(fact.queries("zh"))
+    assert edit.info["target_languages"] == ["en", "zh"] and "targets=en,zh" in edit.method
+    with pytest.raises(FactsError, match=r"target language\(s\) \['de'\].*no new answer"):
+        edit_fact(llama, fact, new, layer_neurons(llama, [1]), preserve=pres, target_languages=["de"])
+    with pytest.raises(ValueError, match="kn_embedding.*target_languages"):
+        edit_fact(llama, fact, new, layer_neurons(llama, [1]), method="kn_embedding", target_languages=["fr"])

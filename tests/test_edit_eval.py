@@ -212,6 +212,15 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     capsys.readouterr()
     cf = EditingResult.load(runs / "edit.json")
     assert cf.config["methods"]["closed_form"] == {"method": "closed_form", "lam": 100.0, "position": "last"}
+    # the key set (lakn.key_neurons of the layer) beside as many random neurons of it; a target on en and fr
+    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "key", "--layers", "1",
+                     "--key-neurons", "5", "--position", "last", "--target-languages", "fr", "--max-queries", "1",
+                     "--languages", "en,fr"]) == 0
+    capsys.readouterr()
+    ks = EditingResult.load(runs / "edit.json")
+    assert ks.config["methods"]["closed_form"]["target_languages"] == ["fr"]
+    kdf = ks.to_dataframe()
+    assert set(kdf.neurons) == {"key", "key_random"} and set(kdf.n_neurons) == {5}
     assert cli.main(["inject", str(runs), "--method", "gradient", "--steps", "1", "--k", "3", "--languages", "en,fr",
                      "--train-languages", "en", "--fact-ids", "fict_capital_velmora"]) == 0
     assert "recall_trained" in capsys.readouterr().out

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from ._common import (add_edit_method_options, add_training_options, edit_method_options, evaluation_facts,
-                      int_list, positive_int, print_frame)
+                      comma_list, int_list, positive_int, print_frame)
 
 __all__ = ["register"]
 
@@ -28,10 +28,15 @@ def register(sub) -> None:
                          preserve_help="gradient method: other facts whose next-token distribution the edit keeps "
                                        "(KL term; 0: none). They are left out of the locality measurement",
                          seed_help="seed of the random control and of the --preserve sample")
-    add_edit_method_options(p, sets=("lakn", "layer"), default_sets="lakn",
-                            sets_help="neuron sets: lakn (the LAKNs, as many language-specific and random neurons) "
-                                      "and/or layer (every neuron of --layers)")
+    add_edit_method_options(p, sets=("lakn", "layer", "key"), default_sets="lakn",
+                            sets_help="neuron sets: lakn (the LAKNs, as many language-specific and random neurons), "
+                                      "layer (every neuron of --layers) and/or key (the --key-neurons neurons of that "
+                                      "layer the fact's keys lean on most, lakn.key_neurons, and as many random ones)")
     p.add_argument("--neurons", type=positive_int, default=None, help="neurons per set (default: smaller set's size)")
+    p.add_argument("--key-neurons", type=positive_int, default=256, help="size of the key set (default 256)")
+    p.add_argument("--target-languages", type=comma_list, default=None,
+                   help="closed_form, gradient: find the target on these languages' new answers too (default: the "
+                        "edit language alone)")
     p.add_argument("--max-queries", type=positive_int, default=2,
                    help="queries per language the edit uses and reliability/generality measure (default 2)")
     p.add_argument("--max-heldout", type=int, default=2,
@@ -54,6 +59,30 @@ def layer_sets(model, neuron_sets, layers=None):
     return out
 
 
+def key_sets(model, facts, whole, args) -> dict:
+    """``key`` (:func:`lakn.key_neurons` of each fact's first layer in ``whole``, keys in the languages
+    measured) and ``key_random`` (as many random neurons of the same layer)."""
+    from ..closed_form import preservation_for
+    from ..keys import key_neurons
+    from ..selection import random_control
+
+    by_id = {f.fact_id: f for f in facts}
+    layers = sorted({n[0] for per in whole.values() for n in per[:1]})
+    moments = preservation_for(model, None, layers)  # the closed form's default preserved keys (cached)
+    key, rnd = {}, {}
+    for i, (fid, neurons) in enumerate(whole.items()):
+        fact = by_id.get(fid)
+        if fact is None:
+            continue
+        layer = neurons[0][0]
+        langs = [l for l in (args.languages or sorted(fact.templates)) if l in fact.templates]
+        key[fid] = key_neurons(model, fact, layer, min(args.key_neurons, int(model.cfg.d_mlp)), moments[layer], langs,
+                               max_queries=args.max_queries,
+                               position=(args.position or "subject") if fact.subjects else "last")
+        rnd[fid] = random_control(key[fid], int(model.cfg.d_mlp), args.seed, i)
+    return {"key": key, "key_random": rnd}
+
+
 def run(args) -> int:
     import torch
 
@@ -70,11 +99,19 @@ def run(args) -> int:
     sets = {}
     if "lakn" in args.edit_set:
         sets.update(found)
+    if "layer" in args.edit_set or "key" in args.edit_set:
+        whole = layer_sets(model, {fid: result.lakn[fid] for fid in found["lakn"]}, args.layers)
     if "layer" in args.edit_set:
-        sets["layer"] = layer_sets(model, {fid: result.lakn[fid] for fid in found["lakn"]}, args.layers)
+        sets["layer"] = whole
+    if "key" in args.edit_set:
+        sets.update(key_sets(model, facts, whole, args))
     if args.fact_ids is not None:
         sets = {name: {f: n for f, n in per.items() if f in args.fact_ids} for name, per in sets.items()}
     methods = {m: {"method": m, **edit_method_options(args, m)} for m in args.method}
+    if args.target_languages:
+        for m in ("closed_form", "gradient"):
+            if m in methods:
+                methods[m]["target_languages"] = args.target_languages
     unrelated = list(facts)
     if args.preserve > 0 and "gradient" in methods:
         edited = {f for per in sets.values() for f in per}
