@@ -33,7 +33,9 @@ def register(sub) -> None:
                                       "layer (every neuron of --layers) and/or key (the --key-neurons neurons of that "
                                       "layer the fact's keys lean on most, lakn.key_neurons, and as many random ones)")
     p.add_argument("--neurons", type=positive_int, default=None, help="neurons per set (default: smaller set's size)")
-    p.add_argument("--key-neurons", type=positive_int, default=256, help="size of the key set (default 256)")
+    p.add_argument("--key-neurons", type=positive_int, default=1024,
+                   help="size of the key set (default 1024: results.md run 6, the smallest set with the whole "
+                        "layer's reliability, and more local)")
     p.add_argument("--target-languages", type=comma_list, default=None,
                    help="closed_form, gradient: find the target on these languages' new answers too (default: the "
                         "edit language alone)")
