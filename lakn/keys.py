@@ -138,6 +138,7 @@ KEY_POSITIONS = ("subject", "last")
 """Where the closed-form edit reads its keys and adds its target (method.md §8.3): the subject's last
 token (default, as ROME / MEMIT: other facts of the relation keep their keys) or the last prompt token."""
 
+
 def key_position(model, query: Query, tokens: Tensor, fact: Fact, position: str) -> int | None:
     """The key position of one query: its last prompt token, or its subject's last token (None
     when the fact names no subject in the query's language or the prompt does not contain it)."""
@@ -199,6 +200,12 @@ def key_neurons(model, fact: Fact, layer: int, k: int, moment: Float[Tensor, "d_
         raise ValueError(f"k must be in 1..{d_mlp} (d_mlp), got {k}")
     if tuple(moment.shape) != (d_mlp, d_mlp):
         raise ValueError(f"the second moment is {tuple(moment.shape)}, layer {layer} has d_mlp={d_mlp}")
+    if not 0 <= int(layer) < int(model.cfg.n_layers):
+        raise IndexError(f"layer {layer} out of range for a model with {model.cfg.n_layers} layers")
+    unknown = [l for l in languages if l not in fact.templates]
+    if unknown or not languages:
+        raise FactsError(f"key language(s) {unknown or '(none given)'} unknown for fact {fact.fact_id!r}: it has "
+                         f"queries in {sorted(fact.templates)}")
     prompts, langs, positions = key_prompts(model, fact, languages, max_queries, position)
     keys = prompt_keys(model, prompts, {int(layer): list(range(d_mlp))}, positions)[int(layer)]
     c = moment.diagonal().double().clamp_min(1e-12)

@@ -418,6 +418,10 @@ def test_key_neurons_rank_by_key_against_preserved_energy(llama, toy_facts):
         key_neurons(llama, fact, 1, d_mlp + 1, eye, langs)
     with pytest.raises(ValueError, match="second moment is"):
         key_neurons(llama, fact, 1, 3, eye[:4, :4], langs)
+    with pytest.raises(FactsError, match=r"key language\(s\) \['xx'\] unknown"):
+        key_neurons(llama, fact, 1, 3, eye, ["en", "xx"])
+    with pytest.raises(IndexError, match="layer 9 out of range"):
+        key_neurons(llama, fact, 9, 3, eye, langs)
 
 
 def test_target_languages_find_one_target_on_every_given_language(llama, toy_facts, monkeypatch):
