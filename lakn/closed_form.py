@@ -405,10 +405,13 @@ def solve_rows(
 
 def _target_languages(fact: Fact, new_answers: Mapping[str, str], language: str,
                       target_languages: Sequence[str] | None) -> list[str]:
-    """The languages the closed-form target is found on: the edit language alone (default), or
-    ``target_languages`` (each needs a new answer; the edit language is always one of them)."""
+    """The languages an edit's target is found on (the closed form's delta, the gradient edit's
+    training queries): the edit language alone (default), or ``target_languages`` too (each needs a
+    new answer; the edit language is always one of them; one code as a string is one language)."""
     if target_languages is None:
         return [language]
+    if isinstance(target_languages, str):
+        target_languages = [target_languages]
     langs = list(dict.fromkeys([language, *target_languages]))
     missing = [l for l in langs if l not in new_answers]
     if missing:

@@ -114,8 +114,10 @@ def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Seque
         where = [key_position(model, q, e.prompt, target_fact, position) for q, e in zip(queries, encoded)]
         found = [(e, p) for e, p in zip(encoded, where) if p is not None]
         if not found:
-            raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query contains the fact's subject "
-                             f"{target_fact.subjects.get(language)!r}; give it a 'subject' or use position='last'")
+            subject = target_fact.subjects.get(language)
+            what = f"contains the fact's subject {subject!r}" if subject else "has a subject: the fact names none in it"
+            raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query {what}; give it a 'subject' or "
+                             "use position='last'")
         targets += found
     prompts, _, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
     return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages),

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 import torch
@@ -163,6 +164,9 @@ def key_prompts(model, fact: Fact, languages: Sequence[str], max_queries: int | 
                 prompts.append(tokens)
                 langs.append(lang)
                 positions.append(pos)
+    if not prompts and position == "last":
+        raise FactsError(f"fact {fact.fact_id!r} has no causal query in {list(languages)} "
+                         f"(max_queries={max_queries}) to read keys from")
     if not prompts:
         raise FactsError(f"fact {fact.fact_id!r}: no query in {list(languages)} contains the fact's subject "
                          f"(given in {sorted(fact.subjects)}); give it a 'subject' or use position='last'")
@@ -187,7 +191,8 @@ def _key_languages(fact: Fact, new_answers: Mapping[str, str], language: str,
 def key_neurons(model, fact: Fact, layer: int, k: int, moment: Float[Tensor, "d_mlp d_mlp"], languages: Sequence[str],
                 *, max_queries: int | None = 2, position: str = "subject") -> list[Neuron]:
     """The ``k`` neurons of ``layer`` that ``fact``'s keys lean on most against the preserved keys,
-    best first: score ``min over languages of mean_q k_qi^2 / C_ii`` (``moment``: the layer's
+    best first: score ``min over languages of mean_q k_qi^2 / C_ii`` (languages with no key prompt
+    are left out, with a warning) (``moment``: the layer's
     preserved second moment, e.g. ``lakn.preservation(model, [layer])[layer]``).
 
     Why: the closed-form solve pays ``lam C_ii dW_i^2`` for changing neuron ``i``'s row and reaches
@@ -207,6 +212,10 @@ def key_neurons(model, fact: Fact, layer: int, k: int, moment: Float[Tensor, "d_
         raise FactsError(f"key language(s) {unknown or '(none given)'} unknown for fact {fact.fact_id!r}: it has "
                          f"queries in {sorted(fact.templates)}")
     prompts, langs, positions = key_prompts(model, fact, languages, max_queries, position)
+    left_out = [l for l in languages if l not in langs]
+    if left_out:
+        warnings.warn(f"fact {fact.fact_id!r}: no key prompt in {left_out} (no causal query, or the subject is not "
+                      "in them); the score's min runs over the other languages", stacklevel=2)
     keys = prompt_keys(model, prompts, {int(layer): list(range(d_mlp))}, positions)[int(layer)]
     c = moment.diagonal().double().clamp_min(1e-12)
     per_lang = [(keys[[i for i, l in enumerate(langs) if l == lang]] ** 2).mean(0) / c for lang in dict.fromkeys(langs)]

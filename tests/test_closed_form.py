@@ -422,6 +422,10 @@ def test_key_neurons_rank_by_key_against_preserved_energy(llama, toy_facts):
         key_neurons(llama, fact, 1, 3, eye, ["en", "xx"])
     with pytest.raises(IndexError, match="layer 9 out of range"):
         key_neurons(llama, fact, 9, 3, eye, langs)
+    en_only = lakn.Fact(fact.fact_id, fact.relation, fact.answers, fact.templates, {"en": "France"},
+                        fact.relation_label, fact.other_answers, fact.causal_ok)
+    with pytest.warns(UserWarning, match=r"no key prompt in \['fr'\]"):
+        assert len(key_neurons(llama, en_only, 1, 3, eye, ["en", "fr"])) == 3
 
 
 def test_target_languages_find_one_target_on_every_given_language(llama, toy_facts, monkeypatch):
@@ -449,6 +453,10 @@ def test_target_languages_find_one_target_on_every_given_language(llama, toy_fac
     edit.undo()
     assert set(seen[-1]) == {answer["en"], answer["zh"]} and len(seen[-1]) == len(fact.queries("en")) + len(fact.queries("zh"))
     assert edit.info["target_languages"] == ["en", "zh"] and "targets=en,zh" in edit.method
+    as_string = edit_fact(llama, fact, new, layer_neurons(llama, [1]), preserve=pres, target_steps=2,
+                          target_languages="zh")  # one code, not its letters
+    as_string.undo()
+    assert as_string.info["target_languages"] == ["en", "zh"]
     with pytest.raises(FactsError, match=r"target language\(s\) \['de'\].*no new answer"):
         edit_fact(llama, fact, new, layer_neurons(llama, [1]), preserve=pres, target_languages=["de"])
     with pytest.raises(ValueError, match="kn_embedding.*target_languages"):

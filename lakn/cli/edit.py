@@ -70,7 +70,9 @@ def key_sets(model, facts, whole, args) -> dict:
 
     by_id = {f.fact_id: f for f in facts}
     layers = sorted({n[0] for per in whole.values() for n in per[:1]})
-    moments = preservation_for(model, None, layers)  # the closed form's default preserved keys (cached)
+    # the closed form's default preserved keys without the edited facts' prompts (cached; each edit
+    # leaves out only its own fact, so its covariance differs from this one by the other edited facts)
+    moments = preservation_for(model, None, layers, frozenset(whole))
     key, rnd = {}, {}
     for i, (fid, neurons) in enumerate(whole.items()):
         fact = by_id.get(fid)
@@ -105,6 +107,8 @@ def run(args) -> int:
         whole = layer_sets(model, {fid: result.lakn[fid] for fid in found["lakn"]}, args.layers)
     if "layer" in args.edit_set:
         sets["layer"] = whole
+    if args.fact_ids is not None and "key" in args.edit_set:
+        whole = {f: n for f, n in whole.items() if f in args.fact_ids}
     if "key" in args.edit_set:
         sets.update(key_sets(model, facts, whole, args))
     if args.fact_ids is not None:
