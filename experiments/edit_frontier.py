@@ -151,8 +151,8 @@ def main() -> int:
         result = runs.get("matrice", next(iter(runs.values())))
         small = {f.fact_id: list(result.lakn[f.fact_id])[: args.k] for f in edit if result.lakn.get(f.fact_id)}
         small_name = "lakn"
-    else:
-        small = {f.fact_id: activation_neurons(model, f, languages, args.k) for f in edit}
+    else:  # activation-chosen neurons, only when the small-set comparison runs
+        small = {} if args.skip_small else {f.fact_id: activation_neurons(model, f, languages, args.k) for f in edit}
         small_name = "activation"
     rand = {fid: random_control(n, int(model.cfg.d_mlp), args.seed, i) for i, (fid, n) in enumerate(small.items())}
     first = next(iter(methods))
