@@ -221,6 +221,14 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     assert ks.config["methods"]["closed_form"]["target_languages"] == ["fr"]
     kdf = ks.to_dataframe()
     assert set(kdf.neurons) == {"key", "key_random"} and set(kdf.n_neurons) == {5}
+    one = capitals[0].fact_id  # --fact-ids narrows every set, the derived key sets too
+    assert cli.main(["edit", str(runs), "--method", "kn_embedding", "--edit-set", "lakn,key", "--layers", "1",
+                     "--key-neurons", "3", "--position", "last", "--max-queries", "1", "--languages", "en,fr",
+                     "--fact-ids", one]) == 0
+    capsys.readouterr()
+    edited = EditingResult.load(runs / "edit.json").to_dataframe()
+    assert set(edited[edited.metric == "reliability"].fact_id) == {one}
+    assert {"key", "key_random", "lakn"} <= set(edited.neurons)
     assert cli.main(["inject", str(runs), "--method", "gradient", "--steps", "1", "--k", "3", "--languages", "en,fr",
                      "--train-languages", "en", "--fact-ids", "fict_capital_velmora"]) == 0
     assert "recall_trained" in capsys.readouterr().out

@@ -100,6 +100,8 @@ def run(args) -> int:
     facts, _ = evaluation_facts(args, result)
     model = load_model(args.model, verbose=True)
     found = editing_sets(result, language=args.language, n=args.neurons, seed=args.seed)
+    if args.fact_ids is not None:  # once, at the source: the layer and key sets derive from found["lakn"]
+        found = {name: {f: n for f, n in per.items() if f in args.fact_ids} for name, per in found.items()}
     sets = {}
     if "lakn" in args.edit_set:
         sets.update(found)
@@ -107,12 +109,8 @@ def run(args) -> int:
         whole = layer_sets(model, {fid: result.lakn[fid] for fid in found["lakn"]}, args.layers)
     if "layer" in args.edit_set:
         sets["layer"] = whole
-    if args.fact_ids is not None and "key" in args.edit_set:
-        whole = {f: n for f, n in whole.items() if f in args.fact_ids}
     if "key" in args.edit_set:
         sets.update(key_sets(model, facts, whole, args))
-    if args.fact_ids is not None:
-        sets = {name: {f: n for f, n in per.items() if f in args.fact_ids} for name, per in sets.items()}
     methods = {m: {"method": m, **edit_method_options(args, m)} for m in args.method}
     if args.target_languages:
         for m in ("closed_form", "gradient"):
