@@ -79,6 +79,11 @@ def main() -> int:
     ap.add_argument("--preserve", default="demo", choices=("generic", "demo"),
                     help="preserved keys: lakn's generic text alone, or with every query prompt of lakn's demo facts "
                          "in all their languages (default demo; disjoint from the shared data measured here)")
+    ap.add_argument("--preserve-facts", type=int, default=0,
+                    help="also preserve the query prompts (every measured language, 2 per language) of up to N facts "
+                         "of the data whose relation is neither edited nor in the locality pool (default 0)")
+    ap.add_argument("--preserve-from", default="other-relations", choices=("other-relations", "other-facts"),
+                    help="other-facts: any fact neither edited nor in the locality pool (same relations too)")
     ap.add_argument("--grid", default=None, help="closed-form grid points LAM:GAIN[:NS],... (default: the built-in grid)")
     ap.add_argument("--position", default="subject", choices=("last", "subject"),
                     help="where keys are read and the target added: the last prompt token or the subject's last token")
@@ -87,6 +92,8 @@ def main() -> int:
                     "same count (closed form at the first grid point, and kn_embedding), e.g. 64,256,1024")
     ap.add_argument("--size-peers", default="kn_embedding", help="peer methods of the --sizes sets beside the closed "
                     "form (comma-separated; '' for none; default kn_embedding)")
+    ap.add_argument("--spread", default="", help="layers below --layer the whole-layer set also spans (e.g. 8,9,10,11: "
+                    "one edit solved layer by layer, MEMIT's spreading; the grid and batch rows use it)")
     ap.add_argument("--skip-grid", action="store_true", help="skip the whole-layer grid")
     ap.add_argument("--target-languages", default="", help="find the closed-form target on these languages' new answers "
                     "too (e.g. fr; default: en alone, the edit language); rows are labelled targets=...")
@@ -120,12 +127,24 @@ def main() -> int:
           f"({sorted({f.relation for f in edit})}), batch pool {len(batch)}, locality pool {len(pool)} facts",
           flush=True)
     t1 = time.time()
-    kept = preservation(model, [args.layer], facts=lakn.load_facts("demo") if args.preserve == "demo" else None)
-    print(f"[{time.time() - t0:.0f}s] covariance of layer {args.layer} ({kept.source}, {kept.n_tokens} tokens): "
+    spread = sorted({int(l) for l in args.spread.split(",") if l.strip()} | {args.layer})
+    if spread[-1] != args.layer:
+        ap.error(f"--spread layers must be below --layer {args.layer}")
+    kept = preservation(model, spread, facts=lakn.load_facts("demo") if args.preserve == "demo" else None)
+    if args.preserve_facts > 0:  # other facts of relations the measurement never sees
+        seen = {f.relation for f in edit} | {f.relation for f in batch} | {f.relation for f in pool}
+        used = {f.fact_id for f in batch} | {f.fact_id for f in pool}
+        others = [f for f in facts if f.fact_id not in used
+                  and (args.preserve_from == "other-facts" or f.relation not in seen)][: args.preserve_facts]
+        kept = kept.merged(preservation(model, spread, texts=[], facts=others, languages=languages, max_queries=2))
+        print(f"preserving {len(others)} facts of {len({f.relation for f in others})} relations "
+              f"({args.preserve_from})", flush=True)
+    print(f"[{time.time() - t0:.0f}s] covariance of layers {spread} ({kept.source}, {kept.n_tokens} tokens): "
           f"{time.time() - t1:.1f} s", flush=True)
     common = dict(new_answers=new, edit_language="en", languages=languages, max_queries=args.max_queries,
                   max_heldout=2, unrelated=pool, progress=False)
-    layer = {f.fact_id: layer_neurons(model, [args.layer]) for f in batch}
+    layer = {f.fact_id: layer_neurons(model, spread) for f in batch}
+    layer_name = f"layer{args.layer}" if len(spread) == 1 else f"layers{spread[0]}-{spread[-1]}"
     results = []
 
     def run(label, **kw):
@@ -143,7 +162,7 @@ def main() -> int:
                     **({"null_space": ns} if ns else {}), **({"target_languages": targets} if targets else {}))
                for lam, gain, ns in grid}
     if not args.skip_grid:
-        run("closed_form grid, whole layer", facts=edit, sets={f"layer{args.layer}": layer}, methods=methods)
+        run("closed_form grid, whole layer", facts=edit, sets={layer_name: layer}, methods=methods)
     if args.run:
         from lakn.evaluation import load_runs
 
@@ -173,7 +192,7 @@ def main() -> int:
             methods=peers)
     if batches:
         bmethods = {first: methods[first]}
-        run(f"batches {batches}", facts=batch, sets={f"layer{args.layer}": layer}, methods=bmethods,
+        run(f"batches {batches}", facts=batch, sets={layer_name: layer}, methods=bmethods,
             batch_sizes=batches)
     merged = EditingResult([r for res in results for r in res.rows],
                            dict(runs=[res.config for res in results], data=args.data, layer=args.layer,

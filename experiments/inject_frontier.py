@@ -55,6 +55,9 @@ def main() -> int:
     ap.add_argument("--positions", default="subject,last", help="closed-form key positions (default subject,last)")
     ap.add_argument("--k", type=int, default=20, help="activation-chosen neurons for the small-set methods")
     ap.add_argument("--skip-small", action="store_true", help="only the closed form through the layer")
+    ap.add_argument("--preserve-facts", type=int, default=0,
+                    help="also preserve the query prompts (2 per language) of up to N facts of the data whose relation "
+                         "is not in the locality pool (default 0)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import lakn
@@ -74,6 +77,12 @@ def main() -> int:
     pool = known_pool(model, facts, args.unrelated, args.seed)
     print(f"[{time.time() - t0:.0f}s] locality pool: {len(pool)} known {pool_name}", flush=True)
     kept = lakn.preservation(model, [args.layer], facts=lakn.load_facts("demo"))
+    if args.preserve_facts > 0:  # facts of relations the locality measurement never sees
+        seen = {f.relation for f in pool}
+        others = [f for f in facts if f.relation not in seen][: args.preserve_facts]
+        kept = kept.merged(lakn.preservation(model, [args.layer], texts=[], facts=others, languages=languages,
+                                             max_queries=2))
+        print(f"preserving {len(others)} facts of {len({f.relation for f in others})} other relations", flush=True)
     results = []
     grid = [(float(p.split(":")[0]), float(p.split(":")[1])) for p in args.grid.split(",") if p]
     closed = {f"closed_form {pos} lam={lam:g} gain={gain:g}": dict(method="closed_form", lam=lam, gain=gain,

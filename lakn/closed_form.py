@@ -34,6 +34,12 @@ from .facts import Fact, FactsError, Query
 from .keys import _by_length, _Stop, post_activations
 from .tokens import EncodedQuery, encode_query, logits_at, model_device
 
+
+def _is_masked(model) -> bool:
+    from .models import is_masked_lm
+
+    return is_masked_lm(model)
+
 __all__ = [
     "Preservation",
     "preservation",
@@ -208,12 +214,15 @@ def preservation(
     texts: Sequence[str] | None = None,
     facts: Sequence[Fact] | None = None,
     languages: Sequence[str] | None = None,
+    max_queries: int | None = None,
     cache: bool = True,
 ) -> Preservation:
     """The preserved-key second moments of ``layers``: activations at every token position of
     ``texts`` (default: the package's generic text, :func:`generic_texts`, of ``languages`` when
     given) plus, with ``facts``, the prompts of those facts' queries in ``languages`` (default:
-    all of each fact's languages).
+    all of each fact's languages; the first ``max_queries`` per language when given). Other facts
+    of your data are the preserved keys that buy most locality (docs/results.md run 7): pass
+    ``facts=`` the facts you will not edit and measure locality on others.
 
     With ``cache`` each layer's matrix is stored under ``cache_dir()/covariance/`` in a file
     named by a hash of (model name, weights fingerprint, layer, exact texts), and reused.
@@ -226,12 +235,14 @@ def preservation(
         raise ValueError("no layers given for the preservation")
     if wanted[0] < 0 or wanted[-1] >= n_layers:
         raise IndexError(f"layers {wanted} out of range for a model with {n_layers} layers")
+    if max_queries is not None and max_queries < 1:
+        raise ValueError(f"max_queries must be >= 1, got {max_queries}")
     all_texts = list(generic_texts(languages) if texts is None else texts)
     parts = ["generic text" if texts is None else f"{len(all_texts)} texts"]
     if facts:
         causal = not is_masked_lm(model)
         prompts = [q.prompt for f in facts for lang in (languages or f.languages) if lang in f.templates
-                   for q in f.queries(lang, causal=causal)]
+                   for q in f.queries(lang, causal=causal)[:max_queries]]
         all_texts += prompts
         parts.append(f"{len(prompts)} query prompts of {len(facts)} facts")
     all_texts = [t for t in all_texts if t.strip()]
@@ -434,7 +445,9 @@ def _default_preserved_facts(exclude: frozenset[str]) -> list[Fact]:
 def preservation_for(model, preserve, layers: list[int], exclude: frozenset[str] = frozenset()) -> Preservation:
     """The preservation a closed-form edit uses: ``preserve`` itself (a :class:`Preservation`), or the
     default one (:func:`preservation` of the generic text and the demo facts but ``exclude``), plus
-    the tokens of ``preserve`` when it is a sequence of prompts."""
+    the tokens of ``preserve`` when it is a sequence of prompts, or the first 2 query prompts per
+    language of each fact when it is a sequence of :class:`~lakn.facts.Fact` (other facts of your
+    data: the preserved keys that buy most locality, docs/results.md run 7)."""
     if isinstance(preserve, Preservation):
         missing = [l for l in layers if l not in preserve.moments]
         if missing:
@@ -445,7 +458,24 @@ def preservation_for(model, preserve, layers: list[int], exclude: frozenset[str]
     if preserve is None or (isinstance(preserve, Sequence) and len(preserve) == 0):
         return base
     if not isinstance(preserve, Sequence):
-        raise TypeError(f"preserve must be a Preservation, a sequence of prompts or None, not {type(preserve).__name__}")
+        raise TypeError(f"preserve must be a Preservation, a sequence of prompts or facts, or None, not "
+                        f"{type(preserve).__name__}")
+    if all(isinstance(p, Fact) for p in preserve):  # other facts: their query prompts, 2 per language
+        return base.merged(preservation(model, layers, texts=[], facts=list(preserve), max_queries=2))
     prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
                for p in preserve]
     return base.merged(prompt_preservation(model, prompts, layers))
+
+
+def _preserve_prompts(model, preserve: Sequence, language: str) -> list[Tensor]:
+    """The gradient edit's KL prompts: token ids as given, a query's prompt, a fact's first query in
+    ``language`` (facts without one are skipped)."""
+    out = []
+    for p in preserve:
+        if isinstance(p, Fact):
+            queries = p.queries(language, causal=not _is_masked(model)) if language in p.templates else []
+            if queries:
+                out.append(encode_query(model, queries[0]).prompt)
+        else:
+            out.append(p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt)
+    return out

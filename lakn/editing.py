@@ -23,9 +23,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from .facts import Fact, FactsError, Query
+from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
-from .closed_form import _target_languages
+from .closed_form import _preserve_prompts, _target_languages
 from .keys import KEY_POSITIONS, _key_languages, key_position, key_prompts, prompt_keys
 from .models import is_masked_lm
 from .tokens import EncodedQuery, encode_query, last_logits, logits_at, model_device
@@ -154,23 +154,37 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
             raise ValueError(f"the layer-{layer} covariance is {tuple(pres[layer].shape)}, this model's layers have "
                              f"d_mlp={d_mlp}: the preservation was built for another model")
     target_layer = layers[-1]
-    deltas, histories, keys, residuals = [], [], [], []
-    for group in groups:
-        delta, history = find_target(model, target_layer, group.targets, steps=target_steps, lr=target_lr,
-                                     decay=target_decay, positions=group.target_positions)
-        deltas.append(delta)
-        histories.append(history)
-        if group.prompts:
-            keys.append(prompt_keys(model, group.prompts, by_layer, group.key_positions))
-            residuals.append((gain / len(layers)) * delta.double()[None].expand(len(group.prompts), -1))
-    if not keys:
-        raise ValueError("no key prompts for the closed-form solve")
-    R = torch.cat(residuals)
-    out = {}
-    for layer, idx in by_layer.items():
-        K = torch.cat([k[layer] for k in keys])
-        out[layer] = solve_rows(K, R, pres.restricted(layer, idx), lam=lam, null_space=null_space,
-                                ridge=ridge).float()
+    # MEMIT's spreading: the layers are solved in order, each on the model with the earlier layers'
+    # updates applied; layer i's target is found again there, and its rows take 1/(layers left) of it
+    deltas, histories, n_keys = [], [], 0
+    out: dict[int, Tensor] = {}
+    applied: list[Edit] = []
+    try:
+        for i, layer in enumerate(layers):
+            idx = by_layer[layer]
+            share = gain / (len(layers) - i)
+            keys, residuals = [], []
+            for group in groups:
+                delta, history = find_target(model, layer, group.targets, steps=target_steps, lr=target_lr,
+                                             decay=target_decay, positions=group.target_positions)
+                if layer == target_layer:
+                    deltas.append(delta)
+                    histories.append(history)
+                if group.prompts:
+                    keys.append(prompt_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer])
+                    residuals.append(share * delta.double()[None].expand(len(group.prompts), -1))
+            if not keys:
+                raise ValueError("no key prompts for the closed-form solve")
+            n_keys = sum(len(k) for k in keys)
+            out[layer] = solve_rows(torch.cat(keys), torch.cat(residuals), pres.restricted(layer, idx), lam=lam,
+                                    null_space=null_space, ridge=ridge).float()
+            if layer != target_layer:  # the next layers are solved with this one applied
+                step = Edit(model, {layer: idx}, {}, {layer: out[layer]}, [], method="spreading step", active=False)
+                step.redo()
+                applied.append(step)
+    finally:
+        for step in reversed(applied):
+            step.undo()
     steps = max((len(h) for h in histories), default=0)
     history = [sum(h[i] for h in histories if i < len(h)) / sum(1 for h in histories if i < len(h))
                for i in range(steps)]
@@ -179,7 +193,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
               + f" keys={','.join(langs)}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
               + (f" {label}" if label else ""))
-    info = dict(key_languages=langs, target_languages=tlangs, n_keys=int(R.shape[0]), target_layer=target_layer,
+    info = dict(key_languages=langs, target_languages=tlangs, n_keys=n_keys, target_layer=target_layer,
                 layers=layers, position=position,
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
@@ -254,12 +268,16 @@ def edit_fact(
     language of ``new_answers`` the fact has queries in). The key position (``position``,
     :mod:`lakn.keys`) is the subject's last token (default) or ``"last"``, the last prompt token;
     :func:`lakn.key_neurons` picks a smaller set than a whole layer. The rows' change is the
-    least-squares map of every key to ``gain * delta / n_layers`` that keeps the preserved keys'
+    least-squares map of every key to ``gain * delta`` that keeps the preserved keys'
     output (``preserve``: a :class:`~lakn.closed_form.Preservation`; ``None``: the covariance of
     lakn's generic text and of every query prompt of lakn's demo facts but the edited ones, built
-    once per set of texts and cached; a sequence of prompts: their tokens added to it) unchanged
+    once per set of texts and cached; a sequence of prompts: their tokens added to it; a sequence
+    of other facts: their query prompts, 2 per language, added, which buys most locality,
+    docs/results.md run 7) unchanged
     up to ``lam``: ``dW = (K K^T + lam C_SS)^{-1} K R``, in the null space of ``C_SS`` with
-    ``null_space``. Causal LMs only.
+    ``null_space``. Neurons of several layers are solved layer by layer (MEMIT's spreading): each
+    layer on the model with the earlier layers' update, its own target found there, its rows
+    taking 1/(layers left) of it. Causal LMs only.
 
     ``method="gradient"`` (§8.1): up to ``steps`` Adam steps on the rows (``lr``, ``weight_decay``)
     minimising the new answer's NLL on the ``language`` queries, plus ``locality_weight`` x the KL
@@ -304,8 +322,7 @@ def edit_fact(
         raise TypeError("method='gradient' takes preserve prompts (queries or token ids), not "
                         f"{type(preserve).__name__}")
     encoded = [e for l in targets for e in _encoded(model, edited, l, max_queries)]
-    prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
-               for p in (preserve or ())]
+    prompts = _preserve_prompts(model, preserve or (), language)
     return _train_rows(model, encoded, [(l, i) for l, idx in by_layer.items() for i in idx],
                        steps=steps, lr=lr, weight_decay=weight_decay, preserve=prompts,
                        locality_weight=locality_weight, target_prob=target_prob)
@@ -516,8 +533,7 @@ def inject_fact(
     if not isinstance(preserve, Sequence):
         raise TypeError("method='gradient' takes preserve prompts (queries or token ids)")
     encoded = [e for lang in languages for e in _encoded(model, fact, lang, max_queries)]
-    prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
-               for p in preserve]
+    prompts = _preserve_prompts(model, preserve, languages[0])
     return _train_rows(model, encoded, [(l, i) for l, idx in by_layer.items() for i in idx],
                        steps=options.get("steps", 20), lr=options.get("lr", 0.5),
                        weight_decay=options.get("weight_decay", 1e-3), preserve=prompts,

@@ -461,3 +461,57 @@ def test_target_languages_find_one_target_on_every_given_language(llama, toy_fac
         edit_fact(llama, fact, new, layer_neurons(llama, [1]), preserve=pres, target_languages=["de"])
     with pytest.raises(ValueError, match="kn_embedding.*target_languages"):
         edit_fact(llama, fact, new, layer_neurons(llama, [1]), method="kn_embedding", target_languages=["fr"])
+
+
+def test_several_layers_are_solved_in_order_with_a_target_found_again_at_each(llama, toy_facts):
+    """MEMIT's spreading: layer 0's rows take half of the target found on the clean model at layer 0;
+    layer 1's target is found with layer 0's update applied and its rows take all of it. The
+    spreading steps leave nothing behind: one edit on the model, undone bit for bit."""
+    from lakn.weights import _delta_hooks
+
+    fact = toy_facts[0]
+    before = _weights(llama)
+    answers = {"en": "Madrid", "fr": "Madrid", "zh": "马德里"}
+    prompts = _prompt_tokens(llama, fact, ["en", "fr", "zh"])
+    targets = [lakn.encode_query(llama, lakn.Query(q.template, q.prompt, "Madrid", q.separator, "en"))
+               for q in fact.queries("en")]
+    first, _ = find_target(llama, 0, targets, steps=30)  # what the edit finds at layer 0 (deterministic)
+    clean0 = [_mlp_out(llama, t, 0)[-1] for t in prompts]
+    edit = edit_fact(llama, fact, answers, layer_neurons(llama, [0, 1]), lam=0.0, ridge=1e-12, target_steps=30,
+                     position="last")
+    try:
+        assert llama.__dict__["_lakn_edits"] == [edit] and edit.info["layers"] == [0, 1]
+        last = edit.info["targets"][0]  # found at layer 1 on the model with layer 0's rows changed
+        for t, c0 in zip(prompts, clean0):
+            torch.testing.assert_close(_mlp_out(llama, t, 0)[-1] - c0, first / 2, rtol=1e-3, atol=1e-3)
+        edit.undo()
+        with llama.hooks(fwd_hooks=_delta_hooks({0: edit.deltas[0]}, {0: edit.neurons_by_layer[0]})):
+            half = [_mlp_out(llama, t, 1)[-1] for t in prompts]
+        edit.redo()
+        for t, h in zip(prompts, half):
+            torch.testing.assert_close(_mlp_out(llama, t, 1)[-1] - h, last, rtol=1e-3, atol=1e-3)
+        assert float((last - first).norm()) > 1e-3  # a target of its own, not layer 0's again
+    finally:
+        edit.undo()
+    assert _same(llama, before) and not llama.__dict__.get("_lakn_edits") and active_hook_count(llama) == 0
+
+
+def test_preserve_other_facts_adds_their_prompts_to_the_preserved_keys(llama, toy_facts):
+    """``preserve=[facts]``: the closed form solves with the default covariance merged with those facts'
+    first 2 prompts per language (the same update as passing that Preservation); the gradient edit
+    takes each fact's first edit-language query as a KL prompt."""
+    from lakn.closed_form import preservation_for
+
+    others = toy_facts[1:3]
+    expected = preservation_for(llama, None, [1], frozenset({toy_facts[0].fact_id})).merged(
+        preservation(llama, [1], texts=[], facts=others, max_queries=2))
+    assert expected.n_tokens > preservation_for(llama, None, [1], frozenset({toy_facts[0].fact_id})).n_tokens
+    kw = dict(lam=10.0, position="last", target_steps=3)
+    with edit_fact(llama, toy_facts[0], {"en": "Rome"}, layer_neurons(llama, [1]), preserve=others, **kw) as a:
+        pass
+    with edit_fact(llama, toy_facts[0], {"en": "Rome"}, layer_neurons(llama, [1]), preserve=expected, **kw) as b:
+        pass
+    assert a.info["n_preserved_tokens"] == expected.n_tokens
+    torch.testing.assert_close(a.deltas[1], b.deltas[1])
+    with edit_fact(llama, toy_facts[0], {"en": "Rome"}, [(1, 2)], method="gradient", steps=2, preserve=others) as g:
+        assert g.locality_history and "KL x1 on 2 prompts" in g.method

@@ -177,6 +177,31 @@ def test_injection_with_no_training_keeps_everything(model, capitals):
     assert back.rows == res.rows
 
 
+def test_injection_closed_form_preserves_the_preserve_facts(model, capitals, monkeypatch, tmp_path):
+    """The closed form's preserved keys hold the preserve facts' prompts (2 per language): the
+    covariance it solves with is the default one merged with theirs."""
+    import lakn.evaluation.injection as injection
+    from lakn.closed_form import preservation, preservation_for
+
+    monkeypatch.setenv("LAKN_CACHE_DIR", str(tmp_path / "cache"))
+    used, real = [], injection.inject_fact
+
+    def spy(*args, method="closed_form", **kw):
+        used.append(kw.get("preserve"))
+        return real(*args, method=method, **kw)
+
+    monkeypatch.setattr(injection, "inject_fact", spy)
+    fict = lakn.load_facts("fictional")[:1]
+    injection_experiment(model, fict, languages=["en", "fr"], train_languages=["en"], unrelated=capitals[:2],
+                         preserve=capitals[2:4], k=4, methods=("closed_form",), neuron_sets=("layer",), layers=[1],
+                         progress=False)
+    assert len(used) == 1 and used[0] is not None
+    expected = preservation_for(model, None, [1]).merged(
+        preservation(model, [1], texts=[], facts=capitals[2:4], languages=["en", "fr"], max_queries=2))
+    assert used[0].n_tokens == expected.n_tokens > preservation_for(model, None, [1]).n_tokens
+    torch.testing.assert_close(used[0][1], expected[1])
+
+
 def _tmp_json():
     import tempfile
 
@@ -229,6 +254,40 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     edited = EditingResult.load(runs / "edit.json").to_dataframe()
     assert set(edited[edited.metric == "reliability"].fact_id) == {one}
     assert {"key", "key_random", "lakn"} <= set(edited.neurons)
+    # --preserve: other facts' prompts join the closed form's preserved keys and leave the locality pool
+    import lakn.closed_form as cf
+
+    seen, real = [], cf.preservation
+
+    def spy(model, layers, **kw):
+        seen.append(sorted(f.fact_id for f in kw.get("facts") or ()) if kw.get("texts") == [] else None)
+        return real(model, layers, **kw)
+
+    monkeypatch.setattr(cf, "preservation", spy)
+    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "1",
+                     "--position", "last", "--max-queries", "1", "--languages", "en,fr", "--fact-ids", one,
+                     "--preserve", "2"]) == 0
+    capsys.readouterr()
+    kept = [ids for ids in seen if ids is not None]
+    assert len(kept) == 1 and len(kept[0]) == 2 and one not in kept[0]
+    pooled = EditingResult.load(runs / "edit.json").to_dataframe()
+    measured = set(pooled[pooled.metric == "locality"].other_fact)
+    assert measured and not measured & set(kept[0]) and measured <= {f.fact_id for f in capitals[:4]} - {one}
+    with pytest.raises(SystemExit):
+        cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "1",
+                  "--position", "last", "--max-queries", "1", "--languages", "en", "--preserve", "2"])
+    assert "--preserve needs facts that are neither edited nor measured" in capsys.readouterr().err
+    # default --preserve: the closed form keeps the data file's facts outside the run (none here before)
+    assert [ids for ids in seen if ids is not None] == kept
+    bigger = tmp_path / "more.jsonl"
+    bigger.write_text(data.read_text() + "\n" + json.dumps({"fact_id": capitals[4].fact_id, "relation": "capital",
+                                                           "object": capitals[4].answers,
+                                                           "queries": {k: list(v) for k, v in capitals[4].templates.items()}}))
+    assert cli.main(["edit", str(runs), "--data", str(bigger), "--method", "closed_form", "--edit-set", "layer",
+                     "--layers", "1", "--position", "last", "--max-queries", "1", "--languages", "en,fr"]) == 0
+    assert "preserving 1 facts" in capsys.readouterr().out
+    assert [ids for ids in seen if ids is not None][-1] == [capitals[4].fact_id]
+    monkeypatch.setattr(cf, "preservation", real)
     assert cli.main(["inject", str(runs), "--method", "gradient", "--steps", "1", "--k", "3", "--languages", "en,fr",
                      "--train-languages", "en", "--fact-ids", "fict_capital_velmora"]) == 0
     assert "recall_trained" in capsys.readouterr().out

@@ -67,7 +67,7 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: st
 
 
 def add_training_options(parser: argparse.ArgumentParser, *, language: str, languages: str, steps: int, what: str,
-                         preserve: int, preserve_help: str, seed_help: str) -> None:
+                         preserve: int | None, preserve_help: str, seed_help: str) -> None:
     """The options of the commands that train W_out rows (edit, inject): the model, the training
     language and the languages measured, Adam steps and rate, the facts to train, the KL term's
     facts and weight, the early stop and the seed."""
@@ -78,7 +78,8 @@ def add_training_options(parser: argparse.ArgumentParser, *, language: str, lang
     parser.add_argument("--lr", type=float, default=0.5)
     parser.add_argument("--fact-ids", type=comma_list, default=None, help=f"comma-separated {what} (default: all)")
     add_deprecated(parser, "--facts", "--fact-ids", "fact_ids", comma_list)
-    parser.add_argument("--preserve", type=int, default=preserve, help=f"{preserve_help} (default {preserve})")
+    parser.add_argument("--preserve", type=int, default=preserve,
+                        help=preserve_help + ("" if preserve is None else f" (default {preserve})"))
     parser.add_argument("--locality-weight", type=float, default=1.0, help="weight of the KL term (default 1)")
     parser.add_argument("--target-prob", type=float, default=None,
                         help="stop once every training query gives the answer this probability (default: run all steps)")

@@ -17,6 +17,9 @@ from ._common import (add_edit_method_options, add_training_options, edit_method
 
 __all__ = ["register"]
 
+AUTO_PRESERVE = 400
+"""Facts of the data outside the run that ``lakn edit``'s closed form keeps by default (results.md run 7)."""
+
 
 def register(sub) -> None:
     p = sub.add_parser("edit", help="cross-lingual knowledge editing through W_out rows of LAKNs vs controls",
@@ -24,9 +27,13 @@ def register(sub) -> None:
     p.add_argument("run", help="a run folder (or folder of runs: the matrice run is used)")
     p.add_argument("--data", default=None)
     add_training_options(p, language="the edit language", languages="languages to measure (default: the fact's)",
-                         steps=10, what="fact ids to edit", preserve=0,
-                         preserve_help="gradient method: other facts whose next-token distribution the edit keeps "
-                                       "(KL term; 0: none). They are left out of the locality measurement",
+                         steps=10, what="fact ids to edit", preserve=None,
+                         preserve_help="other facts the edit keeps: their query prompts join the closed form's "
+                                       "preserved keys, and their next-token distribution the gradient method's KL "
+                                       "term (0: none); they are left out of the locality measurement. Default: "
+                                       f"the closed form keeps up to {AUTO_PRESERVE} facts of the data file outside "
+                                       "the run (none for lakn's demo sets, whose facts it always keeps; results.md "
+                                       "run 7)",
                          seed_help="seed of the random control and of the --preserve sample")
     add_edit_method_options(p, sets=("lakn", "layer", "key"), default_sets="lakn",
                             sets_help="neuron sets: lakn (the LAKNs, as many language-specific and random neurons), "
@@ -87,6 +94,40 @@ def key_sets(model, facts, whole, args) -> dict:
     return {"key": key, "key_random": rnd}
 
 
+def preserve_candidates(args, result, facts, edited, auto: bool = False) -> list:
+    """The facts ``--preserve`` samples from: those of the data file outside the run (the locality pool
+    is the run's facts), else the run's facts that are not edited; none is an error. ``auto`` (the
+    default ``--preserve``): only facts outside the run, none for a demo set, and none is no error."""
+    from ..facts import DEMO_SETS, load_facts
+    from ._common import absolute_path
+
+    data = args.data or result.config.get("data") or "demo"
+    if auto and data in DEMO_SETS:
+        return []
+    in_run = {f.fact_id for f in facts}
+    outside = [f for f in load_facts(data if data in DEMO_SETS else absolute_path(data)) if f.fact_id not in in_run]
+    if auto:
+        return outside
+    rest = outside or [f for f in facts if f.fact_id not in edited]
+    if not rest:
+        raise ValueError("--preserve needs facts that are neither edited nor measured: every fact of the run is "
+                         "edited and the data holds no other; pass --fact-ids (the others are preserved) or "
+                         "--data with more facts")
+    return rest
+
+
+def fact_preservation(model, sets, edited, picked, args):
+    """The closed form's preserved keys with ``picked`` facts: the default ones (generic text, demo facts)
+    plus those facts' query prompts (the first ``--max-queries`` per measured language), on every
+    layer of ``sets``; results.md run 7: other facts of the data buy most of the locality."""
+    from ..closed_form import preservation, preservation_for
+
+    layers = sorted({l for per in sets.values() for neurons in per.values() for l, _ in neurons})
+    base = preservation_for(model, None, layers, frozenset(edited))
+    return base.merged(preservation(model, layers, texts=[], facts=picked, languages=args.languages,
+                                    max_queries=args.max_queries))
+
+
 def run(args) -> int:
     import torch
 
@@ -117,14 +158,20 @@ def run(args) -> int:
             if m in methods:
                 methods[m]["target_languages"] = args.target_languages
     unrelated = list(facts)
-    if args.preserve > 0 and "gradient" in methods:
-        edited = {f for per in sets.values() for f in per}
-        rest = [f for f in facts if f.fact_id not in edited] or list(facts)
+    auto = args.preserve is None  # the closed form only, facts outside the run only, none is no error
+    n_preserve = (AUTO_PRESERVE if "closed_form" in methods else 0) if auto else args.preserve
+    edited = {f for per in sets.values() for f in per}
+    rest = preserve_candidates(args, result, facts, edited, auto) if n_preserve > 0 else []
+    if rest and {"gradient", "closed_form"} & set(methods):
         order = torch.randperm(len(rest), generator=seeded_generator(args.seed, 0)).tolist()
-        picked = [rest[i] for i in order][: args.preserve]
-        prompts = [f.queries(args.language)[0] for f in picked
-                   if args.language in f.templates and f.answers.get(args.language) and f.queries(args.language)]
-        methods["gradient"].update(preserve=prompts, locality_weight=args.locality_weight)
+        picked = [rest[i] for i in order][:n_preserve]
+        print(f"preserving {len(picked)} facts the edits neither change nor measure (--preserve)")
+        if "gradient" in methods and not auto:
+            prompts = [f.queries(args.language)[0] for f in picked
+                       if args.language in f.templates and f.answers.get(args.language) and f.queries(args.language)]
+            methods["gradient"].update(preserve=prompts, locality_weight=args.locality_weight)
+        if "closed_form" in methods:
+            methods["closed_form"]["preserve"] = fact_preservation(model, sets, edited, picked, args)
         unrelated = [f for f in facts if f not in picked]
     res = edit_evaluation(model, facts, sets, methods=methods, edit_language=args.language, languages=args.languages,
                           max_queries=args.max_queries, max_heldout=args.max_heldout, unrelated=unrelated,

@@ -25,8 +25,9 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="JSON file to write (default RUN/inject.json; needed without RUN)")
     add_training_options(p, language="the training language", languages="languages to choose neurons with and to query",
                          steps=20, what="fictional fact ids", preserve=0,
-                         preserve_help="gradient method: facts of --unrelated after the first --n-unrelated whose "
-                                       "next-token distribution the training keeps (KL term)",
+                         preserve_help="facts of --unrelated after the first --n-unrelated that the training "
+                                       "keeps: their prompts join the closed form's preserved keys, their next-token "
+                                       "distribution the gradient method's KL term",
                          seed_help="seed of the random control")
     p.add_argument("--train-languages", type=comma_list, default=None,
                    help="languages whose queries train the fact, e.g. en,fr (default: --language)")

@@ -91,6 +91,18 @@ def _train(model, fact: Fact, neurons: list[Neuron], *, method: str, languages: 
                        weight_decay=opts.pop("weight_decay", 1e-3), preserve=prompts, **opts)
 
 
+def _kept(model, layers: list[int], preserve: Sequence[Fact], languages, cache: dict):
+    """The closed form's preserved keys with the ``preserve`` facts' query prompts (2 per language)
+    added to the default ones, once per set of layers."""
+    from ..closed_form import preservation, preservation_for
+
+    key = tuple(layers)
+    if key not in cache:
+        cache[key] = preservation_for(model, None, layers).merged(
+            preservation(model, layers, texts=[], facts=list(preserve), languages=languages, max_queries=2))
+    return cache[key]
+
+
 def injection_experiment(
     model,
     fictional: Sequence[Fact] | None = None,
@@ -126,7 +138,9 @@ def injection_experiment(
     ``methods``: names (``gradient``, and ``closed_form`` / ``kn_embedding`` where lakn.editing has
     them) or ``{label: {"method": name, **options}}``. The gradient edit gets ``steps``, ``lr``,
     ``target_prob`` and the KL term on ``preserve`` facts (one ``language`` query each, kept apart
-    from ``unrelated``, ``locality_weight``); ``options`` go to every method. Every edit is undone.
+    from ``unrelated``, ``locality_weight``); the closed form gets the ``preserve`` facts' prompts
+    (2 per language of ``languages``) in its preserved keys, unless its spec names ``preserve``;
+    ``options`` go to every method. Every edit is undone.
     """
     from ..models import is_masked_lm
 
@@ -149,6 +163,7 @@ def injection_experiment(
     table = ({str(k_): dict(v) for k_, v in methods.items()} if isinstance(methods, Mapping)
              else {str(m): {"method": m} for m in methods})
     rows = []
+    kept: dict = {}
     for i, fact in enumerate(_progress(list(fictional), progress, "lakn inject")):
         langs = [l for l in (languages or fact.languages) if l in fact.templates]
         qs = evaluation_queries(model, [fact], languages=langs, max_queries=None, causal=causal)
@@ -176,6 +191,8 @@ def injection_experiment(
                     opts.update(preserve=keep, locality_weight=locality_weight)
             opts.update(spec)
             for name, neurons in sets.items():
+                if method == "closed_form" and preserve and "preserve" not in spec:
+                    opts["preserve"] = _kept(model, sorted({l for l, _ in neurons}), preserve, languages, kept)
                 edit = _train(model, fact, neurons, method=method, languages=train_languages, options=opts)
                 try:
                     p1, r1 = batch_answer_probability(model, enc, batch_size=batch_size, first_token_only=True)
