@@ -34,12 +34,6 @@ from .facts import Fact, FactsError, Query
 from .keys import _by_length, _Stop, post_activations
 from .tokens import EncodedQuery, encode_query, logits_at, model_device
 
-
-def _is_masked(model) -> bool:
-    from .models import is_masked_lm
-
-    return is_masked_lm(model)
-
 __all__ = [
     "Preservation",
     "preservation",
@@ -442,12 +436,14 @@ def _default_preserved_facts(exclude: frozenset[str]) -> list[Fact]:
     return [f for f in load_facts("demo") if f.fact_id not in exclude]
 
 
-def preservation_for(model, preserve, layers: list[int], exclude: frozenset[str] = frozenset()) -> Preservation:
+def preservation_for(model, preserve, layers: list[int], exclude: frozenset[str] = frozenset(), *,
+                     languages: Sequence[str] | None = None, max_queries: int = 2) -> Preservation:
     """The preservation a closed-form edit uses: ``preserve`` itself (a :class:`Preservation`), or the
     default one (:func:`preservation` of the generic text and the demo facts but ``exclude``), plus
-    the tokens of ``preserve`` when it is a sequence of prompts, or the first 2 query prompts per
-    language of each fact when it is a sequence of :class:`~lakn.facts.Fact` (other facts of your
-    data: the preserved keys that buy most locality, docs/results.md run 7)."""
+    the tokens of ``preserve`` when it is a sequence of prompts, or the first ``max_queries`` query
+    prompts per language (of ``languages``, default each fact's own) of each fact when it is a
+    sequence of :class:`~lakn.facts.Fact` (other facts of your data: the preserved keys that buy
+    most locality, docs/results.md run 7)."""
     if isinstance(preserve, Preservation):
         missing = [l for l in layers if l not in preserve.moments]
         if missing:
@@ -460,8 +456,9 @@ def preservation_for(model, preserve, layers: list[int], exclude: frozenset[str]
     if not isinstance(preserve, Sequence):
         raise TypeError(f"preserve must be a Preservation, a sequence of prompts or facts, or None, not "
                         f"{type(preserve).__name__}")
-    if all(isinstance(p, Fact) for p in preserve):  # other facts: their query prompts, 2 per language
-        return base.merged(preservation(model, layers, texts=[], facts=list(preserve), max_queries=2))
+    if all(isinstance(p, Fact) for p in preserve):  # other facts: their query prompts
+        return base.merged(preservation(model, layers, texts=[], facts=list(preserve), languages=languages,
+                                        max_queries=max_queries))
     prompts = [p if isinstance(p, Tensor) else (encode_query(model, p) if isinstance(p, Query) else p).prompt
                for p in preserve]
     return base.merged(prompt_preservation(model, prompts, layers))
@@ -470,10 +467,12 @@ def preservation_for(model, preserve, layers: list[int], exclude: frozenset[str]
 def _preserve_prompts(model, preserve: Sequence, language: str) -> list[Tensor]:
     """The gradient edit's KL prompts: token ids as given, a query's prompt, a fact's first query in
     ``language`` (facts without one are skipped)."""
+    from .models import is_masked_lm
+
     out = []
     for p in preserve:
         if isinstance(p, Fact):
-            queries = p.queries(language, causal=not _is_masked(model)) if language in p.templates else []
+            queries = p.queries(language, causal=not is_masked_lm(model)) if language in p.templates else []
             if queries:
                 out.append(encode_query(model, queries[0]).prompt)
         else:

@@ -120,12 +120,11 @@ def fact_preservation(model, sets, edited, picked, args):
     """The closed form's preserved keys with ``picked`` facts: the default ones (generic text, demo facts)
     plus those facts' query prompts (the first ``--max-queries`` per measured language), on every
     layer of ``sets``; results.md run 7: other facts of the data buy most of the locality."""
-    from ..closed_form import preservation, preservation_for
+    from ..closed_form import preservation_for
 
     layers = sorted({l for per in sets.values() for neurons in per.values() for l, _ in neurons})
-    base = preservation_for(model, None, layers, frozenset(edited))
-    return base.merged(preservation(model, layers, texts=[], facts=picked, languages=args.languages,
-                                    max_queries=args.max_queries))
+    return preservation_for(model, picked, layers, frozenset(edited), languages=args.languages,
+                            max_queries=args.max_queries)
 
 
 def run(args) -> int:

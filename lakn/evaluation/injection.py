@@ -94,12 +94,11 @@ def _train(model, fact: Fact, neurons: list[Neuron], *, method: str, languages: 
 def _kept(model, layers: list[int], preserve: Sequence[Fact], languages, cache: dict):
     """The closed form's preserved keys with the ``preserve`` facts' query prompts (2 per language)
     added to the default ones, once per set of layers."""
-    from ..closed_form import preservation, preservation_for
+    from ..closed_form import preservation_for
 
     key = tuple(layers)
     if key not in cache:
-        cache[key] = preservation_for(model, None, layers).merged(
-            preservation(model, layers, texts=[], facts=list(preserve), languages=languages, max_queries=2))
+        cache[key] = preservation_for(model, list(preserve), layers, languages=languages)
     return cache[key]
 
 
