@@ -4,8 +4,9 @@
 
 On the embedded Gemma 3 270M with lakn's demo facts (each given another fact's answers of its
 relation): the preserved-key covariance of one layer built from scratch and read from the cache;
-one closed-form edit through the whole layer (keys at the subject's last token and at the last
-prompt token, keys from 7 languages, 20 target steps); a batch of ``--batch`` facts in one solve;
+the pivot layer (measured once per model); one closed-form edit through the whole layer (keys at
+the subject's last token and at the last prompt token, keys from 7 languages, 20 target steps, the
+default pivot term and re-solves; and at the subject's token without them); a batch of ``--batch`` facts in one solve;
 the gradient edit (10 Adam steps) and the knowledge-neuron embedding edit through 20 neurons; and
 ``undo()``. Prints seconds (median of ``--repeats``) and peak resident memory.
 """
@@ -25,6 +26,7 @@ import torch
 import lakn
 from lakn.editing import edit_facts, layer_neurons
 from lakn.evaluation.editing import counterfactuals
+from lakn.pivot import pivot_layer
 
 LANGS = ["en", "fr", "es", "ru", "de", "zh", "ar"]
 
@@ -71,9 +73,15 @@ def main() -> None:
             e.undo()
             return e
 
+        t = time.perf_counter()
+        at = pivot_layer(model, layer)
+        rows.append(("pivot layer, measured once per model", time.perf_counter() - t, f"layer {at}"))
+        s, e = _timed(lambda: single(position="subject", pivot=None, retries=0), args.repeats)
+        rows.append(("closed_form, subject keys, no pivot, 1 solve", s, f"{e.info['n_keys']} keys"))
         for pos in ("subject", "last"):
             s, e = _timed(lambda: single(position=pos), args.repeats)
-            rows.append((f"closed_form, whole layer, keys at {pos}", s, f"{e.info['n_keys']} keys"))
+            rows.append((f"closed_form, whole layer, keys at {pos} (default)", s,
+                         f"{e.info['n_keys']} keys, pivot L{e.info['pivot_layer']}, key weights {e.info['key_weights']}"))
         batch = facts[: args.batch]
         s, e = _timed(lambda: edit_facts(model, batch, {f.fact_id: answers[f.fact_id] for f in batch}, whole,
                                          preserve=kept, position="subject").undo() or None, args.repeats)

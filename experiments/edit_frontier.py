@@ -68,6 +68,8 @@ def main() -> int:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--out", default="frontier.json")
     ap.add_argument("--facts", type=int, default=8, help="facts edited one at a time (default 8)")
+    ap.add_argument("--skip-facts", type=int, default=0,
+                    help="leave out the first N picked facts (e.g. 8: the next facts, never used for tuning)")
     ap.add_argument("--batch", default="10,50", help="batch sizes of the batch point (default 10,50)")
     ap.add_argument("--pool", type=int, default=30, help="facts of the locality pool (default 30)")
     ap.add_argument("--layer", type=int, default=12)
@@ -97,6 +99,9 @@ def main() -> int:
     ap.add_argument("--skip-grid", action="store_true", help="skip the whole-layer grid")
     ap.add_argument("--target-languages", default="", help="find the closed-form target on these languages' new answers "
                     "too (e.g. fr; default: en alone, the edit language); rows are labelled targets=...")
+    ap.add_argument("--variants", default="", help="closed-form option sets side by side at every grid point, ';' "
+                    "between sets, ',' between KEY=VALUE options of pivot (auto, none or a layer), pivot_weight, "
+                    "target_steps, retries; e.g. 'pivot=none,retries=0;pivot=auto' (default: lakn's defaults)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 facts, 2 grid points, batch 3")
     args = ap.parse_args()
     if not Path(args.data).is_file():
@@ -121,8 +126,9 @@ def main() -> int:
     t0 = time.time()
     model = lakn.load_model()
     facts = lakn.load_facts(args.data)
-    edit, batch, pool, new, n_known, n_cand = pick_facts(model, facts, languages, args.facts, max(batches, default=0),
-                                                         args.pool, args.seed)
+    edit, batch, pool, new, n_known, n_cand = pick_facts(model, facts, languages, args.skip_facts + args.facts,
+                                                         max(batches, default=0), args.pool, args.seed)
+    edit = edit[args.skip_facts:]  # --skip-facts: facts a tuning run never saw (same pick, same pool)
     print(f"[{time.time() - t0:.0f}s] {n_known} known of {n_cand} candidates; editing {len(edit)} facts "
           f"({sorted({f.relation for f in edit})}), batch pool {len(batch)}, locality pool {len(pool)} facts",
           flush=True)
@@ -157,10 +163,12 @@ def main() -> int:
 
     targets = [l for l in args.target_languages.split(",") if l.strip()]
     tag = f" targets=en,{','.join(targets)}" if targets else ""
-    methods = {f"closed_form lam={lam:g} gain={gain:g}" + (f" ns={ns:g}" if ns else "") + tag:
-               dict(method="closed_form", lam=lam, gain=gain, preserve=kept, position=args.position,
+    variants = [_variant(v) for v in args.variants.split(";")] if args.variants.strip() else [{}]
+    methods = {f"closed_form lam={lam:g} gain={gain:g}" + (f" ns={ns:g}" if ns else "") + tag
+               + "".join(f" {k}={v}" for k, v in variant.items()):
+               dict(method="closed_form", lam=lam, gain=gain, preserve=kept, position=args.position, **variant,
                     **({"null_space": ns} if ns else {}), **({"target_languages": targets} if targets else {}))
-               for lam, gain, ns in grid}
+               for lam, gain, ns in grid for variant in variants}
     if not args.skip_grid:
         run("closed_form grid, whole layer", facts=edit, sets={layer_name: layer}, methods=methods)
     if args.run:
@@ -202,6 +210,26 @@ def main() -> int:
     print_tables(merged)
     print(f"written: {args.out} ({time.time() - t0:.0f} s)")
     return 0
+
+
+def _variant(spec: str) -> dict:
+    """'pivot=auto,target_steps=40' -> closed-form options (pivot: auto, none or a layer)."""
+    out: dict = {}
+    for item in spec.split(","):
+        if not item.strip():
+            continue
+        key, _, value = item.strip().partition("=")
+        if key == "pivot":
+            out[key] = None if value == "none" else (value if value == "auto" else int(value))
+        elif key in ("target_steps", "retries"):
+            out[key] = int(value)
+        elif key in ("pivot_weight", "target_decay", "target_lr", "lam"):
+            out[key] = float(value)
+        elif key == "key_languages":  # injection: languages whose prompts (not answers) give keys, '+' between
+            out[key] = [l for l in value.split("+") if l]
+        else:
+            raise SystemExit(f"unknown variant option {key!r}")
+    return out
 
 
 def print_tables(res) -> None:

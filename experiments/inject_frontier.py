@@ -43,6 +43,16 @@ def known_pool(model, facts, n, seed):
     return pool[:n]
 
 
+def _variant(spec: str) -> dict:
+    """edit_frontier.py's parser of closed-form option sets."""
+    import importlib.util
+
+    loaded = importlib.util.spec_from_file_location("edit_frontier", Path(__file__).resolve().parent / "edit_frontier.py")
+    mod = importlib.util.module_from_spec(loaded)
+    loaded.loader.exec_module(mod)
+    return mod._variant(spec)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DATA))
@@ -58,6 +68,8 @@ def main() -> int:
     ap.add_argument("--preserve-facts", type=int, default=0,
                     help="also preserve the query prompts (2 per language) of up to N facts of the data whose relation "
                          "is not in the locality pool (default 0)")
+    ap.add_argument("--variants", default="", help="closed-form option sets side by side (as edit_frontier.py's, plus "
+                    "key_languages=es+de+ru+zh: languages whose prompts, never their answers, give keys too)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import lakn
@@ -85,9 +97,11 @@ def main() -> int:
         print(f"preserving {len(others)} facts of {len({f.relation for f in others})} other relations", flush=True)
     results = []
     grid = [(float(p.split(":")[0]), float(p.split(":")[1])) for p in args.grid.split(",") if p]
-    closed = {f"closed_form {pos} lam={lam:g} gain={gain:g}": dict(method="closed_form", lam=lam, gain=gain,
-                                                                    preserve=kept, position=pos)
-              for pos in args.positions.split(",") if pos for lam, gain in grid}
+    variants = [_variant(v) for v in args.variants.split(";")] if args.variants.strip() else [{}]
+    closed = {f"closed_form {pos} lam={lam:g} gain={gain:g}"
+              + "".join(f" {k}={'+'.join(v) if isinstance(v, list) else v}" for k, v in variant.items()):
+              dict(method="closed_form", lam=lam, gain=gain, preserve=kept, position=pos, **variant)
+              for pos in args.positions.split(",") if pos for lam, gain in grid for variant in variants}
     common = dict(languages=languages, train_languages=train, unrelated=pool, k=args.k, seed=args.seed,
                   progress=False)
     t = time.time()

@@ -5,7 +5,8 @@ queries and asks every language's key to produce it. This script separates the t
 ``delta`` itself to ``blocks.{L}.mlp.hook_out`` at the subject's last token of every language's
 queries (no weight change, no key, so no locality cost) and counts how often the new answer's first
 token becomes top-1. That rate bounds what any solve through layer ``L`` can reach with that target.
-Targets compared: found on en only (the edit's default), and found on en + fr answers together.
+Targets compared: found on en only, on en with the pivot term over the other languages' prompts
+(lakn.pivot; the edit's default), and on en + fr answers together.
 
     OMP_NUM_THREADS=1 python experiments/target_transfer.py [--facts 8] [--layer 12] [--out transfer.json]
 
@@ -58,7 +59,8 @@ def main() -> int:
     ap.add_argument("--facts", type=int, default=8)
     ap.add_argument("--layer", type=int, default=12)
     ap.add_argument("--max-queries", type=int, default=2)
-    ap.add_argument("--targets", default="en;en,fr", help="target languages, ';' between settings (default en;en,fr)")
+    ap.add_argument("--targets", default="en;en+pivot;en,fr", help="target languages, ';' between settings; '+pivot' adds "
+                    "the pivot term over the other languages' prompts (default en;en+pivot;en,fr)")
     ap.add_argument("--out", default="transfer.json")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -71,12 +73,14 @@ def main() -> int:
     from lakn.closed_form import find_target
     from lakn.editing import _with_answers
     from lakn.keys import key_position
+    from lakn.pivot import Pivot, pivot_layer
 
     fr = _frontier()
     t0 = time.time()
     model = lakn.load_model()
     edit, _, _, new, _, _ = fr.pick_facts(model, lakn.load_facts(args.data), fr.LANGS, args.facts, 0, 0, args.seed)
-    settings = [[l for l in s.split(",") if l] for s in args.targets.split(";") if s]
+    settings = [s for s in args.targets.split(";") if s]
+    at = pivot_layer(model, args.layer)
     rows = []
     for fact in edit:
         edited = _with_answers(fact, new[fact.fact_id])
@@ -86,16 +90,22 @@ def main() -> int:
             enc = [lakn.encode_query(model, q) for q in qs]
             pos = [key_position(model, q, e.prompt, edited, "subject") for q, e in zip(qs, enc)]
             per_lang[lang] = [(e, p) for e, p in zip(enc, pos) if p is not None]
-        for setting in settings:
+        for name in settings:
+            setting = [l for l in name.removesuffix("+pivot").split(",") if l]
             targets = [ep for l in setting for ep in per_lang[l]]
-            delta, hist = find_target(model, args.layer, [e for e, _ in targets], positions=[p for _, p in targets])
+            pivot = None
+            if name.endswith("+pivot"):  # the other languages' prompts through the logit lens (lakn.pivot)
+                rest = [ep for l, eps in per_lang.items() if l not in setting for ep in eps]
+                pivot = Pivot([e.prompt for e, _ in rest], [p for _, p in rest], int(targets[0][0].answer[0]), at)
+            delta, hist = find_target(model, args.layer, [e for e, _ in targets], positions=[p for _, p in targets],
+                                      pivot=pivot)
             for lang, eps in per_lang.items():
                 if not eps:
                     continue
                 hits = top1_with_delta(model, args.layer, [e for e, _ in eps], [p for _, p in eps], delta)
                 before = top1_with_delta(model, args.layer, [e for e, _ in eps], [p for _, p in eps],
                                          torch.zeros_like(delta))
-                rows.append(dict(fact=fact.fact_id, relation=fact.relation, target=",".join(setting), language=lang,
+                rows.append(dict(fact=fact.fact_id, relation=fact.relation, target=name, language=lang,
                                  top1=sum(hits) / len(hits), top1_before=sum(before) / len(before), n=len(hits),
                                  delta_norm=float(delta.norm()), nll_first=hist[0], nll_last=hist[-1]))
         print(f"[{time.time() - t0:.0f}s] {fact.fact_id} ({fact.relation})", flush=True)

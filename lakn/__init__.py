@@ -8,7 +8,7 @@
 
 The data path, one module per step (README "Architecture"): facts / config / hooks / models ->
 tokens -> probability / objective -> results -> attribution -> selection / scoring -> splits /
-interventions / weights -> keys -> closed_form -> editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
+interventions / weights -> keys / pivot -> closed_form -> editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
 RML-LAMA-style facts from mParaRel) above facts and known (which facts the model knows) above probability.
 """
 
@@ -29,6 +29,7 @@ from .interventions import enhance, intervene, suppress
 from .editing import EDIT_METHODS, Edit, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
 from .closed_form import Preservation, preservation
 from .keys import key_neurons
+from .pivot import lens_ranks, pivot_layer
 from . import causal  # (the causal selection: lakn.causal.reselect, reference_damage, ...)
 from .causal import reselect
 from .localization import localize
@@ -57,7 +58,7 @@ __all__ = [
     "encode_query",
     "enhance", "intervene", "suppress",
     "EDIT_METHODS", "Edit", "edit_fact", "edit_facts", "inject_fact", "layer_neurons", "w_out",
-    "Preservation", "preservation", "key_neurons",
+    "Preservation", "preservation", "key_neurons", "lens_ranks", "pivot_layer",
     "causal", "reselect",
     "localize",
     "TradeoffResult", "tradeoff", "unrelated_facts", "load_runs",

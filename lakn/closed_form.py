@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .facts import Fact, FactsError, Query
 from .keys import _by_length, _Stop, post_activations
+from .pivot import Pivot, pivot_loss
 from .tokens import EncodedQuery, encode_query, logits_at, model_device
 
 __all__ = [
@@ -293,15 +294,20 @@ def find_target(
     lr: float = 0.5,
     decay: float = 0.05,
     positions: Sequence[int] | None = None,
+    pivot: Pivot | None = None,
 ) -> tuple[Float[Tensor, "d_model"], list[float]]:
     """The residual ``delta`` that, added to ``blocks.{layer}.mlp.hook_out`` at ``positions[i]`` of
     query ``i`` (default: its last prompt position; nowhere else), maximises the mean teacher-forced log-probability of
     the queries' answers: ``steps`` Adam steps (learning rate ``lr``) on
     ``mean_q NLL_q(answer) + decay * ||delta||^2 / mean_q ||out_q||^2`` (``out_q`` the clean MLP
-    output there: the penalty is scale-free). Returns ``delta`` (float32, on the CPU) and the
-    mean NLL before each step."""
+    output there: the penalty is scale-free), plus, with a :class:`~lakn.pivot.Pivot`, its weight
+    times the cross-entropy of its token under the logit lens of its prompts (other languages,
+    ``delta`` added at their key positions; :mod:`lakn.pivot`). Returns ``delta`` (float32, on the
+    CPU) and the mean NLL of the answers before each step."""
     if not encoded:
         raise ValueError("no queries to find the target on")
+    if pivot is not None and pivot.layer <= int(layer):
+        raise ValueError(f"the pivot layer {pivot.layer} must come after the edited layer {layer}")
     if any(e.masked for e in encoded):
         raise ValueError("the closed-form target needs a causal LM (answers after the prompt)")
     device = model_device(model)
@@ -334,23 +340,26 @@ def find_target(
     delta = torch.zeros(d_model, device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=lr)
     history: list[float] = []
+
+    def adder(pos: int, length: int):
+        onehot = torch.zeros(length, 1, device=device)
+        onehot[pos] = 1.0
+        return lambda out, hook=None: out + (onehot * delta).to(out.dtype)
+
     with torch.enable_grad():
         for _ in range(int(steps)):
             optimiser.zero_grad()
             losses = []
             for tokens, pos, answer in inputs:
-                onehot = torch.zeros(tokens.shape[1], 1, device=device)
-                onehot[pos] = 1.0
-
-                def add(out, hook=None, onehot=onehot):
-                    return out + (onehot * delta).to(out.dtype)
-
-                with model.hooks(fwd_hooks=[(point, add)]):
+                with model.hooks(fwd_hooks=[(point, adder(pos, tokens.shape[1]))]):
                     logits = logits_at(model, tokens, len(answer))[0].float()
                 losses.append(torch.nn.functional.cross_entropy(logits, answer))
             nll = torch.stack(losses).mean()
             history.append(float(nll.detach()))
-            (nll + decay * (delta**2).sum() / scale).backward()
+            loss = nll + decay * (delta**2).sum() / scale
+            if pivot is not None and pivot.prompts and pivot.weight > 0:
+                loss = loss + pivot.weight * pivot_loss(model, pivot, point, delta)
+            loss.backward()
             optimiser.step()
     return delta.detach().float().cpu(), history
 
@@ -366,11 +375,12 @@ def solve_rows(
     lam: float = 1e4,
     null_space: float | None = None,
     ridge: float = 1e-6,
+    weights: Float[Tensor, "q"] | None = None,
 ) -> Float[Tensor, "n d_model"]:
     """The row update ``dW`` (``n x d_model``, float64) minimising
-    ``sum_q ||k_q^T dW - r_q^T||^2 + lam tr(dW^T C dW) + rho ||dW||^2``, i.e.
-    ``dW = (K K^T + lam C + rho I)^{-1} K R`` with ``K = keys^T``, ``R = residuals`` and the tiny
-    ridge ``rho = ridge * mean diag(K K^T + lam C)``.
+    ``sum_q w_q ||k_q^T dW - r_q^T||^2 + lam tr(dW^T C dW) + rho ||dW||^2``, i.e.
+    ``dW = (K W K^T + lam C + rho I)^{-1} K W R`` with ``K = keys^T``, ``R = residuals``, ``W`` the
+    keys' ``weights`` (default 1) and the tiny ridge ``rho = ridge * mean diag(K W K^T + lam C)``.
 
     ``null_space = eps``: ``dW`` is restricted to the null space of ``C`` (AlphaEdit): with
     ``C = U diag(s) U^T`` and ``U0`` the eigenvectors whose eigenvalue is below ``eps * max(s)``,
@@ -385,11 +395,18 @@ def solve_rows(
     K = keys.double().T
     R = residuals.double()
     n = K.shape[0]
+    if weights is None:
+        KW = K
+    else:
+        w = torch.as_tensor(weights, dtype=torch.float64).reshape(-1)
+        if w.shape[0] != K.shape[1] or not bool((w >= 0).all()):
+            raise ValueError(f"weights must be {K.shape[1]} numbers >= 0 (one per key), got shape {tuple(w.shape)}")
+        KW = K * w[None]
     C = torch.zeros(n, n, dtype=torch.float64) if covariance is None else covariance.double()
     if C.shape != (n, n):
         raise ValueError(f"covariance {tuple(C.shape)} does not match {n} neurons")
-    A = K @ K.T + lam * C
-    B = K @ R
+    A = KW @ K.T + lam * C
+    B = KW @ R
     if null_space is not None:
         if not 0 < null_space < 1:
             raise ValueError(f"null_space must be in (0, 1), got {null_space}")

@@ -28,6 +28,7 @@ from .hooks import Neuron, group_by_layer
 from .closed_form import _preserve_prompts, _target_languages
 from .keys import KEY_POSITIONS, _key_languages, key_position, key_prompts, prompt_keys
 from .models import is_masked_lm
+from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
 from .tokens import EncodedQuery, encode_query, last_logits, logits_at, model_device
 from .weights import Edit, _delta_hooks, _rows, _write_rows, activation_neurons, layer_neurons, w_out
 
@@ -87,7 +88,8 @@ def _neuron_layers(model, neurons: Iterable[Neuron]) -> dict[int, list[int]]:
     return by_layer
 
 
-LAM = 1e5  # the closed-form edit's default weight of the preserved keys (results.md run 5's frontier)
+LAM = 1e6  # the closed-form edit's default weight of the preserved keys: stiff, and the re-solves (retries)
+# loosen it for the facts that do not take (results.md run 8)
 
 
 def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[EncodedQuery]:
@@ -119,9 +121,9 @@ def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Seque
             raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query {what}; give it a 'subject' or "
                              "use position='last'")
         targets += found
-    prompts, _, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
+    prompts, prompt_languages, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
     return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages),
-                  list(languages))
+                  list(languages), prompt_languages)
 
 
 @dataclass
@@ -136,11 +138,56 @@ class _Group:
     key_positions: list[int]
     key_languages: list[str]
     target_languages: list[str] = field(default_factory=list)
+    prompt_languages: list[str] = field(default_factory=list)
+
+    def pivot(self, layer: int, weight: float) -> Pivot | None:
+        """The pivot term of this group's target (:mod:`lakn.pivot`): its key prompts in the languages
+        that have no target, read at ``layer`` for the first target language's new answer token."""
+        others = [i for i, l in enumerate(self.prompt_languages) if l not in self.target_languages]
+        if not others or not self.targets or weight <= 0:
+            return None
+        return Pivot([self.prompts[i] for i in others], [self.key_positions[i] for i in others],
+                     int(self.targets[0].answer[0]), layer, weight)
+
+
+RETRIES = 3
+"""Re-solves of a closed-form edit whose new answer is not yet top-1 on some group's target queries."""
+RETRY_BOOST = 4.0
+"""How much more such a group's keys count in each re-solve (as if its λ were divided by it)."""
+
+
+def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
+    """The indices of the groups whose new answer's first token is not top-1 on every one of their
+    target queries with the row change ``rows`` applied (then removed)."""
+    trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
+    trial.redo()
+    try:
+        with torch.no_grad():
+            return [j for j, g in enumerate(groups)
+                    if not all(int(last_logits(model, e.prompt[None])[0].argmax()) == int(e.answer[0]) for e in g.targets)]
+    finally:
+        trial.undo()
+
+
+def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequence["_Group"]) -> int | None:
+    """The pivot layer of a closed-form edit: None (off), ``"auto"`` (:func:`lakn.pivot.pivot_layer` for
+    the first target language; None when no layer lies between the edit and the last), or a layer."""
+    if pivot is None or not any(set(g.prompt_languages) - set(g.target_languages) for g in groups):
+        return None
+    if pivot == "auto":
+        return pivot_layer(model, target_layer, groups[0].target_languages[0])
+    if isinstance(pivot, bool) or not isinstance(pivot, int):
+        raise ValueError(f"pivot must be 'auto', a layer or None, got {pivot!r}")
+    if not target_layer < pivot < int(model.cfg.n_layers):
+        raise ValueError(f"the pivot layer {pivot} must lie after the edited layer {target_layer} and before "
+                         f"{model.cfg.n_layers}")
+    return int(pivot)
 
 
 def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
-                 target_decay: float = 0.05, ridge: float = 1e-6, label: str = "") -> Edit:
+                 target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
+                 pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, label: str = "") -> Edit:
     from .closed_form import find_target, preservation_for, solve_rows
 
     if is_masked_lm(model):
@@ -154,9 +201,11 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
             raise ValueError(f"the layer-{layer} covariance is {tuple(pres[layer].shape)}, this model's layers have "
                              f"d_mlp={d_mlp}: the preservation was built for another model")
     target_layer = layers[-1]
+    pivot_at = _pivot_at(model, pivot, target_layer, groups)
     # MEMIT's spreading: the layers are solved in order, each on the model with the earlier layers'
     # updates applied; layer i's target is found again there, and its rows take 1/(layers left) of it
     deltas, histories, n_keys = [], [], 0
+    weights = [1.0] * len(groups)
     out: dict[int, Tensor] = {}
     applied: list[Edit] = []
     try:
@@ -166,7 +215,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
             keys, residuals = [], []
             for group in groups:
                 delta, history = find_target(model, layer, group.targets, steps=target_steps, lr=target_lr,
-                                             decay=target_decay, positions=group.target_positions)
+                                             decay=target_decay, positions=group.target_positions,
+                                             pivot=None if pivot_at is None else group.pivot(pivot_at, pivot_weight))
                 if layer == target_layer:
                     deltas.append(delta)
                     histories.append(history)
@@ -176,8 +226,18 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
             if not keys:
                 raise ValueError("no key prompts for the closed-form solve")
             n_keys = sum(len(k) for k in keys)
-            out[layer] = solve_rows(torch.cat(keys), torch.cat(residuals), pres.restricted(layer, idx), lam=lam,
-                                    null_space=null_space, ridge=ridge).float()
+            with_keys = [j for j, g in enumerate(groups) if g.prompts]
+            for attempt in range(int(retries) + 1 if layer == target_layer else 1):
+                w = torch.cat([torch.full((len(k),), weights[j]) for j, k in zip(with_keys, keys)])
+                out[layer] = solve_rows(torch.cat(keys), torch.cat(residuals), pres.restricted(layer, idx), lam=lam,
+                                        null_space=null_space, ridge=ridge, weights=w).float()
+                if layer != target_layer or attempt == retries:
+                    break
+                missed = _missed(model, [groups[j] for j in with_keys], {layer: idx}, out[layer])
+                if not missed:
+                    break
+                for j in missed:  # their keys count RETRY_BOOST times more in the next solve
+                    weights[with_keys[j]] *= RETRY_BOOST
             if layer != target_layer:  # the next layers are solved with this one applied
                 step = Edit(model, {layer: idx}, {}, {layer: out[layer]}, [], method="spreading step", active=False)
                 step.redo()
@@ -192,12 +252,14 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     tlangs = sorted({l for g in groups for l in g.target_languages})
     method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
               + f" keys={','.join(langs)}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
+              + (f" pivot=L{pivot_at}x{pivot_weight:g}" if pivot_at is not None else "")
               + (f" {label}" if label else ""))
     info = dict(key_languages=langs, target_languages=tlangs, n_keys=n_keys, target_layer=target_layer,
                 layers=layers, position=position,
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
-                lam=lam, gain=gain, null_space=null_space)
+                lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
+                key_weights=weights)
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
     edit.redo()
     return edit
@@ -256,6 +318,9 @@ def edit_fact(
     target_lr: float = 0.5,
     target_decay: float = 0.05,
     ridge: float = 1e-6,
+    pivot: int | str | None = "auto",
+    pivot_weight: float = PIVOT_WEIGHT,
+    retries: int = RETRIES,
     kn_scale: float = 1.0,
 ) -> Edit:
     """Change ``fact``'s answer to ``new_answers[language]`` through the W_out rows of ``neurons``.
@@ -278,6 +343,14 @@ def edit_fact(
     ``null_space``. Neurons of several layers are solved layer by layer (MEMIT's spreading): each
     layer on the model with the earlier layers' update, its own target found there, its rows
     taking 1/(layers left) of it. Causal LMs only.
+
+    ``pivot`` (closed form): the target also asks, for every key language without a target, that
+    the logit lens at the pivot layer of those prompts names the new answer's first token in the
+    edit language (:mod:`lakn.pivot`; weight ``pivot_weight``): the edit language's answer is all
+    it needs, and it carries the edit to the other languages (docs/results.md run 8). ``"auto"``
+    (default): :func:`lakn.pivot.pivot_layer`; a layer; or None (the target of the edit language
+    alone). ``retries``: while the new answer is not top-1 on the target queries, solve again with
+    their keys counting 4x more (at most ``retries`` times; 0: one solve).
 
     ``method="gradient"`` (§8.1): up to ``steps`` Adam steps on the rows (``lr``, ``weight_decay``)
     minimising the new answer's NLL on the ``language`` queries, plus ``locality_weight`` x the KL
@@ -311,7 +384,8 @@ def edit_fact(
         group = _group(model, fact.fact_id, edited, fact, targets, langs, max_queries, position)
         return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
                             null_space=null_space, target_steps=target_steps, target_lr=target_lr,
-                            target_decay=target_decay, ridge=ridge)
+                            target_decay=target_decay, ridge=ridge, pivot=pivot, pivot_weight=pivot_weight,
+                            retries=retries)
     if method == "kn_embedding":
         if len(targets) > 1:
             raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
@@ -328,8 +402,12 @@ def edit_fact(
                        locality_weight=locality_weight, target_prob=target_prob)
 
 
-_OPTIONS = frozenset({"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay", "ridge",
-                      "steps", "lr", "weight_decay", "locality_weight", "target_prob", "kn_scale"})
+_CLOSED_FORM_OPTIONS = frozenset({"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay",
+                                  "ridge", "pivot", "pivot_weight", "retries"})
+"""The options of the closed form that :func:`edit_facts` and :func:`inject_fact` pass to its solve."""
+
+_OPTIONS = _CLOSED_FORM_OPTIONS | frozenset({"steps", "lr", "weight_decay", "locality_weight", "target_prob",
+                                             "kn_scale"})
 """The keyword options of :func:`edit_fact` that :func:`edit_facts` and :func:`inject_fact` pass on."""
 
 
@@ -394,7 +472,6 @@ def edit_facts(
     lam, gain, null_space = options.get("lam", LAM), options.get("gain", 1.0), options.get("null_space")
     _check_options(method, lam, gain, null_space)
     if method == "closed_form":
-        allowed = {"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay", "ridge"}
         unknown = set(options) - _OPTIONS
         if unknown:
             raise TypeError(f"edit_facts got unknown option(s) {sorted(unknown)}")
@@ -408,7 +485,7 @@ def edit_facts(
             targets = _target_languages(fact, answers, language, target_languages)
             groups.append(_group(model, fact.fact_id, _with_answers(fact, answers), fact, targets, langs,
                                  max_queries, position))
-        kw = {k: v for k, v in options.items() if k in allowed}
+        kw = {k: v for k, v in options.items() if k in _CLOSED_FORM_OPTIONS}
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
@@ -483,6 +560,7 @@ def inject_fact(
     k: int = 20,
     language: str | None = None,
     neuron_languages: Sequence[str] | None = None,
+    key_languages: Sequence[str] | None = None,
     position: str = "subject",
     max_queries: int | None = None,
     **options,
@@ -496,7 +574,9 @@ def inject_fact(
 
     ``closed_form`` (default): one target ``delta`` per training language (found on that
     language's queries with its own answer), the keys of that language's prompts mapped to
-    ``gain * delta`` in one solve (options as :func:`edit_fact`'s). ``gradient``: Adam on the
+    ``gain * delta`` in one solve (options as :func:`edit_fact`'s). ``key_languages``: languages
+    whose prompts (never their answers) give keys too, mapped to the first training language's
+    target, which the pivot term (:mod:`lakn.pivot`) then finds for them as well. ``gradient``: Adam on the
     rows with the queries of every training language (default ``steps`` 20; ``preserve``
     prompts, ``locality_weight``, ``target_prob`` as in :func:`edit_fact`). ``kn_embedding``: each
     row gains ``kn_scale * E[answer]`` per training language. Returns a reversible :class:`Edit`.
@@ -518,13 +598,17 @@ def inject_fact(
     _check_options(method, lam, gain, null_space)
     by_layer = _neuron_layers(model, neurons)
     if method == "closed_form":
-        allowed = {"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay", "ridge"}
-        kw = {key: v for key, v in options.items() if key in allowed}
+        kw = {key: v for key, v in options.items() if key in _CLOSED_FORM_OPTIONS}
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
-        groups = [_group(model, f"{fact.fact_id}:{lang}", fact, fact, [lang], [lang], max_queries, position)
-                  for lang in languages]
+        extra = [l for l in dict.fromkeys(key_languages or ()) if l not in languages]
+        unknown = [l for l in extra if l not in fact.templates]
+        if unknown:
+            raise FactsError(f"key language(s) {unknown} unknown for fact {fact.fact_id!r}: it has queries in "
+                             f"{sorted(fact.templates)}")
+        groups = [_group(model, f"{fact.fact_id}:{lang}", fact, fact, [lang], [lang] + (extra if i == 0 else []),
+                         max_queries, position) for i, lang in enumerate(languages)]
         return _closed_form(model, groups, by_layer, label="inject", position=position, **kw)
     if method == "kn_embedding":
         pairs = [(None, _first_token(model, fact, lang)) for lang in languages]

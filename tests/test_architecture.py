@@ -39,7 +39,7 @@ LAYERS: list[list[str]] = [
     ["scoring"],                                       # MATRICE and baselines per fact
     ["causal"],                                        # causal, specificity-seeking selection (effect maps)
     ["splits", "interventions", "weights"],            # honest splits; activation interventions; W_out rows, Edit
-    ["keys"],                                          # where keys are read (subject / last token), key neurons
+    ["keys", "pivot"],                                 # where keys are read, key neurons; the logit-lens pivot
     ["closed_form"],                                   # preserved-key covariance, target, the constrained solve
     ["editing"],                                       # edit / inject methods (closed form, gradient, kn embedding)
     ["localization"],                                  # attribute -> score -> select, resumable

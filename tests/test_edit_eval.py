@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import lakn
+from lakn.tokens import last_logits
 from lakn.evaluation.editing import EditingResult, apply_edits, edit_evaluation, locality_group
 from lakn.evaluation.injection import InjectionResult, injection_experiment
 from lakn.facts import Fact
@@ -100,6 +101,30 @@ def test_noop_edit_gives_the_before_numbers_exactly(model, capitals):
                 else "same_relation" for f, o, lang in zip(loc.fact_id, loc.other_fact, loc.language)]
     assert list(loc.group) == expected and {"same_answer", "same_relation"} == set(expected)
     assert len(loc) == 4 * 10 * 2
+    # old_top1_before: the model's own top-1 before the edit was the fact's old answer (first token)
+    own = eff[eff.metric != "heldout"]
+    for fid, lang, prompt, flag in zip(own.fact_id, own.language, own.prompt, own.old_top1_before):
+        query = next(q for q in by_id[fid].queries(lang) if q.prompt == prompt)
+        enc = lakn.encode_query(model, query)
+        with torch.no_grad():
+            top = int(last_logits(model, enc.prompt[None])[0].argmax())
+        assert flag == float(top == int(enc.answer[0]))
+
+
+def test_gen_known_counts_only_languages_the_model_answered_before():
+    import pandas as pd
+
+    from lakn.evaluation.editing import _wide
+
+    base = dict(method="m", neurons="s", batch=1, fact_id="f", n_neurons=3, success=1.0, group="")
+    rows = [dict(base, metric="reliability", language="en", top1=1.0, top1_before=0.0, old_top1_before=1.0),
+            dict(base, metric="generality", language="fr", top1=1.0, top1_before=0.0, old_top1_before=1.0),
+            dict(base, metric="generality", language="ar", top1=0.0, top1_before=0.0, old_top1_before=0.0),
+            dict(base, metric="generality", language="ar", top1=0.0, top1_before=0.0, old_top1_before=0.0),
+            dict(base, metric="generality", language="zh", top1=0.0, top1_before=0.0, old_top1_before=1.0)]
+    wide = _wide(pd.DataFrame(rows))
+    assert wide.loc[("m", "s", 1), "gen_top1"] == pytest.approx(0.25)
+    assert wide.loc[("m", "s", 1), "gen_known"] == pytest.approx(0.5)  # fr and zh, not the ar it never knew
 
 
 def test_breaking_edit_drops_locality_and_is_undone(model, capitals):
@@ -233,10 +258,15 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
         assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
                          "--max-queries", "1", "--languages", "en,fr"]) == 0
     assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
-                     "--position", "last", "--lam", "100", "--max-queries", "1", "--languages", "en,fr"]) == 0
+                     "--position", "last", "--lam", "100", "--max-queries", "1", "--languages", "en,fr",
+                     "--pivot", "none", "--retries", "1", "--target-steps", "3"]) == 0
     capsys.readouterr()
     cf = EditingResult.load(runs / "edit.json")
-    assert cf.config["methods"]["closed_form"] == {"method": "closed_form", "lam": 100.0, "position": "last"}
+    assert cf.config["methods"]["closed_form"] == {"method": "closed_form", "lam": 100.0, "position": "last",
+                                                   "pivot": None, "retries": 1, "target_steps": 3}
+    with pytest.raises(SystemExit):
+        cli.main(["edit", str(runs), "--pivot", "late"])
+    assert "expected auto, none or a layer" in capsys.readouterr().err
     # the key set (lakn.key_neurons of the layer) beside as many random neurons of it; a target on en and fr
     assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "key", "--layers", "1",
                      "--key-neurons", "5", "--position", "last", "--target-languages", "fr", "--max-queries", "1",
@@ -292,5 +322,11 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
                      "--train-languages", "en", "--fact-ids", "fict_capital_velmora"]) == 0
     assert "recall_trained" in capsys.readouterr().out
     inj = InjectionResult.load(runs / "inject.json")
+    assert cli.main(["inject", "--out", str(tmp_path / "keys.json"), "--method", "closed_form", "--edit-set", "layer",
+                     "--layers", "0", "--languages", "en,fr", "--train-languages", "en", "--key-languages", "fr",
+                     "--target-steps", "2", "--fact-ids", "fict_capital_velmora"]) == 0
+    capsys.readouterr()
+    keyed = InjectionResult.load(tmp_path / "keys.json")
+    assert keyed.config["methods"]["closed_form"] == {"method": "closed_form", "target_steps": 2, "key_languages": ["fr"]}
     assert {r["fact_id"] for r in inj.rows} == {"fict_capital_velmora"}
     assert {r["other_fact"] for r in inj.rows if r["metric"] == "locality"} <= {f.fact_id for f in capitals[:4]}

@@ -124,6 +124,23 @@ def add_edit_method_options(parser: argparse.ArgumentParser, *, sets: tuple[str,
     parser.add_argument("--null-space", type=float, default=None,
                         help="closed_form: project the update onto the null space of the preserved keys "
                              "(eigenvalue threshold, e.g. 1e-4; default: no projection)")
+    parser.add_argument("--pivot", type=pivot_choice, default="auto",
+                        help="closed_form: the pivot term of the target (the other languages' prompts read through the "
+                             "logit lens, lakn.pivot): auto (default), none, or a layer")
+    parser.add_argument("--retries", type=int, default=None,
+                        help="closed_form: re-solves, each with the keys of facts whose new answer is not yet top-1 "
+                             "counting 4x more (default: lakn.editing.RETRIES; 0: one solve)")
+    parser.add_argument("--target-steps", type=positive_int, default=None,
+                        help="closed_form: Adam steps of the target search (default: lakn.editing's)")
+
+
+def pivot_choice(text: str) -> str | int | None:
+    """argparse type: ``auto``, ``none`` or a layer (an integer >= 0)."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected auto, none or a layer, got {text!r}")
+    return int(text)
 
 
 def int_list_or_zero(text: str) -> list[int]:
@@ -140,9 +157,11 @@ def edit_method_options(args: argparse.Namespace, method: str) -> dict[str, Any]
     """The options of ``method`` given on the command line (the others keep lakn.editing's defaults)."""
     out: dict[str, Any] = {}
     if method == "closed_form":
-        for name in ("lam", "gain", "null_space", "position"):
+        for name in ("lam", "gain", "null_space", "position", "retries", "target_steps"):
             if getattr(args, name, None) is not None:
                 out[name] = getattr(args, name)
+        if getattr(args, "pivot", "auto") != "auto":  # none (None) or a layer
+            out["pivot"] = args.pivot
     elif method == "kn_embedding" and getattr(args, "gain", None) is not None:
         out["kn_scale"] = args.gain
     elif method == "gradient":

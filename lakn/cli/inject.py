@@ -31,6 +31,9 @@ def register(sub) -> None:
                          seed_help="seed of the random control")
     p.add_argument("--train-languages", type=comma_list, default=None,
                    help="languages whose queries train the fact, e.g. en,fr (default: --language)")
+    p.add_argument("--key-languages", type=comma_list, default=None,
+                   help="closed_form: languages whose prompts (never their answers) give keys too, mapped to the first "
+                        "training language's target with its pivot term, e.g. es,de,ru,zh (default: none)")
     add_edit_method_options(p, sets=("activation", "random", "layer"), default_sets="activation,random",
                             sets_help="neuron sets: activation (k neurons active on the subject in every language), "
                                       "random (as many, matched per layer), layer (every neuron of --layers)")
@@ -62,6 +65,8 @@ def run(args) -> int:
         raise ValueError(f"no fictional fact among {args.fact_ids}; known: {[f.fact_id for f in known]}")
     methods = {m: {"method": m, **{k: v for k, v in edit_method_options(args, m).items()
                                    if k not in ("steps", "lr", "target_prob")}} for m in args.method}
+    if args.key_languages and "closed_form" in methods:
+        methods["closed_form"]["key_languages"] = args.key_languages
     res = injection_experiment(model, fictional, language=args.language, languages=args.languages,
                                train_languages=args.train_languages, unrelated=unrelated, k=args.k, steps=args.steps,
                                lr=args.lr, preserve=preserve, locality_weight=args.locality_weight,

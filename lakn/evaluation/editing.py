@@ -53,7 +53,9 @@ class EditingResult(ResultTable):
 
     def wide(self):
         """One line per (method, neuron set, batch size): reliability, generality top-1 per language,
-        the share of generality queries with P(new) > P(old), held-out paraphrases, locality on the
+        overall and on the queries whose old answer the model had top-1 before the edit (``gen_known``:
+        a language the model does not answer in bounds what an edit can reach there), the share of
+        generality queries with P(new) > P(old), held-out paraphrases, locality on the
         same relation and on other relations, the facts edited. Rows of :func:`edit_evaluation` only."""
         df = self.to_dataframe()
         if df.empty or "edit_method" not in df.columns:
@@ -103,6 +105,8 @@ def _wide(df):
     for lang in sorted(gen["language"].unique()):
         put(f"gen_{lang}", gen[gen.language == lang])
     put("gen_top1", gen)
+    if "old_top1_before" in gen.columns:  # the languages where the model answered the fact before the edit
+        put("gen_known", gen[gen.old_top1_before == 1])
     put("gen_p_new>old", gen, "success")
     put("heldout", df[df.metric == "heldout"])
     loc = df[df.metric == "locality"]
@@ -438,8 +442,8 @@ def edit_evaluation(
 
     Rows (``metric``): ``reliability`` / ``generality`` / ``heldout`` (per edited fact, language
     and query: ``top1`` = the new answer's first token is the top prediction after the edit,
-    ``top1_before`` the same before, ``success`` = P(new) > P(old) for the first tokens after the
-    edit) and ``locality`` (per unrelated query: ``success`` = its top-1 token is unchanged;
+    ``top1_before`` the same before, ``old_top1_before`` = the old answer's first token was top-1
+    before the edit, ``success`` = P(new) > P(old) for the first tokens after the edit) and ``locality`` (per unrelated query: ``success`` = its top-1 token is unchanged;
     ``group``: same_relation / other_relation / same_answer, see :func:`locality_group`).
     """
     from ..models import is_masked_lm
@@ -511,6 +515,7 @@ def edit_evaluation(
                                  p_new_before=float(b0["p_new"][i]), p_new_after=float(a["p_new"][i]),
                                  p_old_before=float(b0["p_old"][i]), p_old_after=float(a["p_old"][i]),
                                  top1_before=float(b0["r_new"][i] == 0), top1=float(a["r_new"][i] == 0),
+                                 old_top1_before=float(b0["r_old"][i] == 0),
                                  success_before=float(b0["p_new"][i] > b0["p_old"][i]),
                                  success=float(a["p_new"][i] > a["p_old"][i])))
         for j, i in enumerate(keep):

@@ -40,8 +40,10 @@ class InjectionResult(ResultTable):
             trained=("trained", "max"), p_before=("p_before", "mean"), p_after=("p_after", "mean"),
             top1=("top1", "mean"), rank_after=("rank_after", "median"), n_queries=("top1", "size"),
             n_facts=("fact_id", "nunique"))
-        loc = df[df["metric"] == "locality"].groupby(keys).agg(locality=("success", "mean"))
-        return a.join(loc, on=keys)
+        loc = df[df["metric"] == "locality"]
+        if loc.empty:  # no real facts to measure locality on (e.g. no run folder)
+            return a
+        return a.join(loc.groupby(keys).agg(locality=("success", "mean")), on=keys)
 
     def wide(self):
         """One line per (method, neuron set): recall (top-1) in the trained languages and in the

@@ -1,0 +1,180 @@
+"""The pivot term of the closed-form edit's target: other languages' prompts read through the logit lens.
+
+A multilingual LM passes its answer through a middle that speaks one language: the logit lens of
+the last position of a French or Russian prompt ranks the *English* answer first at Gemma 3 270M's
+layers 12-16, and only the last layer turns it into the prompt's own language (docs/results.md
+run 8; the "English pivot" of Wendler et al. 2024). A target found on the edit language's answer
+alone moves that language's output and little else (results run 6). The pivot term asks the
+target for what the other languages share: with the target added at their key position, the
+logit lens at the pivot layer of their prompts should name the new answer's first token *in the
+edit language*. It needs the other languages' prompts, never their answers.
+
+- :func:`lens_logits` / :func:`lens_ranks`: the logit lens of a layer's residual stream;
+- :func:`pivot_layer`: the layer where the model pivots, measured once per model on lakn's demo
+  facts (the layer after the edit where the other languages' prompts rank the edit language's
+  answer highest);
+- :class:`Pivot` and :func:`pivot_loss`: the term :func:`lakn.closed_form.find_target` adds.
+"""
+
+from __future__ import annotations
+
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .tokens import model_device
+
+__all__ = ["Pivot", "lens_logits", "lens_ranks", "pivot_layer", "pivot_loss", "PIVOT_WEIGHT"]
+
+PIVOT_WEIGHT = 1.0
+"""The pivot term's default weight beside the edit language's NLL (docs/method.md §8.3)."""
+
+
+class _Stop(Exception):
+    """Raised by a hook once the deepest layer asked for has run."""
+
+
+def lens_logits(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
+    """The logit lens: a residual stream vector through the final norm and the unembedding."""
+    return model.unembed(model.ln_final(resid))
+
+
+def _last_resid(model, tokens: Int[Tensor, "batch pos"], layers: Sequence[int]) -> dict[int, Tensor]:
+    """``blocks.{l}.hook_resid_post`` at the last position for ``layers`` (the forward stops after
+    the deepest one)."""
+    store: dict[int, Tensor] = {}
+    last = max(layers)
+
+    def make(layer: int):
+        def hook(x, hook=None):
+            store[layer] = x[:, -1]
+            if layer == last:
+                raise _Stop
+            return x
+
+        return hook
+
+    try:
+        with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_post", make(l)) for l in layers]):
+            model(tokens.to(model_device(model)))
+    except _Stop:
+        pass
+    return store
+
+
+def lens_ranks(model, prompts: Sequence[Int[Tensor, "pos"]], token: int,
+               layers: Sequence[int] | None = None) -> Int[Tensor, "prompt layer"]:
+    """The rank (0 = top) of ``token`` in the logit lens of each prompt's last position at ``layers``
+    (default: every layer)."""
+    layers = list(range(int(model.cfg.n_layers))) if layers is None else [int(l) for l in layers]
+    out = torch.zeros(len(prompts), len(layers), dtype=torch.long)
+    with torch.no_grad():
+        for i, p in enumerate(prompts):
+            store = _last_resid(model, p[None], layers)
+            for j, layer in enumerate(layers):
+                logits = lens_logits(model, store[layer][0]).float()
+                out[i, j] = int((logits > logits[int(token)]).sum())
+    return out
+
+
+_LAYERS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
+
+
+def pivot_layer(model, after: int, language: str = "en", *, n_facts: int = 24) -> int | None:
+    """The pivot layer of ``model`` for edits in ``language`` at layer ``after``: among the layers
+    after ``after`` and before the last, the one where the logit lens of lakn's demo facts' prompts
+    in the *other* languages (first causal query of each, the first ``n_facts`` facts) ranks the
+    ``language`` answer's first token best (lowest median rank; the deeper layer on a tie). None
+    when no layer lies between ``after`` and the last. Measured once per model and language."""
+    n_layers = int(model.cfg.n_layers)
+    candidates = list(range(int(after) + 1, n_layers - 1))
+    if not candidates:
+        return None
+    memo = _LAYERS.setdefault(model, {})
+    if language not in memo:
+        memo[language] = _median_ranks(model, language, n_facts)
+    ranks = memo[language]
+    if ranks is None:
+        return None
+    return min(candidates, key=lambda l: (float(ranks[l]), -l))
+
+
+def _median_ranks(model, language: str, n_facts: int) -> Tensor | None:
+    from .facts import FactsError, load_facts
+    from .tokens import encode_query
+
+    rows = []
+    for fact in load_facts("demo")[:n_facts]:
+        if language not in fact.templates or not fact.answers.get(language):
+            continue
+        try:
+            token = int(encode_query(model, fact.queries(language, causal=True)[0]).answer[0])
+            prompts = [model.to_tokens(qs[0].prompt)[0].cpu() for lang in fact.languages if lang != language
+                       for qs in [fact.queries(lang, causal=True)] if qs]
+        except (FactsError, IndexError):
+            continue
+        if prompts:
+            rows.append(lens_ranks(model, prompts, token).float())
+    if not rows:
+        warnings.warn(f"no demo fact has an answer in {language!r}: no pivot layer", stacklevel=3)
+        return None
+    return torch.cat(rows).median(0).values
+
+
+@dataclass
+class Pivot:
+    """Prompts of other languages whose last position, with the target added at ``positions``, the
+    logit lens at ``layer`` should read as ``token`` (the new answer's first token in the edit
+    language); ``weight`` scales the term beside the edit language's NLL."""
+
+    prompts: list[Tensor]
+    positions: list[int]
+    token: int
+    layer: int
+    weight: float = PIVOT_WEIGHT
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) != len(self.positions):
+            raise ValueError(f"{len(self.positions)} pivot positions for {len(self.prompts)} prompts")
+        for i, (p, pos) in enumerate(zip(self.prompts, self.positions)):
+            if not 0 <= int(pos) < int(p.shape[-1]):
+                raise IndexError(f"pivot position {pos} outside prompt {i} of {int(p.shape[-1])} tokens")
+        if not self.weight >= 0:
+            raise ValueError(f"the pivot weight must be >= 0, got {self.weight}")
+
+
+def pivot_loss(model, pivot: Pivot, point: str, delta: Float[Tensor, "d_model"]) -> Tensor:
+    """Mean over ``pivot.prompts`` of the cross-entropy of ``pivot.token`` under the logit lens at
+    ``pivot.layer`` of the last position, with ``delta`` added to ``point`` at ``pivot.positions``;
+    differentiable in ``delta``. The prompts run as one batch, right-padded with their own last
+    token: a causal LM's positions never see what follows them, so the padding changes nothing."""
+    device = model_device(model)
+    lengths = [int(p.shape[-1]) for p in pivot.prompts]
+    tokens = torch.stack([torch.cat([p, p[-1:].expand(max(lengths) - n)]) for p, n in zip(pivot.prompts, lengths)])
+    rows = torch.arange(len(lengths), device=device)
+    where = torch.zeros(len(lengths), max(lengths), 1, device=device)
+    where[rows, torch.as_tensor(pivot.positions, device=device)] = 1.0
+    last = torch.as_tensor(lengths, device=device) - 1
+
+    def add(out, hook=None):
+        return out + (where * delta).to(out.dtype)
+
+    store: dict[str, Tensor] = {}
+
+    def grab(x, hook=None):
+        store["x"] = x[rows, last]
+        raise _Stop
+
+    try:
+        with model.hooks(fwd_hooks=[(point, add), (f"blocks.{pivot.layer}.hook_resid_post", grab)]):
+            model(tokens.to(device))
+    except _Stop:
+        pass
+    logits = lens_logits(model, store["x"]).float()
+    target = torch.full((len(lengths),), int(pivot.token), device=device)
+    return torch.nn.functional.cross_entropy(logits, target)

@@ -1,0 +1,155 @@
+"""The pivot term of the closed-form target (lakn.pivot) and the closed form's re-solves (retries)."""
+
+import pytest
+import torch
+
+import lakn
+from lakn.closed_form import find_target, solve_rows
+from lakn.editing import edit_fact, layer_neurons
+from lakn.keys import key_prompts
+from lakn.pivot import Pivot, lens_logits, lens_ranks, pivot_layer, pivot_loss
+from lakn.testing import active_hook_count, tiny_model
+from lakn.tokens import encode_query, last_logits
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def deep():
+    return tiny_model("llama", n_layers=4, weight_scale=4.0)
+
+
+def _pivot_inputs(model, fact, new="Madrid"):
+    """The en target queries (new answer) and the fr / zh prompts at the subject's token."""
+    edited = lakn.Fact(fact.fact_id, fact.relation, {**fact.answers, "en": new}, fact.templates, fact.subjects)
+    targets = [encode_query(model, q) for q in edited.queries("en")]
+    prompts, _, positions = key_prompts(model, fact, ["fr", "zh"], None, "subject")
+    en_pos = key_prompts(model, fact, ["en"], None, "subject")[2]
+    return targets, en_pos, prompts, positions
+
+
+def test_lens_of_the_last_layer_is_the_model_output(deep):
+    tokens = deep.to_tokens("The capital of France is")
+    ranks = lens_ranks(deep, [tokens[0]], 7)
+    assert ranks.shape == (1, 4)
+    with torch.no_grad():
+        logits = last_logits(deep, tokens)[0]
+    assert int(ranks[0, -1]) == int((logits > logits[7]).sum())  # rank of token 7 in the real output
+    store = {}
+    with torch.no_grad(), deep.hooks(fwd_hooks=[("blocks.3.hook_resid_post", lambda x, hook: store.setdefault("x", x))]):
+        deep(tokens)
+    torch.testing.assert_close(lens_logits(deep, store["x"][0, -1]).float(), logits.float(), rtol=1e-4, atol=1e-4)
+
+
+def test_pivot_layer_lies_between_the_edit_and_the_last_layer(deep):
+    assert pivot_layer(deep, 0) in (1, 2)
+    assert pivot_layer(deep, 1) == 2
+    assert pivot_layer(deep, 2) is None  # no layer between 2 and the last (3)
+
+
+def test_pivot_term_moves_the_other_languages_lens_toward_the_token(deep, toy_facts):
+    targets, en_pos, prompts, positions = _pivot_inputs(deep, toy_facts[0])
+    token = int(targets[0].answer[0])
+    pivot = Pivot(prompts, positions, token, layer=2, weight=10.0)
+
+    def lens_loss(delta):
+        with torch.no_grad():
+            return float(pivot_loss(deep, pivot, "blocks.1.mlp.hook_out", delta))
+
+    plain, _ = find_target(deep, 1, targets, positions=en_pos, steps=15)
+    pivoted, history = find_target(deep, 1, targets, positions=en_pos, steps=15, pivot=pivot)
+    assert lens_loss(pivoted) < lens_loss(plain) - 0.1
+    assert lens_loss(pivoted) < lens_loss(torch.zeros_like(pivoted))
+    assert history[-1] < history[0]  # the edit language's NLL still falls
+    assert active_hook_count(deep) == 0
+
+
+def test_pivot_loss_in_one_padded_batch_equals_each_prompt_alone(deep, toy_facts):
+    _, _, prompts, positions = _pivot_inputs(deep, toy_facts[0])
+    assert len({len(p) for p in prompts}) > 1  # prompts of several lengths: padding is exercised
+    delta = torch.randn(int(deep.cfg.d_model), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        batched = pivot_loss(deep, Pivot(prompts, positions, 9, 2), "blocks.1.mlp.hook_out", delta)
+        alone = [pivot_loss(deep, Pivot([p], [i], 9, 2), "blocks.1.mlp.hook_out", delta)
+                 for p, i in zip(prompts, positions)]
+        clean = pivot_loss(deep, Pivot(prompts, positions, 9, 2), "blocks.1.mlp.hook_out", torch.zeros_like(delta))
+    torch.testing.assert_close(batched, torch.stack(alone).mean(), rtol=1e-5, atol=1e-5)
+    assert abs(float(batched) - float(clean)) > 1e-3  # delta reaches the lens
+
+
+def test_edit_records_its_pivot_and_none_turns_it_off(deep, toy_facts):
+    fact = toy_facts[0]
+    answers = {"en": "Madrid", "fr": "Madrid", "zh": "马德里"}
+    with edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=5, retries=0) as edit:
+        assert edit.info["pivot_layer"] == pivot_layer(deep, 1, "en") and " pivot=L" in edit.method
+    with edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=5, retries=0,
+                   pivot=None) as edit:
+        assert edit.info["pivot_layer"] is None and "pivot" not in edit.method
+    with edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=5, retries=0,
+                   target_languages=["fr", "zh"]) as edit:  # every key language has a target: nothing to pivot
+        assert edit.info["pivot_layer"] is None
+
+
+def test_bad_pivots_are_named(deep, toy_facts):
+    fact = toy_facts[0]
+    answers = {"en": "Madrid", "fr": "Madrid", "zh": "马德里"}
+    for bad, words in ((1, "after the edited layer"), (9, "after the edited layer"), ("deep", "pivot must be")):
+        with pytest.raises(ValueError, match=words):
+            edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=2, pivot=bad)
+    targets, en_pos, prompts, positions = _pivot_inputs(deep, fact)
+    with pytest.raises(IndexError, match="pivot position"):
+        Pivot(prompts, [99] * len(prompts), 5, 2)
+    with pytest.raises(ValueError, match="must come after"):
+        find_target(deep, 2, targets, positions=en_pos, steps=1, pivot=Pivot(prompts, positions, 5, 2))
+    assert active_hook_count(deep) == 0
+
+
+# --------------------------------------------------------------------------- retries
+
+
+def test_key_weights_scale_like_a_smaller_lam():
+    g = torch.Generator().manual_seed(0)
+    keys, res = torch.randn(6, 10, generator=g).double(), torch.randn(6, 4, generator=g).double()
+    a = torch.randn(30, 10, generator=g).double()
+    C = a.T @ a / 30
+    torch.testing.assert_close(solve_rows(keys, res, C, lam=8.0, weights=torch.full((6,), 4.0)),
+                               solve_rows(keys, res, C, lam=2.0))
+    w = torch.tensor([1.0, 1, 1, 10, 10, 10])
+    one = solve_rows(keys, res, C, lam=1.0, weights=w)
+    err = ((keys @ one - res) ** 2).sum(1)
+    err0 = ((keys @ solve_rows(keys, res, C, lam=1.0) - res) ** 2).sum(1)
+    assert err[3:].sum() < err0[3:].sum()  # the heavier keys are fitted better
+    with pytest.raises(ValueError, match="one per key"):
+        solve_rows(keys, res, C, weights=torch.ones(5))
+
+
+def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts):
+    fact = toy_facts[1]
+    answers = {"en": "Tokyo", "fr": "Tokyo", "zh": "东京"}
+    neurons = layer_neurons(deep, [1])
+    before = {l: lakn.w_out(deep, l)[0].clone() for l in range(4)}
+    with edit_fact(deep, fact, answers, neurons, lam=1e9, target_steps=10, retries=0, pivot=None) as stiff:
+        assert stiff.info["key_weights"] == [1.0]
+    with edit_fact(deep, fact, answers, neurons, lam=1e9, target_steps=10, retries=2, pivot=None) as retried:
+        weights = retried.info["key_weights"]
+    # a lam so large that the edit cannot take: every retry runs, each making the keys 4x heavier
+    assert weights == [16.0]
+    assert all(torch.equal(lakn.w_out(deep, l)[0], w) for l, w in before.items())
+
+
+def test_injection_takes_keys_from_untrained_languages_with_the_pivot(deep, toy_facts):
+    fact = toy_facts[2]
+    neurons = layer_neurons(deep, [1])
+    with lakn.inject_fact(deep, fact, languages=("en",), neurons=neurons, lam=1.0, target_steps=3, retries=0) as plain:
+        assert plain.info["key_languages"] == ["en"] and plain.info["pivot_layer"] is None
+    with lakn.inject_fact(deep, fact, languages=("en",), key_languages=["fr", "zh"], neurons=neurons, lam=1.0,
+                          target_steps=3, retries=0) as wide:
+        assert wide.info["key_languages"] == ["en", "fr", "zh"]
+        assert wide.info["n_keys"] == 3 * plain.info["n_keys"]  # two queries in each language
+        assert wide.info["pivot_layer"] == pivot_layer(deep, 1, "en")
+    with pytest.raises(lakn.FactsError, match="key language"):
+        lakn.inject_fact(deep, fact, languages=("en",), key_languages=["xx"], neurons=neurons, target_steps=1)
+    assert active_hook_count(deep) == 0
