@@ -88,6 +88,10 @@ class Preservation:
     def layers(self) -> list[int]:
         return sorted(self.moments)
 
+    def __repr__(self) -> str:  # the moments are megabytes of numbers: name them, not print them
+        return (f"Preservation(layers={self.layers}, n_tokens={self.n_tokens}, source={self.source!r}, "
+                f"source_sha256={self.source_sha256[:12]!r}, model={self.model!r})")
+
     def __getitem__(self, layer: int) -> Tensor:
         return self.moments[int(layer)]
 
@@ -182,7 +186,8 @@ def _fingerprint(model) -> str:
         for name, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
             flat = p.detach().reshape(-1)
             step = max(1, flat.numel() // 64)
-            h.update(f"{name}{tuple(p.shape)}{p.dtype}{float(flat.sum()):.9e}".encode())
+            total = float(torch.sum(flat, dtype=torch.float64))  # float32 sums change with the thread count
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}{total:.9e}".encode())
             h.update(flat[::step].float().cpu().numpy().tobytes())
     return h.hexdigest()
 

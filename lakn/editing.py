@@ -15,8 +15,6 @@ whose :meth:`Edit.hooks` give the same change as TransformerLens hooks::
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -26,10 +24,11 @@ from torch import Tensor
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
 from .closed_form import _preserve_prompts, _target_languages
-from .keys import KEY_POSITIONS, _key_languages, key_position, key_prompts, prompt_keys
+from .closed_form_edit import RETRIES, _closed_form, _encoded, _group
+from .keys import _key_languages
 from .models import is_masked_lm
-from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
-from .tokens import EncodedQuery, encode_query, last_logits, logits_at, model_device
+from .pivot import PIVOT_WEIGHT
+from .tokens import EncodedQuery, last_logits, logits_at, model_device
 from .weights import Edit, _delta_hooks, _rows, _write_rows, activation_neurons, layer_neurons, w_out
 
 __all__ = ["w_out", "Edit", "edit_fact", "edit_facts", "inject_fact", "activation_neurons", "layer_neurons",
@@ -90,179 +89,6 @@ def _neuron_layers(model, neurons: Iterable[Neuron]) -> dict[int, list[int]]:
 
 LAM = 1e6  # the closed-form edit's default weight of the preserved keys: stiff, and the re-solves (retries)
 # loosen it for the facts that do not take (results.md run 8)
-
-
-def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[EncodedQuery]:
-    causal = not is_masked_lm(model)
-    queries = fact.queries(language, causal=causal)[:max_queries]
-    if not queries:
-        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {language!r} to edit with")
-    return [encode_query(model, q) for q in queries]
-
-
-def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Sequence[str], key_languages: Sequence[str],
-           max_queries: int | None, position: str) -> "_Group":
-    """One closed-form target: ``target_fact``'s queries in ``languages`` (answers: the new ones;
-    one delta for all) and ``key_fact``'s prompts in ``key_languages``, each with its key position."""
-    if position not in KEY_POSITIONS:
-        raise ValueError(f"unknown key position {position!r}; choose from {KEY_POSITIONS}")
-    if position == "subject" and not key_fact.subjects:
-        warnings.warn(f"fact {key_fact.fact_id!r} names no subject: keys at the last prompt token", stacklevel=4)
-        position = "last"
-    targets = []
-    for language in languages:
-        queries = target_fact.queries(language, causal=True)[:max_queries]
-        encoded = _encoded(model, target_fact, language, max_queries)
-        where = [key_position(model, q, e.prompt, target_fact, position) for q, e in zip(queries, encoded)]
-        found = [(e, p) for e, p in zip(encoded, where) if p is not None]
-        if not found:
-            subject = target_fact.subjects.get(language)
-            what = f"contains the fact's subject {subject!r}" if subject else "has a subject: the fact names none in it"
-            raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query {what}; give it a 'subject' or "
-                             "use position='last'")
-        targets += found
-    prompts, prompt_languages, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
-    return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages),
-                  list(languages), prompt_languages)
-
-
-@dataclass
-class _Group:
-    """One target of a closed-form solve: the queries its delta is found on and the prompts whose
-    keys must map to ``gain x delta``."""
-
-    name: str
-    targets: list[EncodedQuery]
-    target_positions: list[int]
-    prompts: list[Tensor]
-    key_positions: list[int]
-    key_languages: list[str]
-    target_languages: list[str] = field(default_factory=list)
-    prompt_languages: list[str] = field(default_factory=list)
-
-    def pivot(self, layer: int, weight: float) -> Pivot | None:
-        """The pivot term of this group's target (:mod:`lakn.pivot`): its key prompts in the languages
-        that have no target, read at ``layer`` for the first target language's new answer token."""
-        others = [i for i, l in enumerate(self.prompt_languages) if l not in self.target_languages]
-        if not others or not self.targets or weight <= 0:
-            return None
-        return Pivot([self.prompts[i] for i in others], [self.key_positions[i] for i in others],
-                     int(self.targets[0].answer[0]), layer, weight)
-
-
-RETRIES = 3
-"""Re-solves of a closed-form edit whose new answer is not yet top-1 on some group's target queries."""
-RETRY_BOOST = 4.0
-"""How much more such a group's keys count in each re-solve (as if its λ were divided by it)."""
-
-
-def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
-    """The indices of the groups whose new answer's first token is not top-1 on every one of their
-    target queries with the row change ``rows`` applied (then removed)."""
-    trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
-    trial.redo()
-    try:
-        with torch.no_grad():
-            return [j for j, g in enumerate(groups)
-                    if not all(int(last_logits(model, e.prompt[None])[0].argmax()) == int(e.answer[0]) for e in g.targets)]
-    finally:
-        trial.undo()
-
-
-def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequence["_Group"]) -> int | None:
-    """The pivot layer of a closed-form edit: None (off), ``"auto"`` (:func:`lakn.pivot.pivot_layer` for
-    the first target language; None when no layer lies between the edit and the last), or a layer."""
-    if pivot is None or not any(set(g.prompt_languages) - set(g.target_languages) for g in groups):
-        return None
-    if pivot == "auto":
-        return pivot_layer(model, target_layer, groups[0].target_languages[0])
-    if isinstance(pivot, bool) or not isinstance(pivot, int):
-        raise ValueError(f"pivot must be 'auto', a layer or None, got {pivot!r}")
-    if not target_layer < pivot < int(model.cfg.n_layers):
-        raise ValueError(f"the pivot layer {pivot} must lie after the edited layer {target_layer} and before "
-                         f"{model.cfg.n_layers}")
-    return int(pivot)
-
-
-def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
-                 gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
-                 target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
-                 pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, label: str = "") -> Edit:
-    from .closed_form import find_target, preservation_for, solve_rows
-
-    if is_masked_lm(model):
-        raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
-                         "use method='gradient' for a masked LM")
-    layers = sorted(by_layer)
-    d_mlp = int(model.cfg.d_mlp)
-    pres = preservation_for(model, preserve, layers, frozenset(g.name.split(':')[0] for g in groups))
-    for layer in layers:
-        if pres[layer].shape != (d_mlp, d_mlp):
-            raise ValueError(f"the layer-{layer} covariance is {tuple(pres[layer].shape)}, this model's layers have "
-                             f"d_mlp={d_mlp}: the preservation was built for another model")
-    target_layer = layers[-1]
-    pivot_at = _pivot_at(model, pivot, target_layer, groups)
-    # MEMIT's spreading: the layers are solved in order, each on the model with the earlier layers'
-    # updates applied; layer i's target is found again there, and its rows take 1/(layers left) of it
-    deltas, histories, n_keys = [], [], 0
-    weights = [1.0] * len(groups)
-    out: dict[int, Tensor] = {}
-    applied: list[Edit] = []
-    try:
-        for i, layer in enumerate(layers):
-            idx = by_layer[layer]
-            share = gain / (len(layers) - i)
-            keys, residuals = [], []
-            for group in groups:
-                delta, history = find_target(model, layer, group.targets, steps=target_steps, lr=target_lr,
-                                             decay=target_decay, positions=group.target_positions,
-                                             pivot=None if pivot_at is None else group.pivot(pivot_at, pivot_weight))
-                if layer == target_layer:
-                    deltas.append(delta)
-                    histories.append(history)
-                if group.prompts:
-                    keys.append(prompt_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer])
-                    residuals.append(share * delta.double()[None].expand(len(group.prompts), -1))
-            if not keys:
-                raise ValueError("no key prompts for the closed-form solve")
-            n_keys = sum(len(k) for k in keys)
-            with_keys = [j for j, g in enumerate(groups) if g.prompts]
-            for attempt in range(int(retries) + 1 if layer == target_layer else 1):
-                w = torch.cat([torch.full((len(k),), weights[j]) for j, k in zip(with_keys, keys)])
-                out[layer] = solve_rows(torch.cat(keys), torch.cat(residuals), pres.restricted(layer, idx), lam=lam,
-                                        null_space=null_space, ridge=ridge, weights=w).float()
-                if layer != target_layer or attempt == retries:
-                    break
-                missed = _missed(model, [groups[j] for j in with_keys], {layer: idx}, out[layer])
-                if not missed:
-                    break
-                for j in missed:  # their keys count RETRY_BOOST times more in the next solve
-                    weights[with_keys[j]] *= RETRY_BOOST
-            if layer != target_layer:  # the next layers are solved with this one applied
-                step = Edit(model, {layer: idx}, {}, {layer: out[layer]}, [], method="spreading step", active=False)
-                step.redo()
-                applied.append(step)
-    finally:
-        for step in reversed(applied):
-            step.undo()
-    steps = max((len(h) for h in histories), default=0)
-    history = [sum(h[i] for h in histories if i < len(h)) / sum(1 for h in histories if i < len(h))
-               for i in range(steps)]
-    langs = sorted({l for g in groups for l in g.key_languages})
-    tlangs = sorted({l for g in groups for l in g.target_languages})
-    method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
-              + f" keys={','.join(langs)}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
-              + (f" pivot=L{pivot_at}x{pivot_weight:g}" if pivot_at is not None else "")
-              + (f" {label}" if label else ""))
-    info = dict(key_languages=langs, target_languages=tlangs, n_keys=n_keys, target_layer=target_layer,
-                layers=layers, position=position,
-                targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
-                groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
-                lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
-                key_weights=weights)
-    edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
-    edit.redo()
-    return edit
 
 
 def _unembedding(model) -> Tensor:
@@ -350,7 +176,9 @@ def edit_fact(
     it needs, and it carries the edit to the other languages (docs/results.md run 8). ``"auto"``
     (default): :func:`lakn.pivot.pivot_layer`; a layer; or None (the target of the edit language
     alone). ``retries``: while the new answer is not top-1 on the target queries, solve again with
-    their keys counting 4x more (at most ``retries`` times; 0: one solve).
+    their keys counting 4x more (at most ``retries`` times; 0: one solve). The solve that misses
+    the fewest facts is kept (the earliest on a tie: heavier keys that take nothing more only cost
+    locality); ``info["missed"]`` names the facts still missed, ``info["solves"]`` counts the solves.
 
     ``method="gradient"`` (§8.1): up to ``steps`` Adam steps on the rows (``lr``, ``weight_decay``)
     minimising the new answer's NLL on the ``language`` queries, plus ``locality_weight`` x the KL

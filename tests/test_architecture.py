@@ -41,6 +41,7 @@ LAYERS: list[list[str]] = [
     ["splits", "interventions", "weights"],            # honest splits; activation interventions; W_out rows, Edit
     ["keys", "pivot"],                                 # where keys are read, key neurons; the logit-lens pivot
     ["closed_form"],                                   # preserved-key covariance, target, the constrained solve
+    ["closed_form_edit"],                              # target-and-key groups, the solve with pivot and re-solves
     ["editing"],                                       # edit / inject methods (closed form, gradient, kn embedding)
     ["localization"],                                  # attribute -> score -> select, resumable
     ["evaluation.specificity"],                        # the specificity protocol's groups, per-row mask pass

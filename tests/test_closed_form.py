@@ -515,3 +515,36 @@ def test_preserve_other_facts_adds_their_prompts_to_the_preserved_keys(llama, to
     torch.testing.assert_close(a.deltas[1], b.deltas[1])
     with edit_fact(llama, toy_facts[0], {"en": "Rome"}, [(1, 2)], method="gradient", steps=2, preserve=others) as g:
         assert g.locality_history and "KL x1 on 2 prompts" in g.method
+
+
+def test_weight_fingerprint_does_not_depend_on_the_thread_count():
+    """The covariance cache is keyed by a hash of the weights; a float32 sum of a large tensor
+    changes in its last digits with the number of threads, which made every run with another
+    OMP_NUM_THREADS rebuild the cache."""
+    from lakn.closed_form import _fingerprint
+
+    class Weights(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(4_000_000, generator=torch.Generator().manual_seed(0)) * 3 + 0.1)
+
+    model, threads = Weights(), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _fingerprint(model)
+        torch.set_num_threads(2)
+        two = _fingerprint(model)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
+    with torch.no_grad():
+        model.w[1] += 1.0  # a change the strided sample misses still moves the sum
+    assert _fingerprint(model) != one
+
+
+def test_preservation_repr_names_the_moments_without_printing_them():
+    from lakn.closed_form import Preservation
+
+    p = Preservation({3: torch.eye(4, dtype=torch.float64)}, 10, source="two texts", source_sha256="ab" * 32, model="m")
+    assert repr(p) == ("Preservation(layers=[3], n_tokens=10, source='two texts', source_sha256='abababababab', "
+                       "model='m')")

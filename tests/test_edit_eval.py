@@ -136,6 +136,11 @@ def test_breaking_edit_drops_locality_and_is_undone(model, capitals):
     wide = res.wide()
     assert wide.loc[("noop", "lakn", 1), "loc_same"] == 1.0
     assert wide.loc[("break", "lakn", 1), "loc_same"] < 0.5
+    df = res.to_dataframe()  # the same relation's facts that share the edited answer are a column apart
+    shared = df[(df.metric == "locality") & (df.group == "same_answer")]
+    assert len(shared)
+    for name in ("noop", "break"):
+        assert wide.loc[(name, "lakn", 1), "loc_same_answer"] == pytest.approx(shared[shared.method == name].success.mean())
 
 
 def test_locality_groups_on_hand_made_facts(model):
@@ -264,6 +269,8 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     cf = EditingResult.load(runs / "edit.json")
     assert cf.config["methods"]["closed_form"] == {"method": "closed_form", "lam": 100.0, "position": "last",
                                                    "pivot": None, "retries": 1, "target_steps": 3}
+    described = cf.config["edits"]["closed_form"]  # the edits' own descriptions: λ, keys, no pivot term
+    assert described and all(e.startswith("closed_form λ=100 ") and "pivot=" not in e for e in described)
     with pytest.raises(SystemExit):
         cli.main(["edit", str(runs), "--pivot", "late"])
     assert "expected auto, none or a layer" in capsys.readouterr().err

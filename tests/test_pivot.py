@@ -126,17 +126,36 @@ def test_key_weights_scale_like_a_smaller_lam():
         solve_rows(keys, res, C, weights=torch.ones(5))
 
 
-def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts):
+def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monkeypatch):
+    import lakn.closed_form_edit as closed_form_edit
+
     fact = toy_facts[1]
     answers = {"en": "Tokyo", "fr": "Tokyo", "zh": "东京"}
     neurons = layer_neurons(deep, [1])
     before = {l: lakn.w_out(deep, l)[0].clone() for l in range(4)}
-    with edit_fact(deep, fact, answers, neurons, lam=1e9, target_steps=10, retries=0, pivot=None) as stiff:
-        assert stiff.info["key_weights"] == [1.0]
-    with edit_fact(deep, fact, answers, neurons, lam=1e9, target_steps=10, retries=2, pivot=None) as retried:
-        weights = retried.info["key_weights"]
-    # a lam so large that the edit cannot take: every retry runs, each making the keys 4x heavier
-    assert weights == [16.0]
+    kw = dict(lam=1e9, target_steps=10, pivot=None)
+    with edit_fact(deep, fact, answers, neurons, retries=0, **kw) as stiff:
+        assert stiff.info["key_weights"] == [1.0] and stiff.info["solves"] == 1
+        assert stiff.info["missed"] == [fact.fact_id]  # a lam so large that the edit cannot take
+        first = lakn.w_out(deep, 1)[0].detach().clone()
+    # never taking: every retry runs, and the first (stiffest) solve is kept, since the heavier keys took nothing more
+    with edit_fact(deep, fact, answers, neurons, retries=2, **kw) as retried:
+        assert retried.info["solves"] == 3 and retried.info["key_weights"] == [1.0]
+        assert retried.info["missed"] == [fact.fact_id]
+        assert torch.allclose(lakn.w_out(deep, 1)[0], first)
+    # taking at the third solve (the check is stubbed): that solve is kept, its keys 4 x 4 heavier
+    calls = []
+
+    def takes_third_time(model, groups, by_layer, rows):
+        calls.append(rows.clone())
+        return [] if len(calls) == 3 else [0]
+
+    monkeypatch.setattr(closed_form_edit, "_missed", takes_third_time)
+    with edit_fact(deep, fact, answers, neurons, retries=3, **kw) as taken:
+        assert taken.info["solves"] == 3 and taken.info["key_weights"] == [16.0] and taken.info["missed"] == []
+        W, dim = lakn.w_out(deep, 1)
+        change = (W - before[1]).movedim(dim, 0)  # the whole layer's rows [d_mlp, d_model], in order
+        assert torch.allclose(change, calls[2].to(change.dtype), atol=1e-5) and not torch.allclose(calls[0], calls[2])
     assert all(torch.equal(lakn.w_out(deep, l)[0], w) for l, w in before.items())
 
 

@@ -56,7 +56,8 @@ class EditingResult(ResultTable):
         overall and on the queries whose old answer the model had top-1 before the edit (``gen_known``:
         a language the model does not answer in bounds what an edit can reach there), the share of
         generality queries with P(new) > P(old), held-out paraphrases, locality on the
-        same relation and on other relations, the facts edited. Rows of :func:`edit_evaluation` only."""
+        same relation (another answer: ``loc_same``; the edited fact's answer: ``loc_same_answer``)
+        and on other relations, the facts edited. Rows of :func:`edit_evaluation` only."""
         df = self.to_dataframe()
         if df.empty or "edit_method" not in df.columns:
             return df
@@ -110,7 +111,8 @@ def _wide(df):
     put("gen_p_new>old", gen, "success")
     put("heldout", df[df.metric == "heldout"])
     loc = df[df.metric == "locality"]
-    for group, name in (("same_relation", "loc_same"), ("other_relation", "loc_other")):
+    for group, name in (("same_relation", "loc_same"), ("same_answer", "loc_same_answer"),
+                        ("other_relation", "loc_other")):
         put(name, loc[loc.group == group], "success")
     eff = df[df.metric != "locality"]
     out["facts"] = eff.groupby(keys)["fact_id"].nunique()
@@ -486,6 +488,7 @@ def edit_evaluation(
 
     rows: list[dict] = []
     batched_any: dict[int, bool] = {}
+    described: dict[str, set[str]] = {}  # job label -> the edits' own descriptions (e.g. the pivot layer)
     for job in _progress(jobs, progress, "lakn edit"):
         batch = [queries_of(fid) for fid in job.fact_ids]
         batch = [fq for fq in batch if fq.old]
@@ -496,6 +499,7 @@ def edit_evaluation(
         handle, batched = apply_edits(model, [fq.fact for fq in batch], new_answers, neurons, method=job.method,
                                       language=edit_language, options={**common, **job.options})
         batched_any[job.batch] = batched_any.get(job.batch, True) and batched
+        described.setdefault(job.label, set()).add(str(getattr(handle, "method", "")))
         try:
             after = [_measure_own(model, fq, batch_size) for fq in batch]
             edited = {fq.fact.fact_id for fq in batch}
@@ -530,6 +534,7 @@ def edit_evaluation(
                   options=common, max_queries=max_queries, max_heldout=max_heldout, batch_sizes=list(batch_sizes),
                   max_batches=max_batches, locality_queries=locality_queries, n_unrelated_queries=len(pool),
                   batched={str(k): v for k, v in batched_any.items()}, skipped_batches=skipped_batches,
+                  edits={k: sorted(v - {""}) for k, v in described.items()},
                   skipped_same_first_token={k: v.skipped for k, v in own.items() if v.skipped},
                   new_answers=new_answers,
                   n_neurons={k: {f: len(v) for f, v in per.items()} for k, per in sets.items()})

@@ -1,0 +1,206 @@
+"""The closed-form edit end to end: target-and-key groups, the pivot layer, the solve and its re-solves.
+
+:func:`lakn.edit_fact`, :func:`lakn.edit_facts` and :func:`lakn.inject_fact` build one
+:class:`_Group` per target (a fact's queries with their new answers, and the prompts whose keys must
+map to it) and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.closed_form.find_target`,
+with the pivot term of :mod:`lakn.pivot`), solves the rows layer by layer (:func:`lakn.closed_form.solve_rows`)
+and solves again with heavier keys for the facts that do not take (docs/method.md §8.3).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .facts import Fact, FactsError
+from .keys import KEY_POSITIONS, key_position, key_prompts, prompt_keys
+from .models import is_masked_lm
+from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
+from .tokens import EncodedQuery, encode_query, last_logits
+from .weights import Edit
+
+
+def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[EncodedQuery]:
+    causal = not is_masked_lm(model)
+    queries = fact.queries(language, causal=causal)[:max_queries]
+    if not queries:
+        raise FactsError(f"fact {fact.fact_id!r} has no usable queries in {language!r} to edit with")
+    return [encode_query(model, q) for q in queries]
+
+
+def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Sequence[str], key_languages: Sequence[str],
+           max_queries: int | None, position: str) -> "_Group":
+    """One closed-form target: ``target_fact``'s queries in ``languages`` (answers: the new ones;
+    one delta for all) and ``key_fact``'s prompts in ``key_languages``, each with its key position."""
+    if position not in KEY_POSITIONS:
+        raise ValueError(f"unknown key position {position!r}; choose from {KEY_POSITIONS}")
+    if position == "subject" and not key_fact.subjects:
+        warnings.warn(f"fact {key_fact.fact_id!r} names no subject: keys at the last prompt token", stacklevel=4)
+        position = "last"
+    targets = []
+    for language in languages:
+        queries = target_fact.queries(language, causal=True)[:max_queries]
+        encoded = _encoded(model, target_fact, language, max_queries)
+        where = [key_position(model, q, e.prompt, target_fact, position) for q, e in zip(queries, encoded)]
+        found = [(e, p) for e, p in zip(encoded, where) if p is not None]
+        if not found:
+            subject = target_fact.subjects.get(language)
+            what = f"contains the fact's subject {subject!r}" if subject else "has a subject: the fact names none in it"
+            raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query {what}; give it a 'subject' or "
+                             "use position='last'")
+        targets += found
+    prompts, prompt_languages, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
+    return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages),
+                  list(languages), prompt_languages)
+
+
+@dataclass
+class _Group:
+    """One target of a closed-form solve: the queries its delta is found on and the prompts whose
+    keys must map to ``gain x delta``."""
+
+    name: str
+    targets: list[EncodedQuery]
+    target_positions: list[int]
+    prompts: list[Tensor]
+    key_positions: list[int]
+    key_languages: list[str]
+    target_languages: list[str] = field(default_factory=list)
+    prompt_languages: list[str] = field(default_factory=list)
+
+    def pivot(self, layer: int, weight: float) -> Pivot | None:
+        """The pivot term of this group's target (:mod:`lakn.pivot`): its key prompts in the languages
+        that have no target, read at ``layer`` for the first target language's new answer token."""
+        others = [i for i, l in enumerate(self.prompt_languages) if l not in self.target_languages]
+        if not others or not self.targets or weight <= 0:
+            return None
+        return Pivot([self.prompts[i] for i in others], [self.key_positions[i] for i in others],
+                     int(self.targets[0].answer[0]), layer, weight)
+
+
+RETRIES = 3
+"""Re-solves of a closed-form edit whose new answer is not yet top-1 on some group's target queries."""
+RETRY_BOOST = 4.0
+"""How much more such a group's keys count in each re-solve (as if its λ were divided by it)."""
+
+
+def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
+    """The indices of the groups whose new answer's first token is not top-1 on every one of their
+    target queries with the row change ``rows`` applied (then removed)."""
+    trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
+    trial.redo()
+    try:
+        with torch.no_grad():
+            return [j for j, g in enumerate(groups)
+                    if not all(int(last_logits(model, e.prompt[None])[0].argmax()) == int(e.answer[0]) for e in g.targets)]
+    finally:
+        trial.undo()
+
+
+def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequence["_Group"]) -> int | None:
+    """The pivot layer of a closed-form edit: None (off), ``"auto"`` (:func:`lakn.pivot.pivot_layer` for
+    the first target language; None when no layer lies between the edit and the last), or a layer."""
+    if pivot is None or not any(set(g.prompt_languages) - set(g.target_languages) for g in groups):
+        return None
+    if pivot == "auto":
+        return pivot_layer(model, target_layer, groups[0].target_languages[0])
+    if isinstance(pivot, bool) or not isinstance(pivot, int):
+        raise ValueError(f"pivot must be 'auto', a layer or None, got {pivot!r}")
+    if not target_layer < pivot < int(model.cfg.n_layers):
+        raise ValueError(f"the pivot layer {pivot} must lie after the edited layer {target_layer} and before "
+                         f"{model.cfg.n_layers}")
+    return int(pivot)
+
+
+def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
+                 gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
+                 target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
+                 pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, label: str = "") -> Edit:
+    from .closed_form import find_target, preservation_for, solve_rows
+
+    if is_masked_lm(model):
+        raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
+                         "use method='gradient' for a masked LM")
+    layers = sorted(by_layer)
+    d_mlp = int(model.cfg.d_mlp)
+    pres = preservation_for(model, preserve, layers, frozenset(g.name.split(':')[0] for g in groups))
+    for layer in layers:
+        if pres[layer].shape != (d_mlp, d_mlp):
+            raise ValueError(f"the layer-{layer} covariance is {tuple(pres[layer].shape)}, this model's layers have "
+                             f"d_mlp={d_mlp}: the preservation was built for another model")
+    target_layer = layers[-1]
+    pivot_at = _pivot_at(model, pivot, target_layer, groups)
+    # MEMIT's spreading: the layers are solved in order, each on the model with the earlier layers'
+    # updates applied; layer i's target is found again there, and its rows take 1/(layers left) of it
+    deltas, histories, n_keys = [], [], 0
+    weights = [1.0] * len(groups)
+    solves, still_missed = 0, []
+    out: dict[int, Tensor] = {}
+    applied: list[Edit] = []
+    try:
+        for i, layer in enumerate(layers):
+            idx = by_layer[layer]
+            share = gain / (len(layers) - i)
+            keys, residuals = [], []
+            for group in groups:
+                delta, history = find_target(model, layer, group.targets, steps=target_steps, lr=target_lr,
+                                             decay=target_decay, positions=group.target_positions,
+                                             pivot=None if pivot_at is None else group.pivot(pivot_at, pivot_weight))
+                if layer == target_layer:
+                    deltas.append(delta)
+                    histories.append(history)
+                if group.prompts:
+                    keys.append(prompt_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer])
+                    residuals.append(share * delta.double()[None].expand(len(group.prompts), -1))
+            if not keys:
+                raise ValueError("no key prompts for the closed-form solve")
+            n_keys = sum(len(k) for k in keys)
+            with_keys = [j for j, g in enumerate(groups) if g.prompts]
+            attempts = int(retries) + 1 if layer == target_layer else 1
+            best: tuple | None = None  # (missed groups, rows, key weights) of the solve that misses fewest
+            for attempt in range(attempts):
+                w = torch.cat([torch.full((len(k),), weights[j]) for j, k in zip(with_keys, keys)])
+                out[layer] = solve_rows(torch.cat(keys), torch.cat(residuals), pres.restricted(layer, idx), lam=lam,
+                                        null_space=null_space, ridge=ridge, weights=w).float()
+                if layer != target_layer:
+                    break
+                missed = _missed(model, [groups[j] for j in with_keys], {layer: idx}, out[layer])
+                solves += 1
+                if best is None or len(missed) < len(best[0]):  # on a tie the earlier, stiffer solve
+                    best = (missed, out[layer], list(weights))
+                if not missed or attempt == attempts - 1:
+                    break
+                for j in missed:  # their keys count RETRY_BOOST times more in the next solve
+                    weights[with_keys[j]] *= RETRY_BOOST
+            if best is not None:  # heavier keys that took no more facts would cost locality for nothing
+                still_missed, out[layer], weights = best
+                still_missed = [groups[with_keys[j]].name for j in still_missed]
+            if layer != target_layer:  # the next layers are solved with this one applied
+                step = Edit(model, {layer: idx}, {}, {layer: out[layer]}, [], method="spreading step", active=False)
+                step.redo()
+                applied.append(step)
+    finally:
+        for step in reversed(applied):
+            step.undo()
+    steps = max((len(h) for h in histories), default=0)
+    history = [sum(h[i] for h in histories if i < len(h)) / sum(1 for h in histories if i < len(h))
+               for i in range(steps)]
+    langs = sorted({l for g in groups for l in g.key_languages})
+    tlangs = sorted({l for g in groups for l in g.target_languages})
+    method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
+              + f" keys={','.join(langs)}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
+              + (f" pivot=L{pivot_at}x{pivot_weight:g}" if pivot_at is not None else "")
+              + (f" {label}" if label else ""))
+    info = dict(key_languages=langs, target_languages=tlangs, n_keys=n_keys, target_layer=target_layer,
+                layers=layers, position=position,
+                targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
+                groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
+                lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
+                key_weights=weights, solves=solves, missed=still_missed)
+    edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
+    edit.redo()
+    return edit
