@@ -9,6 +9,7 @@ and solves again with heavier keys for the facts that do not take (docs/method.m
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -122,6 +123,10 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                  pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, label: str = "") -> Edit:
     from .closed_form import find_target, preservation_for, solve_rows
 
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if not (isinstance(pivot_weight, (int, float)) and math.isfinite(pivot_weight) and pivot_weight >= 0):
+        raise ValueError(f"pivot_weight must be a finite number >= 0, got {pivot_weight!r}")
     if is_masked_lm(model):
         raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
                          "use method='gradient' for a masked LM")

@@ -99,6 +99,11 @@ def test_bad_pivots_are_named(deep, toy_facts):
     for bad, words in ((1, "after the edited layer"), (9, "after the edited layer"), ("deep", "pivot must be")):
         with pytest.raises(ValueError, match=words):
             edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=2, pivot=bad)
+    for option, words in ((dict(retries=-1), "retries must be"), (dict(retries=1.5), "retries must be"),
+                          (dict(pivot_weight=-1.0), "pivot_weight must be"),
+                          (dict(pivot_weight=float("nan")), "pivot_weight must be")):
+        with pytest.raises(ValueError, match=words):
+            edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=2, **option)
     targets, en_pos, prompts, positions = _pivot_inputs(deep, fact)
     with pytest.raises(IndexError, match="pivot position"):
         Pivot(prompts, [99] * len(prompts), 5, 2)

@@ -127,11 +127,22 @@ def add_edit_method_options(parser: argparse.ArgumentParser, *, sets: tuple[str,
     parser.add_argument("--pivot", type=pivot_choice, default="auto",
                         help="closed_form: the pivot term of the target (the other languages' prompts read through the "
                              "logit lens, lakn.pivot): auto (default), none, or a layer")
-    parser.add_argument("--retries", type=int, default=None,
+    parser.add_argument("--retries", type=non_negative_int, default=None,
                         help="closed_form: re-solves, each with the keys of facts whose new answer is not yet top-1 "
                              "counting 4x more (default: lakn.editing.RETRIES; 0: one solve)")
     parser.add_argument("--target-steps", type=positive_int, default=None,
                         help="closed_form: Adam steps of the target search (default: lakn.editing's)")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def pivot_choice(text: str) -> str | int | None:
