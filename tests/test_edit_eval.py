@@ -276,7 +276,7 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     assert "expected auto, none or a layer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["edit", str(runs), "--retries", "-1"])
-    assert "expected an integer >= 0, got '-1'" in capsys.readouterr().err
+    assert "must be at least 0, got -1" in capsys.readouterr().err
     # the key set (lakn.key_neurons of the layer) beside as many random neurons of it; a target on en and fr
     assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "key", "--layers", "1",
                      "--key-neurons", "5", "--position", "last", "--target-languages", "fr", "--max-queries", "1",

@@ -8,7 +8,7 @@ import sys
 from dataclasses import MISSING
 from typing import Any
 
-from ..config import CHOICES, RunConfig, positive_int
+from ..config import CHOICES, RunConfig, non_negative_int, positive_int
 
 __all__ = ["absolute_path", "comma_list", "positive_int", "add_run_options", "run_options", "add_deprecated",
            "add_training_options", "add_edit_method_options", "edit_method_options", "int_list", "choice_list",
@@ -132,17 +132,6 @@ def add_edit_method_options(parser: argparse.ArgumentParser, *, sets: tuple[str,
                              "counting 4x more (default: lakn.editing.RETRIES; 0: one solve)")
     parser.add_argument("--target-steps", type=positive_int, default=None,
                         help="closed_form: Adam steps of the target search (default: lakn.editing's)")
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def pivot_choice(text: str) -> str | int | None:
