@@ -8,7 +8,7 @@
 
 The data path, one module per step (README "Architecture"): facts / config / hooks / models ->
 tokens -> probability / objective -> results -> attribution -> selection / scoring -> splits /
-interventions / weights -> keys / pivot -> closed_form -> editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
+interventions / weights -> keys -> pivot -> closed_form -> closed_form_edit -> editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
 RML-LAMA-style facts from mParaRel) above facts and known (which facts the model knows) above probability.
 """
 

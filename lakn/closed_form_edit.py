@@ -182,8 +182,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 for j in missed:  # their keys count RETRY_BOOST times more in the next solve
                     weights[with_keys[j]] *= RETRY_BOOST
             if best is not None:  # heavier keys that took no more facts would cost locality for nothing
-                still_missed, out[layer], weights = best
-                still_missed = [groups[with_keys[j]].name for j in still_missed]
+                missed, out[layer], weights = best
+                still_missed = [groups[with_keys[j]].name for j in missed]
             if layer != target_layer:  # the next layers are solved with this one applied
                 step = Edit(model, {layer: idx}, {}, {layer: out[layer]}, [], method="spreading step", active=False)
                 step.redo()

@@ -1,7 +1,7 @@
 """Keys of the closed-form edit: where a prompt's neuron activations are read, and which neurons carry them.
 
-- :func:`post_activations` / :func:`prompt_keys`: activations (``blocks.{l}.mlp.hook_post``) of
-  prompts, the forward stopped after the last layer asked for;
+- :func:`activations_until` / :func:`post_activations` / :func:`prompt_keys`: activations at hook
+  points (``blocks.{l}.mlp.hook_post`` for keys) of prompts, the forward stopped after the last one asked for;
 - :func:`subject_position` / :func:`key_position` / :data:`KEY_POSITIONS`: the subject's last token
   (ROME / MEMIT's key) or the last prompt token;
 - :func:`key_prompts`: a fact's prompts in some languages with their key positions;
@@ -23,12 +23,40 @@ from .facts import Fact, FactsError, Query
 from .hooks import Neuron, hook_name
 from .tokens import model_device
 
-__all__ = ["KEY_POSITIONS", "post_activations", "prompt_keys", "subject_position", "key_position", "key_prompts",
+__all__ = ["KEY_POSITIONS", "activations_until", "post_activations", "prompt_keys", "subject_position", "key_position", "key_prompts",
            "key_neurons"]
 
 
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the last needed layer has run."""
+
+
+def activations_until(model, tokens: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+    """The activations of ``tokens`` at the hook points ``names`` (given in forward order), without
+    gradients; the forward stops once the last of them has run (nothing after it is computed)."""
+    if not names:
+        raise ValueError("no hook points given")
+    store: dict[str, Tensor] = {}
+    last = names[-1]
+
+    def make(name: str):
+        def hook(act, hook=None):
+            store[name] = act.detach()
+            if name == last:
+                raise _Stop
+            return act
+
+        return hook
+
+    try:
+        with torch.no_grad(), model.hooks(fwd_hooks=[(n, make(n)) for n in names]):
+            model(tokens.to(model_device(model)))
+    except _Stop:
+        pass
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise RuntimeError(f"the forward pass did not reach {missing}")
+    return store
 
 
 def post_activations(model, tokens: Tensor, layers: Iterable[int]) -> dict[int, Float[Tensor, "batch pos d_mlp"]]:
@@ -37,27 +65,8 @@ def post_activations(model, tokens: Tensor, layers: Iterable[int]) -> dict[int, 
     wanted = sorted({int(l) for l in layers})
     if not wanted:
         raise ValueError("no layers given")
-    store: dict[int, Tensor] = {}
-    last = wanted[-1]
-
-    def make(layer: int):
-        def hook(act, hook=None):
-            store[layer] = act.detach()
-            if layer == last:
-                raise _Stop
-            return act
-
-        return hook
-
-    try:
-        with torch.no_grad(), model.hooks(fwd_hooks=[(hook_name(l), make(l)) for l in wanted]):
-            model(tokens.to(model_device(model)))
-    except _Stop:
-        pass
-    missing = [l for l in wanted if l not in store]
-    if missing:
-        raise RuntimeError(f"the forward pass did not reach the MLP of layers {missing}")
-    return store
+    store = activations_until(model, tokens, [hook_name(l) for l in wanted])
+    return {l: store[hook_name(l)] for l in wanted}
 
 
 def prompt_keys(

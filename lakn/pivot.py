@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .keys import _Stop, activations_until
 from .tokens import model_device
 
 __all__ = ["Pivot", "lens_logits", "lens_ranks", "pivot_layer", "pivot_loss", "PIVOT_WEIGHT"]
@@ -35,36 +36,9 @@ PIVOT_WEIGHT = 1.0
 """The pivot term's default weight beside the edit language's NLL (docs/method.md §8.3)."""
 
 
-class _Stop(Exception):
-    """Raised by a hook once the deepest layer asked for has run."""
-
-
 def lens_logits(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab"]:
     """The logit lens: a residual stream vector through the final norm and the unembedding."""
     return model.unembed(model.ln_final(resid))
-
-
-def _last_resid(model, tokens: Int[Tensor, "batch pos"], layers: Sequence[int]) -> dict[int, Tensor]:
-    """``blocks.{l}.hook_resid_post`` at the last position for ``layers`` (the forward stops after
-    the deepest one)."""
-    store: dict[int, Tensor] = {}
-    last = max(layers)
-
-    def make(layer: int):
-        def hook(x, hook=None):
-            store[layer] = x[:, -1]
-            if layer == last:
-                raise _Stop
-            return x
-
-        return hook
-
-    try:
-        with model.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_post", make(l)) for l in layers]):
-            model(tokens.to(model_device(model)))
-    except _Stop:
-        pass
-    return store
 
 
 def lens_ranks(model, prompts: Sequence[Int[Tensor, "pos"]], token: int,
@@ -73,11 +47,12 @@ def lens_ranks(model, prompts: Sequence[Int[Tensor, "pos"]], token: int,
     (default: every layer)."""
     layers = list(range(int(model.cfg.n_layers))) if layers is None else [int(l) for l in layers]
     out = torch.zeros(len(prompts), len(layers), dtype=torch.long)
+    names = {l: f"blocks.{l}.hook_resid_post" for l in layers}
     with torch.no_grad():
         for i, p in enumerate(prompts):
-            store = _last_resid(model, p[None], layers)
+            store = activations_until(model, p[None], [names[l] for l in sorted(names)])  # in forward order
             for j, layer in enumerate(layers):
-                logits = lens_logits(model, store[layer][0]).float()
+                logits = lens_logits(model, store[names[layer]][0, -1]).float()
                 out[i, j] = int((logits > logits[int(token)]).sum())
     return out
 

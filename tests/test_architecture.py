@@ -39,7 +39,8 @@ LAYERS: list[list[str]] = [
     ["scoring"],                                       # MATRICE and baselines per fact
     ["causal"],                                        # causal, specificity-seeking selection (effect maps)
     ["splits", "interventions", "weights"],            # honest splits; activation interventions; W_out rows, Edit
-    ["keys", "pivot"],                                 # where keys are read, key neurons; the logit-lens pivot
+    ["keys"],                                          # where keys are read, key neurons; forwards that stop early
+    ["pivot"],                                         # the logit lens and the pivot term of the target
     ["closed_form"],                                   # preserved-key covariance, target, the constrained solve
     ["closed_form_edit"],                              # target-and-key groups, the solve with pivot and re-solves
     ["editing"],                                       # edit / inject methods (closed form, gradient, kn embedding)
