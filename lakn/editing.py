@@ -424,6 +424,8 @@ def inject_fact(
         raise TypeError(f"inject_fact got unknown option(s) {sorted(unknown_opts)}")
     lam, gain, null_space = options.get("lam", LAM), options.get("gain", 1.0), options.get("null_space")
     _check_options(method, lam, gain, null_space)
+    if key_languages and method != "closed_form":
+        raise ValueError(f"key_languages needs method='closed_form' (its keys); {method!r} has none")
     by_layer = _neuron_layers(model, neurons)
     if method == "closed_form":
         kw = {key: v for key, v in options.items() if key in _CLOSED_FORM_OPTIONS}

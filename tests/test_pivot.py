@@ -176,4 +176,6 @@ def test_injection_takes_keys_from_untrained_languages_with_the_pivot(deep, toy_
         assert wide.info["pivot_layer"] == pivot_layer(deep, 1, "en")
     with pytest.raises(lakn.FactsError, match="key language"):
         lakn.inject_fact(deep, fact, languages=("en",), key_languages=["xx"], neurons=neurons, target_steps=1)
+    with pytest.raises(ValueError, match="key_languages needs method='closed_form'"):
+        lakn.inject_fact(deep, fact, languages=("en",), key_languages=["fr"], neurons=neurons, method="gradient")
     assert active_hook_count(deep) == 0
