@@ -220,7 +220,9 @@ def _variant(spec: str) -> dict:
             continue
         key, _, value = item.strip().partition("=")
         if key == "pivot":
-            out[key] = None if value == "none" else (value if value == "auto" else int(value))
+            from lakn.cli._common import pivot_choice  # the parser of lakn edit --pivot
+
+            out[key] = pivot_choice(value)
         elif key in ("target_steps", "retries"):
             out[key] = int(value)
         elif key in ("pivot_weight", "target_decay", "target_lr", "lam"):
