@@ -73,9 +73,17 @@ def main() -> None:
             e.undo()
             return e
 
-        t = time.perf_counter()
-        at = pivot_layer(model, layer)
-        rows.append(("pivot layer, measured once per model", time.perf_counter() - t, f"layer {at}"))
+        import lakn.pivot as pivot_module
+
+        for chunk, label in ((1, "one lens row per unembedding call (before)"), (pivot_module._LENS_ROWS, "batched lens")):
+            saved, pivot_module._LENS_ROWS = pivot_module._LENS_ROWS, chunk
+            pivot_module._LAYERS.pop(model, None)  # measure, not the memo
+            try:
+                t = time.perf_counter()
+                at = pivot_layer(model, layer)
+            finally:
+                pivot_module._LENS_ROWS = saved
+            rows.append((f"pivot layer, measured once per model; {label}", time.perf_counter() - t, f"layer {at}"))
         s, e = _timed(lambda: single(position="subject", pivot=None, retries=0), args.repeats)
         rows.append(("closed_form, subject keys, no pivot, 1 solve", s, f"{e.info['n_keys']} keys"))
         for pos in ("subject", "last"):

@@ -44,17 +44,28 @@ def lens_logits(model, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "..
 def lens_ranks(model, prompts: Sequence[Int[Tensor, "pos"]], token: int,
                layers: Sequence[int] | None = None) -> Int[Tensor, "prompt layer"]:
     """The rank (0 = top) of ``token`` in the logit lens of each prompt's last position at ``layers``
-    (default: every layer)."""
+    (default: every layer). The last positions of every prompt and layer go through the unembedding
+    together, a few hundred rows at a time: one row at a time reads the whole unembedding matrix
+    (for Gemma 3, 262k x 640) once per row, which made the lens memory-bound."""
     layers = list(range(int(model.cfg.n_layers))) if layers is None else [int(l) for l in layers]
-    out = torch.zeros(len(prompts), len(layers), dtype=torch.long)
-    names = {l: f"blocks.{l}.hook_resid_post" for l in layers}
+    names = [f"blocks.{l}.hook_resid_post" for l in sorted(set(layers))]  # in forward order
     with torch.no_grad():
-        for i, p in enumerate(prompts):
-            store = activations_until(model, p[None], [names[l] for l in sorted(names)])  # in forward order
-            for j, layer in enumerate(layers):
-                logits = lens_logits(model, store[names[layer]][0, -1]).float()
-                out[i, j] = int((logits > logits[int(token)]).sum())
-    return out
+        rows = []
+        for p in prompts:
+            store = activations_until(model, p[None], names)
+            rows.append(torch.stack([store[f"blocks.{l}.hook_resid_post"][0, -1] for l in layers]))
+        if not rows:
+            return torch.zeros(0, len(layers), dtype=torch.long)
+        resid = torch.stack(rows).flatten(0, 1)  # (prompt layer) d_model
+        ranks = []
+        for chunk in resid.split(_LENS_ROWS):
+            logits = lens_logits(model, chunk).float()
+            ranks.append((logits > logits[:, int(token), None]).sum(-1).cpu())
+    return torch.cat(ranks).view(len(prompts), len(layers))
+
+
+_LENS_ROWS = 256
+"""Rows per unembedding call of :func:`lens_ranks` (256 x 262k float32 logits: 268 MB)."""
 
 
 _LAYERS: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
@@ -65,21 +76,24 @@ def pivot_layer(model, after: int, language: str = "en", *, n_facts: int = 24) -
     after ``after`` and before the last, the one where the logit lens of lakn's demo facts' prompts
     in the *other* languages (first causal query of each, the first ``n_facts`` facts) ranks the
     ``language`` answer's first token best (lowest median rank; the deeper layer on a tie). None
-    when no layer lies between ``after`` and the last. Measured once per model and language."""
+    when no layer lies between ``after`` and the last. Measured once per model, language and layer
+    ``after``; only the candidate layers go through the lens."""
     n_layers = int(model.cfg.n_layers)
     candidates = list(range(int(after) + 1, n_layers - 1))
     if not candidates:
         return None
     memo = _LAYERS.setdefault(model, {})
-    if language not in memo:
-        memo[language] = _median_ranks(model, language, n_facts)
-    ranks = memo[language]
+    key = (language, int(n_facts), tuple(candidates))
+    if key not in memo:
+        memo[key] = _median_ranks(model, language, n_facts, candidates)
+    ranks = memo[key]
     if ranks is None:
         return None
-    return min(candidates, key=lambda l: (float(ranks[l]), -l))
+    return max(zip(candidates, ranks.tolist()), key=lambda c: (-c[1], c[0]))[0]
 
 
-def _median_ranks(model, language: str, n_facts: int) -> Tensor | None:
+def _median_ranks(model, language: str, n_facts: int, layers: list[int]) -> Tensor | None:
+    """Median over the demo prompts of the ``language`` answer's lens rank at each of ``layers``."""
     from .facts import FactsError, load_facts
     from .tokens import encode_query
 
@@ -94,7 +108,7 @@ def _median_ranks(model, language: str, n_facts: int) -> Tensor | None:
         except (FactsError, IndexError):
             continue
         if prompts:
-            rows.append(lens_ranks(model, prompts, token).float())
+            rows.append(lens_ranks(model, prompts, token, layers).float())
     if not rows:
         warnings.warn(f"no demo fact has an answer in {language!r}: no pivot layer", stacklevel=3)
         return None

@@ -44,6 +44,29 @@ def test_lens_of_the_last_layer_is_the_model_output(deep):
     torch.testing.assert_close(lens_logits(deep, store["x"][0, -1]).float(), logits.float(), rtol=1e-4, atol=1e-4)
 
 
+def test_lens_ranks_in_chunks_equal_one_row_at_a_time(deep, monkeypatch):
+    """Several prompts of different lengths, layers out of order, chunks that split a prompt's rows:
+    each rank is the one read from that prompt's own residual stream at that layer."""
+    import lakn.pivot as pivot_module
+
+    monkeypatch.setattr(pivot_module, "_LENS_ROWS", 3)
+    prompts = [deep.to_tokens(t)[0] for t in ("The capital of France is", "Paris is in", "A b c d e f g")]
+    layers = [3, 0, 2]
+    ranks = lens_ranks(deep, prompts, 11, layers)
+    assert ranks.shape == (3, 3)
+    for i, p in enumerate(prompts):
+        store = {}
+        hooks = [(f"blocks.{l}.hook_resid_post", lambda x, hook, l=l: store.__setitem__(l, x)) for l in range(4)]
+        with torch.no_grad(), deep.hooks(fwd_hooks=hooks):
+            deep(p[None])
+        for j, layer in enumerate(layers):
+            with torch.no_grad():
+                logits = lens_logits(deep, store[layer][0, -1]).float()
+            assert int(ranks[i, j]) == int((logits > logits[11]).sum()), (i, layer)
+    assert len({tuple(r.tolist()) for r in ranks}) > 1  # the prompts do differ
+    assert lens_ranks(deep, [], 11, layers).shape == (0, 3)
+
+
 def test_pivot_layer_lies_between_the_edit_and_the_last_layer(deep):
     assert pivot_layer(deep, 0) in (1, 2)
     assert pivot_layer(deep, 1) == 2
