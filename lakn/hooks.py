@@ -156,8 +156,15 @@ def interpolation_hook(
 def group_by_layer(neurons: Iterable[Neuron]) -> dict[int, list[int]]:
     """{layer: [neuron, ...]} from (layer, neuron) pairs, sorted and de-duplicated."""
     grouped: dict[int, set[int]] = defaultdict(set)
-    for layer, neuron in neurons:
-        grouped[int(layer)].add(int(neuron))
+    for item in neurons:
+        try:
+            if isinstance(item, (str, bytes)):
+                raise TypeError
+            layer, neuron = item
+            grouped[int(layer)].add(int(neuron))
+        except (TypeError, ValueError):
+            raise TypeError(f"neurons must be (layer, neuron) pairs of integers, got {item!r}; for a whole layer "
+                            "use lakn.editing.layer_neurons(model, [layer])") from None
     return {layer: sorted(idx) for layer, idx in sorted(grouped.items())}
 
 

@@ -95,6 +95,19 @@ def test_no_hook_left_after_exception(model, tokens):
         assert torch.equal(model(tokens), clean_logits)
 
 
+def test_neurons_that_are_not_layer_neuron_pairs_are_named(model, toy_facts):
+    """A bare neuron index, a string or a triple is an error that shows the item, not an unpacking
+    TypeError from deep inside (or, for "12", silently layer 1 neuron 2)."""
+    from lakn.hooks import group_by_layer
+
+    assert group_by_layer([(1, 5), (0, 2), (1, 3), (1, 5), (torch.tensor(0), 7)]) == {0: [2, 7], 1: [3, 5]}
+    for bad in ([3], ["12"], [(0, 1, 2)], [(0, "x")]):
+        with pytest.raises(TypeError, match="layer, neuron"):
+            group_by_layer(bad)
+    with pytest.raises(TypeError, match=r"got 3; for a whole layer use lakn.editing.layer_neurons"):
+        edit_fact(model, toy_facts[0], {"en": "Madrid"}, [3, 4])
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma3", "bloom"])
 def test_w_out_row_changes_output_as_predicted(arch):
     m = tiny_model(arch, weight_scale=3.0)
