@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .facts import Fact, FactsError
-from .keys import KEY_POSITIONS, key_position, key_prompts, prompt_keys
+from .keys import KEY_POSITIONS, context_keys, key_position, key_prompts, prompt_keys
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
 from .tokens import EncodedQuery, encode_query, last_logits
@@ -87,6 +87,10 @@ RETRIES = 3
 """Re-solves of a closed-form edit whose new answer is not yet top-1 on some group's target queries."""
 RETRY_BOOST = 4.0
 """How much more such a group's keys count in each re-solve (as if its λ were divided by it)."""
+CONTEXT_WEIGHT = 1.0
+"""Weight of a fact's context keys (its key prompts' other positions, mapped to no change) per unit
+of its key weight: without them heavier keys leak the target into the rest of the prompt and the
+fact takes less, not more (docs/results.md run 9)."""
 
 
 def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
@@ -120,13 +124,16 @@ def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequenc
 def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
-                 pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, label: str = "") -> Edit:
+                 pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES,
+                 context_weight: float = CONTEXT_WEIGHT, label: str = "") -> Edit:
     from .closed_form import find_target, preservation_for, solve_rows
 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     if not (isinstance(pivot_weight, (int, float)) and math.isfinite(pivot_weight) and pivot_weight >= 0):
         raise ValueError(f"pivot_weight must be a finite number >= 0, got {pivot_weight!r}")
+    if not (isinstance(context_weight, (int, float)) and math.isfinite(context_weight) and context_weight >= 0):
+        raise ValueError(f"context_weight must be a finite number >= 0, got {context_weight!r}")
     if is_masked_lm(model):
         raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
                          "use method='gradient' for a masked LM")
@@ -150,7 +157,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
         for i, layer in enumerate(layers):
             idx = by_layer[layer]
             share = gain / (len(layers) - i)
-            keys, residuals = [], []
+            keys, residuals, contexts = [], [], []
             for group in groups:
                 delta, history = find_target(model, layer, group.targets, steps=target_steps, lr=target_lr,
                                              decay=target_decay, positions=group.target_positions,
@@ -161,15 +168,21 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 if group.prompts:
                     keys.append(prompt_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer])
                     residuals.append(share * delta.double()[None].expand(len(group.prompts), -1))
+                    contexts.append(context_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer]
+                                    if context_weight > 0 else torch.zeros(0, len(idx), dtype=torch.float64))
             if not keys:
                 raise ValueError("no key prompts for the closed-form solve")
             n_keys = sum(len(k) for k in keys)
             with_keys = [j for j, g in enumerate(groups) if g.prompts]
             attempts = int(retries) + 1 if layer == target_layer else 1
             best: tuple | None = None  # (missed groups, rows, key weights) of the solve that misses fewest
-            for attempt in range(attempts):
-                w = torch.cat([torch.full((len(k),), weights[j]) for j, k in zip(with_keys, keys)])
-                out[layer] = solve_rows(torch.cat(keys), torch.cat(residuals), pres.restricted(layer, idx), lam=lam,
+            d_model = residuals[0].shape[1]
+            all_keys = torch.cat(keys + contexts)
+            all_residuals = torch.cat(residuals + [torch.zeros(len(c), d_model, dtype=torch.float64) for c in contexts])
+            for attempt in range(attempts):  # a group's context keys weigh context_weight x its key weight
+                w = torch.cat([torch.full((len(k),), weights[j]) for j, k in zip(with_keys, keys)]
+                              + [torch.full((len(c),), context_weight * weights[j]) for j, c in zip(with_keys, contexts)])
+                out[layer] = solve_rows(all_keys, all_residuals, pres.restricted(layer, idx), lam=lam,
                                         null_space=null_space, ridge=ridge, weights=w).float()
                 if layer != target_layer:
                     break
@@ -199,13 +212,15 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
               + f" keys={','.join(langs)}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
               + (f" pivot=L{pivot_at}x{pivot_weight:g}" if pivot_at is not None else "")
+              + (f" context={context_weight:g}" if context_weight > 0 else "")
               + (f" {label}" if label else ""))
     info = dict(key_languages=langs, target_languages=tlangs, n_keys=n_keys, target_layer=target_layer,
                 layers=layers, position=position,
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
                 lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
-                key_weights=weights, solves=solves, missed=still_missed)
+                key_weights=weights, solves=solves, missed=still_missed, context_weight=context_weight,
+                n_context_keys=sum(len(c) for c in contexts))
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
     edit.redo()
     return edit

@@ -24,7 +24,7 @@ from torch import Tensor
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
 from .closed_form import _preserve_prompts, _target_languages
-from .closed_form_edit import RETRIES, _closed_form, _encoded, _group
+from .closed_form_edit import CONTEXT_WEIGHT, RETRIES, _closed_form, _encoded, _group
 from .keys import _key_languages
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
@@ -147,6 +147,7 @@ def edit_fact(
     pivot: int | str | None = "auto",
     pivot_weight: float = PIVOT_WEIGHT,
     retries: int = RETRIES,
+    context_weight: float = CONTEXT_WEIGHT,
     kn_scale: float = 1.0,
 ) -> Edit:
     """Change ``fact``'s answer to ``new_answers[language]`` through the W_out rows of ``neurons``.
@@ -213,7 +214,7 @@ def edit_fact(
         return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
                             null_space=null_space, target_steps=target_steps, target_lr=target_lr,
                             target_decay=target_decay, ridge=ridge, pivot=pivot, pivot_weight=pivot_weight,
-                            retries=retries)
+                            retries=retries, context_weight=context_weight)
     if method == "kn_embedding":
         if len(targets) > 1:
             raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
@@ -231,7 +232,7 @@ def edit_fact(
 
 
 _CLOSED_FORM_OPTIONS = frozenset({"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay",
-                                  "ridge", "pivot", "pivot_weight", "retries"})
+                                  "ridge", "pivot", "pivot_weight", "retries", "context_weight"})
 """The options of the closed form that :func:`edit_facts` and :func:`inject_fact` pass to its solve."""
 
 _OPTIONS = _CLOSED_FORM_OPTIONS | frozenset({"steps", "lr", "weight_decay", "locality_weight", "target_prob",

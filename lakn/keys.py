@@ -94,6 +94,28 @@ def prompt_keys(
     return out
 
 
+def context_keys(
+    model, prompts: Sequence[Tensor], by_layer: dict[int, list[int]], positions: Sequence[int]
+) -> dict[int, Float[Tensor, "c n"]]:
+    """The activations of ``by_layer[l]``'s neurons at every position of each prompt *but* its key
+    position ``positions[i]`` (float64, the prompts' rows one after another): the closed-form edit
+    asks its rows to change nothing there, so the fact's own prompts change at the key alone."""
+    if len(positions) != len(prompts):
+        raise ValueError(f"{len(positions)} key positions for {len(prompts)} prompts")
+    parts: dict[int, list[Tensor]] = {l: [Tensor()] * len(prompts) for l in by_layer}
+    for length, members in _by_length(prompts).items():
+        for start in range(0, len(members), 32):
+            chunk = members[start:start + 32]
+            acts = post_activations(model, torch.stack([prompts[i] for i in chunk]), by_layer)
+            for layer, idx in by_layer.items():
+                a = acts[layer][..., torch.as_tensor(idx, device=acts[layer].device)].double().cpu()
+                for row, i in enumerate(chunk):
+                    keep = torch.arange(length) != int(positions[i])
+                    parts[layer][i] = a[row, keep]
+    return {l: torch.cat(rows) if rows else torch.zeros(0, len(by_layer[l]), dtype=torch.float64)
+            for l, rows in parts.items()}
+
+
 def _subject_end(prompt: str, subject: str) -> int | None:
     """The character index just after ``subject`` in ``prompt``: an exact match, else a
     case-insensitive one, else the longest prefix of the subject (at least 60% of it, 2+

@@ -7,7 +7,8 @@ import lakn
 from lakn.closed_form import Preservation, find_target, preservation, solve_rows
 from lakn.editing import EDIT_METHODS, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
 from lakn.facts import FactsError
-from lakn.keys import _subject_end, key_neurons, key_prompts, post_activations, prompt_keys, subject_position
+from lakn.keys import (_subject_end, context_keys, key_neurons, key_prompts, post_activations, prompt_keys,
+                       subject_position)
 from lakn.testing import active_hook_count, tiny_model
 
 TEXTS = ["The cat sleeps.", "Il pleut.", "我们吃饭。"]  # few tokens: the layer's covariance has a null space
@@ -324,6 +325,45 @@ def test_prompt_keys_read_the_given_positions(llama):
         prompt_keys(llama, prompts[:1], {1: [0]}, [99])
     with pytest.raises(ValueError, match="2 key positions for 1 prompts"):
         prompt_keys(llama, prompts[:1], {1: [0]}, [0, 1])
+
+
+def test_context_keys_are_every_position_but_the_key(llama):
+    prompts = [llama.to_tokens(t)[0] for t in ("The capital of France is", "Le chat dort", "The capital of Spain is")]
+    positions = [4, 1, 2]
+    ctx = context_keys(llama, prompts, {1: [0, 3, 7]}, positions)[1]
+    expected = []
+    for p, pos in zip(prompts, positions):
+        acts = post_activations(llama, p[None], [1])[1][0][:, [0, 3, 7]].double()
+        expected += [acts[i] for i in range(len(p)) if i != pos]
+    assert ctx.shape == (sum(len(p) for p in prompts) - 3, 3)
+    torch.testing.assert_close(ctx, torch.stack(expected))
+    with pytest.raises(ValueError, match="2 key positions for 1 prompts"):
+        context_keys(llama, prompts[:1], {1: [0]}, [0, 1])
+
+
+def test_context_keys_keep_the_rest_of_the_facts_prompts(llama, toy_facts):
+    """With context keys the edit changes the MLP output of the fact's own prompts at the subject
+    and much less elsewhere in them; without (context_weight=0) the change spreads over the prompt."""
+    fact = _with_subjects(toy_facts[0])
+    pres = preservation(llama, [0], texts=TEXTS)
+    tokens = llama.to_tokens(fact.queries("en")[0].prompt)
+    pos = subject_position(llama, fact.queries("en")[0].prompt, "France")
+    clean = _mlp_out(llama, tokens, 0)
+    spread = {}
+    for weight in (0.0, 1.0):
+        edit = edit_fact(llama, fact, {"en": "Rome", "fr": "Rome"}, layer_neurons(llama, [0]), preserve=pres,
+                         lam=1.0, retries=0, pivot=None, context_weight=weight)
+        try:
+            change = (_mlp_out(llama, tokens, 0) - clean).norm(dim=-1)
+        finally:
+            edit.undo()
+        n_tokens = sum(len(llama.to_tokens(q.prompt)[0]) for l in ("en", "fr") for q in fact.queries(l))
+        assert edit.info["n_context_keys"] == (n_tokens - edit.info["n_keys"] if weight else 0)
+        others = torch.cat([change[:pos], change[pos + 1:]])
+        spread[weight] = float(others.max() / change[pos])
+    assert spread[1.0] < 0.5 * spread[0.0], spread
+    with pytest.raises(ValueError, match="context_weight must be a finite number >= 0"):
+        edit_fact(llama, fact, {"en": "Rome"}, layer_neurons(llama, [0]), preserve=pres, context_weight=-1.0)
 
 
 def test_find_target_acts_only_at_its_position(llama, toy_facts):
