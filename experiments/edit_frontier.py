@@ -225,7 +225,7 @@ def _variant(spec: str) -> dict:
             out[key] = pivot_choice(value)
         elif key in ("target_steps", "retries"):
             out[key] = int(value)
-        elif key in ("pivot_weight", "target_decay", "target_lr", "lam"):
+        elif key in ("pivot_weight", "target_decay", "target_lr", "lam", "context_weight"):
             out[key] = float(value)
         elif key == "key_languages":  # injection: languages whose prompts (not answers) give keys, '+' between
             out[key] = [l for l in value.split("+") if l]

@@ -92,6 +92,17 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def _option(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
     """A field that is also a ``lakn localize`` option (``--field-name``) with this help."""
     return field(default=default, metadata={"help": help, "parse": parse})
