@@ -45,6 +45,7 @@ def main() -> None:
     ap.add_argument("--layer", type=int, default=12)
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--pivot-only", action="store_true", help="time pivot_layer alone (both lens modes)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -56,7 +57,10 @@ def main() -> None:
     fact, layer = facts[0], args.layer
     whole = layer_neurons(model, [layer])
     small = [(layer, i) for i in range(20)]
-    rows = []
+    rows: list = []
+    pivot_rows = _pivot_rows(model, layer)
+    if args.pivot_only:
+        return _print(rows + pivot_rows, layer, args)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["LAKN_CACHE_DIR"] = tmp  # a cold cache, then the warm one
         t = time.perf_counter()
@@ -73,17 +77,7 @@ def main() -> None:
             e.undo()
             return e
 
-        import lakn.pivot as pivot_module
-
-        for chunk, label in ((1, "one lens row per unembedding call (before)"), (pivot_module._LENS_ROWS, "batched lens")):
-            saved, pivot_module._LENS_ROWS = pivot_module._LENS_ROWS, chunk
-            pivot_module._LAYERS.pop(model, None)  # measure, not the memo
-            try:
-                t = time.perf_counter()
-                at = pivot_layer(model, layer)
-            finally:
-                pivot_module._LENS_ROWS = saved
-            rows.append((f"pivot layer, measured once per model; {label}", time.perf_counter() - t, f"layer {at}"))
+        rows += pivot_rows
         s, e = _timed(lambda: single(position="subject", pivot=None, retries=0), args.repeats)
         rows.append(("closed_form, subject keys, no pivot, 1 solve", s, f"{e.info['n_keys']} keys"))
         for pos in ("subject", "last"):
@@ -102,6 +96,27 @@ def main() -> None:
         t = time.perf_counter()
         e.undo()
         rows.append(("undo (whole layer)", time.perf_counter() - t, "bit for bit"))
+    _print(rows, layer, args)
+
+
+def _pivot_rows(model, layer: int) -> list:
+    """pivot_layer timed with one lens row per unembedding call (as before) and with the batched lens."""
+    import lakn.pivot as pivot_module
+
+    out = []
+    for chunk, label in ((1, "one lens row per unembedding call (before)"), (pivot_module._LENS_ROWS, "batched lens")):
+        saved, pivot_module._LENS_ROWS = pivot_module._LENS_ROWS, chunk
+        pivot_module._LAYERS.pop(model, None)  # measure, not the memo
+        try:
+            t = time.perf_counter()
+            at = pivot_layer(model, layer)
+        finally:
+            pivot_module._LENS_ROWS = saved
+        out.append((f"pivot layer; {label}", time.perf_counter() - t, f"layer {at}"))
+    return out
+
+
+def _print(rows: list, layer: int, args) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"Gemma 3 270M, layer {layer}, {args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"median of {args.repeats}; peak RSS {peak:.0f} MiB")
