@@ -112,9 +112,9 @@ def test_large_lam_and_null_space_keep_preserved_outputs(llama, toy_facts):
     keys = [llama.to_tokens(q.prompt) for l in ("en", "fr") for q in fact.queries(l)]
     key0 = [_mlp_out(llama, t, 1)[-1] for t in keys]
 
-    def change(**kw):
+    def change(**kw):  # the keys alone (no context keys): the tiny layer cannot also pin a whole prompt
         with edit_fact(llama, fact, {"en": "Rome", "fr": "Rome"}, layer_neurons(llama, [1]), preserve=pres,
-                       ridge=1e-12, position="last", **kw) as e:
+                       ridge=1e-12, position="last", context_weight=0.0, **kw) as e:
             moved = max(float((_mlp_out(llama, t, 1) - r).abs().max()) for t, r in zip(texts, ref))
             target = e.info["targets"][0]
             err = max(float((_mlp_out(llama, t, 1)[-1] - k0 - target).abs().max()) for t, k0 in zip(keys, key0))
@@ -176,7 +176,8 @@ def test_batch_is_one_solve_that_maps_every_fact(llama, toy_facts):
     neurons = layer_neurons(llama, [1])
     prompts = {f.fact_id: _prompt_tokens(llama, f, ["en", "fr"]) for f in facts}
     out0 = {i: [_mlp_out(llama, t, 1)[-1] for t in p] for i, p in prompts.items()}
-    with edit_facts(llama, facts, answers, neurons, lam=0.0, ridge=1e-12, target_steps=5, position="last") as batch:
+    exact = dict(lam=0.0, ridge=1e-12, context_weight=0.0)  # keys alone: interpolated exactly (no context keys)
+    with edit_facts(llama, facts, answers, neurons, target_steps=5, position="last", **exact) as batch:
         assert "batch=3" in batch.method and batch.info["n_keys"] == 12
         for f, target in zip(facts, batch.info["targets"]):
             for t, o0 in zip(prompts[f.fact_id], out0[f.fact_id]):
@@ -184,8 +185,7 @@ def test_batch_is_one_solve_that_maps_every_fact(llama, toy_facts):
         joint = batch.deltas[1].clone()
     summed = torch.zeros_like(joint)
     for f in facts:
-        with edit_fact(llama, f, answers[f.fact_id], neurons, lam=0.0, ridge=1e-12, target_steps=5,
-                       position="last") as single:
+        with edit_fact(llama, f, answers[f.fact_id], neurons, target_steps=5, position="last", **exact) as single:
             summed += single.deltas[1]
     assert float((joint - summed).abs().max()) > 1e-3 * float(joint.abs().max())
 
