@@ -87,10 +87,10 @@ RETRIES = 3
 """Re-solves of a closed-form edit whose new answer is not yet top-1 on some group's target queries."""
 RETRY_BOOST = 4.0
 """How much more such a group's keys count in each re-solve (as if its λ were divided by it)."""
-CONTEXT_WEIGHT = 1.0
+CONTEXT_WEIGHT = 4.0
 """Weight of a fact's context keys (its key prompts' other positions, mapped to no change) per unit
 of its key weight: without them heavier keys leak the target into the rest of the prompt and the
-fact takes less, not more (docs/results.md run 9)."""
+fact takes less, not more. 4 made the hard counterfactuals take (docs/results.md run 9)."""
 
 
 def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
