@@ -5,6 +5,7 @@
 - :func:`subject_position` / :func:`key_position` / :data:`KEY_POSITIONS`: the subject's last token
   (ROME / MEMIT's key) or the last prompt token;
 - :func:`key_prompts`: a fact's prompts in some languages with their key positions;
+- :func:`context_keys`: the activations at every other position of those prompts (kept unchanged);
 - :func:`key_neurons`: the neurons of a layer the fact's keys lean on most against the preserved keys.
 
 :mod:`lakn.closed_form` and :func:`lakn.edit_fact` use them; they are usable alone.
@@ -24,7 +25,7 @@ from .hooks import Neuron, hook_name
 from .tokens import model_device
 
 __all__ = ["KEY_POSITIONS", "activations_until", "post_activations", "prompt_keys", "subject_position", "key_position", "key_prompts",
-           "key_neurons"]
+           "context_keys", "key_neurons"]
 
 
 class _Stop(Exception):
@@ -102,6 +103,9 @@ def context_keys(
     asks its rows to change nothing there, so the fact's own prompts change at the key alone."""
     if len(positions) != len(prompts):
         raise ValueError(f"{len(positions)} key positions for {len(prompts)} prompts")
+    for i, (p, pos) in enumerate(zip(prompts, positions)):
+        if not 0 <= int(pos) < int(p.shape[-1]):
+            raise IndexError(f"key position {pos} outside prompt {i} of {int(p.shape[-1])} tokens")
     parts: dict[int, list[Tensor]] = {l: [Tensor()] * len(prompts) for l in by_layer}
     for length, members in _by_length(prompts).items():
         for start in range(0, len(members), 32):

@@ -339,6 +339,9 @@ def test_context_keys_are_every_position_but_the_key(llama):
     torch.testing.assert_close(ctx, torch.stack(expected))
     with pytest.raises(ValueError, match="2 key positions for 1 prompts"):
         context_keys(llama, prompts[:1], {1: [0]}, [0, 1])
+    for bad in (-1, 99):  # not silently "every position"
+        with pytest.raises(IndexError, match="outside prompt 0"):
+            context_keys(llama, prompts[:1], {1: [0]}, [bad])
 
 
 def test_context_keys_keep_the_rest_of_the_facts_prompts(llama, toy_facts):
