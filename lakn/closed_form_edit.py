@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .facts import Fact, FactsError
-from .keys import KEY_POSITIONS, context_keys, key_position, key_prompts, prompt_keys
+from .keys import KEY_POSITIONS, key_position, key_prompts, keys_and_context, prompt_keys
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
 from .tokens import EncodedQuery, encode_query, last_logits
@@ -165,11 +165,15 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 if layer == target_layer:
                     deltas.append(delta)
                     histories.append(history)
-                if group.prompts:
-                    keys.append(prompt_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer])
+                if group.prompts:  # the context keys come from the same forward pass as the keys
+                    if context_weight > 0:
+                        k, c = keys_and_context(model, group.prompts, {layer: idx}, group.key_positions)
+                        keys.append(k[layer])
+                        contexts.append(c[layer])
+                    else:
+                        keys.append(prompt_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer])
+                        contexts.append(torch.zeros(0, len(idx), dtype=torch.float64))
                     residuals.append(share * delta.double()[None].expand(len(group.prompts), -1))
-                    contexts.append(context_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer]
-                                    if context_weight > 0 else torch.zeros(0, len(idx), dtype=torch.float64))
             if not keys:
                 raise ValueError("no key prompts for the closed-form solve")
             n_keys = sum(len(k) for k in keys)

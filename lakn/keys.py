@@ -6,6 +6,7 @@
   (ROME / MEMIT's key) or the last prompt token;
 - :func:`key_prompts`: a fact's prompts in some languages with their key positions;
 - :func:`context_keys`: the activations at every other position of those prompts (kept unchanged);
+  :func:`keys_and_context`: both from one forward pass;
 - :func:`key_neurons`: the neurons of a layer the fact's keys lean on most against the preserved keys.
 
 :mod:`lakn.closed_form` and :func:`lakn.edit_fact` use them; they are usable alone.
@@ -25,7 +26,7 @@ from .hooks import Neuron, hook_name
 from .tokens import model_device
 
 __all__ = ["KEY_POSITIONS", "activations_until", "post_activations", "prompt_keys", "subject_position", "key_position", "key_prompts",
-           "context_keys", "key_neurons"]
+           "context_keys", "keys_and_context", "key_neurons"]
 
 
 class _Stop(Exception):
@@ -78,21 +79,7 @@ def prompt_keys(
     one batch)."""
     if positions is None:
         positions = [int(p.shape[-1]) - 1 for p in prompts]
-    if len(positions) != len(prompts):
-        raise ValueError(f"{len(positions)} key positions for {len(prompts)} prompts")
-    for i, (p, pos) in enumerate(zip(prompts, positions)):
-        if not 0 <= int(pos) < int(p.shape[-1]):
-            raise IndexError(f"key position {pos} outside prompt {i} of {int(p.shape[-1])} tokens")
-    out = {l: torch.zeros(len(prompts), len(idx), dtype=torch.float64) for l, idx in by_layer.items()}
-    for length, members in _by_length(prompts).items():
-        for start in range(0, len(members), 32):
-            chunk = members[start:start + 32]
-            acts = post_activations(model, torch.stack([prompts[i] for i in chunk]), by_layer)
-            where = torch.as_tensor([int(positions[i]) for i in chunk])
-            for layer, idx in by_layer.items():
-                a = acts[layer][torch.arange(len(chunk)), where.to(acts[layer].device)]
-                out[layer][chunk] = a[:, torch.as_tensor(idx, device=a.device)].double().cpu()
-    return out
+    return _read_keys(model, prompts, by_layer, positions, context=False)[0]
 
 
 def context_keys(
@@ -101,23 +88,42 @@ def context_keys(
     """The activations of ``by_layer[l]``'s neurons at every position of each prompt *but* its key
     position ``positions[i]`` (float64, the prompts' rows one after another): the closed-form edit
     asks its rows to change nothing there, so the fact's own prompts change at the key alone."""
+    return keys_and_context(model, prompts, by_layer, positions)[1]
+
+
+def keys_and_context(
+    model, prompts: Sequence[Tensor], by_layer: dict[int, list[int]], positions: Sequence[int]
+) -> tuple[dict[int, Float[Tensor, "q n"]], dict[int, Float[Tensor, "c n"]]]:
+    """:func:`prompt_keys` and :func:`context_keys` of the same prompts from one forward pass."""
+    keys, context = _read_keys(model, prompts, by_layer, positions, context=True)
+    assert context is not None
+    return keys, context
+
+
+def _read_keys(model, prompts: Sequence[Tensor], by_layer: dict[int, list[int]], positions: Sequence[int],
+               context: bool) -> tuple[dict[int, Tensor], dict[int, Tensor] | None]:
     if len(positions) != len(prompts):
         raise ValueError(f"{len(positions)} key positions for {len(prompts)} prompts")
     for i, (p, pos) in enumerate(zip(prompts, positions)):
         if not 0 <= int(pos) < int(p.shape[-1]):
             raise IndexError(f"key position {pos} outside prompt {i} of {int(p.shape[-1])} tokens")
+    out = {l: torch.zeros(len(prompts), len(idx), dtype=torch.float64) for l, idx in by_layer.items()}
     parts: dict[int, list[Tensor]] = {l: [Tensor()] * len(prompts) for l in by_layer}
     for length, members in _by_length(prompts).items():
         for start in range(0, len(members), 32):
             chunk = members[start:start + 32]
             acts = post_activations(model, torch.stack([prompts[i] for i in chunk]), by_layer)
+            where = torch.as_tensor([int(positions[i]) for i in chunk])
             for layer, idx in by_layer.items():
-                a = acts[layer][..., torch.as_tensor(idx, device=acts[layer].device)].double().cpu()
-                for row, i in enumerate(chunk):
-                    keep = torch.arange(length) != int(positions[i])
-                    parts[layer][i] = a[row, keep]
-    return {l: torch.cat(rows) if rows else torch.zeros(0, len(by_layer[l]), dtype=torch.float64)
-            for l, rows in parts.items()}
+                a = acts[layer][..., torch.as_tensor(idx, device=acts[layer].device)]
+                out[layer][chunk] = a[torch.arange(len(chunk)), where.to(a.device)].double().cpu()
+                if context:
+                    for row, i in enumerate(chunk):
+                        parts[layer][i] = a[row, torch.arange(length, device=a.device) != int(positions[i])].double().cpu()
+    if not context:
+        return out, None
+    return out, {l: torch.cat(rows) if rows else torch.zeros(0, len(by_layer[l]), dtype=torch.float64)
+                 for l, rows in parts.items()}
 
 
 def _subject_end(prompt: str, subject: str) -> int | None:

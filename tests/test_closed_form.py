@@ -7,7 +7,7 @@ import lakn
 from lakn.closed_form import Preservation, find_target, preservation, solve_rows
 from lakn.editing import EDIT_METHODS, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
 from lakn.facts import FactsError
-from lakn.keys import (_subject_end, context_keys, key_neurons, key_prompts, post_activations, prompt_keys,
+from lakn.keys import (_subject_end, context_keys, key_neurons, keys_and_context, key_prompts, post_activations, prompt_keys,
                        subject_position)
 from lakn.testing import active_hook_count, tiny_model
 
@@ -337,6 +337,9 @@ def test_context_keys_are_every_position_but_the_key(llama):
         expected += [acts[i] for i in range(len(p)) if i != pos]
     assert ctx.shape == (sum(len(p) for p in prompts) - 3, 3)
     torch.testing.assert_close(ctx, torch.stack(expected))
+    both = keys_and_context(llama, prompts, {1: [0, 3, 7]}, positions)  # one forward pass for both
+    torch.testing.assert_close(both[0][1], prompt_keys(llama, prompts, {1: [0, 3, 7]}, positions)[1])
+    torch.testing.assert_close(both[1][1], ctx)
     with pytest.raises(ValueError, match="2 key positions for 1 prompts"):
         context_keys(llama, prompts[:1], {1: [0]}, [0, 1])
     for bad in (-1, 99):  # not silently "every position"
