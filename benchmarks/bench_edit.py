@@ -9,6 +9,11 @@ the subject's last token and at the last prompt token, keys from 7 languages, 20
 default pivot term and re-solves; and at the subject's token without them); a batch of ``--batch`` facts in one solve;
 the gradient edit (10 Adam steps) and the knowledge-neuron embedding edit through 20 neurons; and
 ``undo()``. Prints seconds (median of ``--repeats``) and peak resident memory.
+
+``--pivot-only`` times :func:`lakn.pivot_layer` alone (one lens row per unembedding call against
+the batched lens); ``--targets-only`` times the targets of a batch of ``--batch`` facts found one
+fact at a time (``find_target`` per fact) against all at once (``find_targets``), both with the
+pivot term, and prints how far apart the two sets of targets are.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--pivot-only", action="store_true", help="time pivot_layer alone (both lens modes)")
+    ap.add_argument("--targets-only", action="store_true",
+                    help="time a batch's targets found one fact at a time and all at once")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,6 +65,8 @@ def main() -> None:
     whole = layer_neurons(model, [layer])
     small = [(layer, i) for i in range(20)]
     rows: list = []
+    if args.targets_only:
+        return _print(_target_rows(model, layer, facts[: args.batch], answers, args.repeats), layer, args)
     pivot_rows = _pivot_rows(model, layer)
     if args.pivot_only:
         return _print(rows + pivot_rows, layer, args)
@@ -115,6 +124,30 @@ def _pivot_rows(model, layer: int) -> list:
             pivot_module._LENS_ROWS = saved
         out.append((f"pivot layer; {label}", time.perf_counter() - t, f"layer {at}"))
     return out
+
+
+def _target_rows(model, layer: int, facts, answers, repeats: int) -> list:
+    """A batch's targets (keys from every language, the pivot term) one fact at a time and at once."""
+    from lakn.closed_form import find_target, find_targets
+    from lakn.closed_form_edit import _group
+    from lakn.editing import _with_answers
+    from lakn.keys import _key_languages
+
+    at = pivot_layer(model, layer)  # untimed: measured once per model
+    groups = [_group(model, f.fact_id, _with_answers(f, {"en": answers[f.fact_id]["en"]}), f, ["en"],
+                     _key_languages(f, answers[f.fact_id], "en", None), None, "subject") for f in facts]
+    pivots = [g.pivot(at, 1.0) for g in groups]
+    n_pivot = sum(len(p.prompts) for p in pivots if p is not None)
+    alone_s, alone = _timed(lambda: [find_target(model, layer, g.targets, positions=g.target_positions, pivot=p)
+                                     for g, p in zip(groups, pivots)], repeats)
+    together_s, together = _timed(lambda: find_targets(model, layer, [g.targets for g in groups],
+                                                       positions=[g.target_positions for g in groups],
+                                                       pivots=pivots), repeats)
+    gap = max(float((a[0] - b[0]).norm() / a[0].norm()) for a, b in zip(alone, together))
+    note = f"{len(groups)} targets, {sum(len(g.targets) for g in groups)} queries, {n_pivot} pivot prompts (L{at})"
+    return [(f"targets, one fact at a time ({len(groups)} facts)", alone_s, note),
+            (f"targets, all at once ({len(groups)} facts)", together_s,
+             f"{alone_s / together_s:.1f}x; largest |difference| / |delta| {gap:.1e}")]
 
 
 def _print(rows: list, layer: int, args) -> None:

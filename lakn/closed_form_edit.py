@@ -2,7 +2,7 @@
 
 :func:`lakn.edit_fact`, :func:`lakn.edit_facts` and :func:`lakn.inject_fact` build one
 :class:`_Group` per target (a fact's queries with their new answers, and the prompts whose keys must
-map to it) and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.closed_form.find_target`,
+map to it) and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.closed_form.find_targets`,
 with the pivot term of :mod:`lakn.pivot`), solves the rows layer by layer (:func:`lakn.closed_form.solve_rows`)
 and solves again with heavier keys for the facts that do not take (docs/method.md §8.3).
 """
@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .facts import Fact, FactsError
-from .keys import KEY_POSITIONS, key_position, key_prompts, keys_and_context, prompt_keys
+from .keys import KEY_POSITIONS, _by_length, key_position, key_prompts, keys_and_context, prompt_keys
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
 from .tokens import EncodedQuery, encode_query, last_logits
@@ -95,15 +95,40 @@ fact takes less, not more. 4 made the hard counterfactuals take (docs/results.md
 
 def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
     """The indices of the groups whose new answer's first token is not top-1 on every one of their
-    target queries with the row change ``rows`` applied (then removed)."""
+    target queries with the row change ``rows`` applied (then removed). Prompts of one length run together."""
+    queries = [(j, e) for j, g in enumerate(groups) for e in g.targets]
     trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
     trial.redo()
     try:
+        missed = set()
         with torch.no_grad():
-            return [j for j, g in enumerate(groups)
-                    if not all(int(last_logits(model, e.prompt[None])[0].argmax()) == int(e.answer[0]) for e in g.targets)]
+            for members in _by_length([e.prompt for _, e in queries]).values():
+                for start in range(0, len(members), 32):
+                    chunk = [queries[i] for i in members[start:start + 32]]
+                    top = last_logits(model, torch.stack([e.prompt for _, e in chunk])).argmax(-1).cpu()
+                    missed |= {j for (j, e), t in zip(chunk, top.tolist()) if t != int(e.answer[0])}
+        return sorted(missed)
     finally:
         trial.undo()
+
+
+def _group_keys(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]],
+                context: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """Each group's keys and context keys (none without ``context``) at the one layer of ``by_layer``;
+    every group's prompts are read together (one forward pass per length, not per group)."""
+    (layer,) = by_layer
+    if not groups:
+        return [], []
+    prompts = [p for g in groups for p in g.prompts]
+    positions = [pos for g in groups for pos in g.key_positions]
+    if context:
+        k, c = keys_and_context(model, prompts, by_layer, positions)
+    else:
+        k, c = prompt_keys(model, prompts, by_layer, positions), {layer: torch.zeros(0, len(by_layer[layer]),
+                                                                                      dtype=torch.float64)}
+    keys = list(k[layer].split([len(g.prompts) for g in groups]))
+    sizes = [sum(int(p.shape[-1]) - 1 for p in g.prompts) if context else 0 for g in groups]
+    return keys, list(c[layer].split(sizes))
 
 
 def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequence["_Group"]) -> int | None:
@@ -126,7 +151,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                  target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
                  pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES,
                  context_weight: float = CONTEXT_WEIGHT, label: str = "") -> Edit:
-    from .closed_form import find_target, preservation_for, solve_rows
+    from .closed_form import find_targets, preservation_for, solve_rows
 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
@@ -157,27 +182,17 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
         for i, layer in enumerate(layers):
             idx = by_layer[layer]
             share = gain / (len(layers) - i)
-            keys, residuals, contexts = [], [], []
-            for group in groups:
-                delta, history = find_target(model, layer, group.targets, steps=target_steps, lr=target_lr,
-                                             decay=target_decay, positions=group.target_positions,
-                                             pivot=None if pivot_at is None else group.pivot(pivot_at, pivot_weight))
-                if layer == target_layer:
-                    deltas.append(delta)
-                    histories.append(history)
-                if group.prompts:  # the context keys come from the same forward pass as the keys
-                    if context_weight > 0:
-                        k, c = keys_and_context(model, group.prompts, {layer: idx}, group.key_positions)
-                        keys.append(k[layer])
-                        contexts.append(c[layer])
-                    else:
-                        keys.append(prompt_keys(model, group.prompts, {layer: idx}, group.key_positions)[layer])
-                        contexts.append(torch.zeros(0, len(idx), dtype=torch.float64))
-                    residuals.append(share * delta.double()[None].expand(len(group.prompts), -1))
+            found = find_targets(model, layer, [g.targets for g in groups], steps=target_steps, lr=target_lr,
+                                 decay=target_decay, positions=[g.target_positions for g in groups],
+                                 pivots=[None if pivot_at is None else g.pivot(pivot_at, pivot_weight) for g in groups])
+            if layer == target_layer:
+                deltas, histories = [d for d, _ in found], [h for _, h in found]
+            with_keys = [j for j, g in enumerate(groups) if g.prompts]
+            keys, contexts = _group_keys(model, [groups[j] for j in with_keys], {layer: idx}, context_weight > 0)
+            residuals = [share * found[j][0].double()[None].expand(len(groups[j].prompts), -1) for j in with_keys]
             if not keys:
                 raise ValueError("no key prompts for the closed-form solve")
             n_keys = sum(len(k) for k in keys)
-            with_keys = [j for j, g in enumerate(groups) if g.prompts]
             attempts = int(retries) + 1 if layer == target_layer else 1
             best: tuple | None = None  # (missed groups, rows, key weights) of the solve that misses fewest
             d_model = residuals[0].shape[1]

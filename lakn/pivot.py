@@ -13,7 +13,8 @@ edit language*. It needs the other languages' prompts, never their answers.
 - :func:`pivot_layer`: the layer where the model pivots, measured once per model on lakn's demo
   facts (the layer after the edit where the other languages' prompts rank the edit language's
   answer highest);
-- :class:`Pivot` and :func:`pivot_loss`: the term :func:`lakn.closed_form.find_target` adds.
+- :class:`Pivot` and :func:`pivot_loss`: the term :func:`lakn.closed_form.find_targets` adds
+  (:func:`lens_cross_entropy`: per prompt, each with its own delta, so several targets share a batch).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import Tensor
 from .keys import _Stop, activations_until
 from .tokens import model_device
 
-__all__ = ["Pivot", "lens_logits", "lens_ranks", "pivot_layer", "pivot_loss", "PIVOT_WEIGHT"]
+__all__ = ["Pivot", "lens_cross_entropy", "lens_logits", "lens_ranks", "pivot_layer", "pivot_loss", "PIVOT_WEIGHT"]
 
 PIVOT_WEIGHT = 1.0
 """The pivot term's default weight beside the edit language's NLL (docs/method.md §8.3)."""
@@ -140,18 +141,34 @@ class Pivot:
 def pivot_loss(model, pivot: Pivot, point: str, delta: Float[Tensor, "d_model"]) -> Tensor:
     """Mean over ``pivot.prompts`` of the cross-entropy of ``pivot.token`` under the logit lens at
     ``pivot.layer`` of the last position, with ``delta`` added to ``point`` at ``pivot.positions``;
-    differentiable in ``delta``. The prompts run as one batch, right-padded with their own last
-    token: a causal LM's positions never see what follows them, so the padding changes nothing."""
+    differentiable in ``delta``. The prompts run as one batch (:func:`lens_cross_entropy`)."""
+    n = len(pivot.prompts)
+    tokens = torch.full((n,), int(pivot.token), dtype=torch.long)
+    return lens_cross_entropy(model, pivot.prompts, pivot.positions, tokens, pivot.layer, point,
+                              delta[None].expand(n, -1)).mean()
+
+
+def lens_cross_entropy(model, prompts: Sequence[Int[Tensor, "pos"]], positions: Sequence[int],
+                       tokens: Int[Tensor, "prompt"], layer: int, point: str,
+                       deltas: Float[Tensor, "prompt d_model"]) -> Float[Tensor, "prompt"]:
+    """Per prompt, the cross-entropy of ``tokens[i]`` under the logit lens at ``layer`` of its last
+    position, with ``deltas[i]`` added to ``point`` at ``positions[i]`` (differentiable in
+    ``deltas``). The prompts run as one batch, right-padded with their own last token: a causal LM's
+    positions never see what follows them, so the padding changes nothing."""
     device = model_device(model)
-    lengths = [int(p.shape[-1]) for p in pivot.prompts]
-    tokens = torch.stack([torch.cat([p, p[-1:].expand(max(lengths) - n)]) for p, n in zip(pivot.prompts, lengths)])
+    lengths = [int(p.shape[-1]) for p in prompts]
+    if not (len(positions) == len(tokens) == len(deltas) == len(prompts)):
+        raise ValueError(f"{len(prompts)} prompts with {len(positions)} positions, {len(tokens)} tokens and "
+                         f"{len(deltas)} deltas")
+    batch = torch.stack([torch.cat([p, p[-1:].expand(max(lengths) - n)]) for p, n in zip(prompts, lengths)])
     rows = torch.arange(len(lengths), device=device)
     where = torch.zeros(len(lengths), max(lengths), 1, device=device)
-    where[rows, torch.as_tensor(pivot.positions, device=device)] = 1.0
+    where[rows, torch.as_tensor(list(positions), device=device)] = 1.0
     last = torch.as_tensor(lengths, device=device) - 1
+    per_row = deltas.to(device)[:, None, :]
 
     def add(out, hook=None):
-        return out + (where * delta).to(out.dtype)
+        return out + (where * per_row).to(out.dtype)
 
     store: dict[str, Tensor] = {}
 
@@ -160,10 +177,9 @@ def pivot_loss(model, pivot: Pivot, point: str, delta: Float[Tensor, "d_model"])
         raise _Stop
 
     try:
-        with model.hooks(fwd_hooks=[(point, add), (f"blocks.{pivot.layer}.hook_resid_post", grab)]):
-            model(tokens.to(device))
+        with model.hooks(fwd_hooks=[(point, add), (f"blocks.{int(layer)}.hook_resid_post", grab)]):
+            model(batch.to(device))
     except _Stop:
         pass
     logits = lens_logits(model, store["x"]).float()
-    target = torch.full((len(lengths),), int(pivot.token), device=device)
-    return torch.nn.functional.cross_entropy(logits, target)
+    return torch.nn.functional.cross_entropy(logits, tokens.to(device), reduction="none")

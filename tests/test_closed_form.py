@@ -476,17 +476,18 @@ def test_key_neurons_rank_by_key_against_preserved_energy(llama, toy_facts):
 
 def test_target_languages_find_one_target_on_every_given_language(llama, toy_facts, monkeypatch):
     """target_languages: the delta is found on the new answers of the edit language and the given
-    ones (what find_target is handed), recorded in info and the label; bad use is named."""
+    ones (what find_targets is handed), recorded in info and the label; bad use is named."""
     import lakn.closed_form as cf
 
     seen = []
-    real = cf.find_target
+    real = cf.find_targets
 
     def spy(model, layer, encoded, **kw):
-        seen.append([tuple(e.answer.tolist()) for e in encoded])
+        (one,) = encoded  # one fact: one target
+        seen.append([tuple(e.answer.tolist()) for e in one])
         return real(model, layer, encoded, **kw)
 
-    monkeypatch.setattr(cf, "find_target", spy)
+    monkeypatch.setattr(cf, "find_targets", spy)
     fact, pres = toy_facts[0], preservation(llama, [1], texts=TEXTS)
     new = {"en": "Rome", "fr": "Rome", "zh": "罗马"}
     answer = {l: tuple(lakn.encode_query(llama, lakn.editing._with_answers(fact, new).queries(l)[0]).answer.tolist())

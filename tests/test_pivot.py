@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import lakn
-from lakn.closed_form import find_target, solve_rows
+from lakn.closed_form import find_target, find_targets, solve_rows
 from lakn.editing import edit_fact, layer_neurons
 from lakn.keys import key_prompts
 from lakn.pivot import Pivot, lens_logits, lens_ranks, pivot_layer, pivot_loss
@@ -103,6 +103,37 @@ def test_pivot_loss_in_one_padded_batch_equals_each_prompt_alone(deep, toy_facts
     assert abs(float(batched) - float(clean)) > 1e-3  # delta reaches the lens
 
 
+def test_several_targets_found_together_equal_each_found_alone(deep, toy_facts, monkeypatch):
+    """find_targets shares forward passes between targets (sequences of one length run together,
+    chunks of 2 here, pivot prompts of several targets in one padded batch), yet each delta and its
+    NLL history are what find_target finds for that target alone."""
+    import lakn.closed_form as cf
+
+    monkeypatch.setattr(cf, "_TARGET_ROWS", 2)
+    inputs = []
+    for fact, new in zip(toy_facts[:3], ("Madrid", "Tokyo", "Rome")):
+        targets, en_pos, prompts, positions = _pivot_inputs(deep, fact, new)
+        inputs.append((targets, en_pos, Pivot(prompts, positions, int(targets[0].answer[0]), layer=2, weight=3.0)))
+    inputs[2] = (inputs[2][0], None, None)  # no pivot, keys at the last token
+    lengths = [len(e.prompt) + len(e.answer) - 1 for targets, _, _ in inputs for e in targets]
+    assert len(lengths) > len(set(lengths))  # some sequences of different targets share a length
+    together = find_targets(deep, 1, [t for t, _, _ in inputs], steps=6, positions=[p for _, p, _ in inputs],
+                            pivots=[pv for _, _, pv in inputs])
+    assert len(together) == 3
+    for (delta, history), (targets, where, pivot) in zip(together, inputs):
+        alone, alone_history = find_target(deep, 1, targets, positions=where, steps=6, pivot=pivot)
+        torch.testing.assert_close(delta, alone, rtol=1e-4, atol=1e-5)
+        assert history == pytest.approx(alone_history, rel=1e-4)
+    assert float((together[0][0] - together[1][0]).norm()) > 1e-2  # each target is its own
+    with pytest.raises(ValueError, match="3 targets with 2 position lists"):
+        find_targets(deep, 1, [t for t, _, _ in inputs], positions=[None, None], steps=1)
+    with pytest.raises(ValueError, match="no targets"):
+        find_targets(deep, 1, [], steps=1)
+    with pytest.raises(ValueError, match="no queries"):
+        find_targets(deep, 1, [inputs[0][0], []], steps=1)
+    assert active_hook_count(deep) == 0
+
+
 def test_edit_records_its_pivot_and_none_turns_it_off(deep, toy_facts):
     fact = toy_facts[0]
     answers = {"en": "Madrid", "fr": "Madrid", "zh": "马德里"}
@@ -185,6 +216,48 @@ def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monk
         change = (W - before[1]).movedim(dim, 0)  # the whole layer's rows [d_mlp, d_model], in order
         assert torch.allclose(change, calls[2].to(change.dtype), atol=1e-5) and not torch.allclose(calls[0], calls[2])
     assert all(torch.equal(lakn.w_out(deep, l)[0], w) for l, w in before.items())
+
+
+def test_keys_and_checks_of_several_facts_run_together_as_each_alone(deep, toy_facts):
+    """A batch's keys and context keys are read in one pass over every fact's prompts, and the
+    top-1 check of its re-solves runs every target query together: both equal each fact alone."""
+    from lakn.closed_form_edit import _group, _group_keys, _missed
+    from lakn.keys import keys_and_context, prompt_keys
+
+    groups = []
+    for fact, new in zip(toy_facts[:3], ("Madrid", "Tokyo", "Paris")):
+        edited = lakn.Fact(fact.fact_id, fact.relation, {**fact.answers, "en": new}, fact.templates, fact.subjects)
+        groups.append(_group(deep, fact.fact_id, edited, fact, ["en"], ["en", "fr", "zh"], None, "subject"))
+    by_layer = {1: [3, 0, 7, 11]}
+    keys, contexts = _group_keys(deep, groups, by_layer, True)
+    plain, none = _group_keys(deep, groups, by_layer, False)
+    for g, k, c, p, n in zip(groups, keys, contexts, plain, none):
+        alone_k, alone_c = keys_and_context(deep, g.prompts, by_layer, g.key_positions)
+        torch.testing.assert_close(k, alone_k[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c, alone_c[1], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(p, prompt_keys(deep, g.prompts, by_layer, g.key_positions)[1], rtol=1e-5, atol=1e-6)
+        assert n.shape == (0, 4)
+    assert _group_keys(deep, [], by_layer, True) == ([], [])
+    # group 1's answers are the model's own top-1 tokens (taken), group 0's only on its first query
+    import dataclasses
+
+    with torch.no_grad():
+        top = {j: [int(last_logits(deep, e.prompt[None])[0].argmax()) for e in g.targets] for j, g in enumerate(groups)}
+    groups[1].targets = [dataclasses.replace(e, answer=torch.tensor([t])) for e, t in zip(groups[1].targets, top[1])]
+    groups[0].targets[0] = dataclasses.replace(groups[0].targets[0], answer=torch.tensor([top[0][0]]))
+    every = {1: list(range(int(deep.cfg.d_mlp)))}
+    assert _missed(deep, groups, every, torch.zeros(int(deep.cfg.d_mlp), int(deep.cfg.d_model))) == [0, 2]
+    rows = torch.randn(int(deep.cfg.d_mlp), int(deep.cfg.d_model), generator=torch.Generator().manual_seed(3))
+    trial = lakn.weights.Edit(deep, every, {}, {1: rows}, [], method="trial", active=False)
+    trial.redo()
+    try:
+        with torch.no_grad():
+            expected = [j for j, g in enumerate(groups) if not all(
+                int(last_logits(deep, e.prompt[None])[0].argmax()) == int(e.answer[0]) for e in g.targets)]
+    finally:
+        trial.undo()
+    assert _missed(deep, groups, every, rows) == expected
+    assert active_hook_count(deep) == 0
 
 
 def test_injection_takes_keys_from_untrained_languages_with_the_pivot(deep, toy_facts):
