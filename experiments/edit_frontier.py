@@ -101,7 +101,8 @@ def main() -> int:
                     "too (e.g. fr; default: en alone, the edit language); rows are labelled targets=...")
     ap.add_argument("--variants", default="", help="closed-form option sets side by side at every grid point, ';' "
                     "between sets, ',' between KEY=VALUE options of pivot (auto, none or a layer), pivot_weight, "
-                    "target_steps, retries; e.g. 'pivot=none,retries=0;pivot=auto' (default: lakn's defaults)")
+                    "target_steps, retries, retry_boost, context_weight; e.g. 'pivot=none,retries=0;pivot=auto' "
+                    "(default: lakn's defaults)")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 facts, 2 grid points, batch 3")
     args = ap.parse_args()
     if not Path(args.data).is_file():
@@ -225,7 +226,7 @@ def _variant(spec: str) -> dict:
             out[key] = pivot_choice(value)
         elif key in ("target_steps", "retries"):
             out[key] = int(value)
-        elif key in ("pivot_weight", "target_decay", "target_lr", "lam", "context_weight"):
+        elif key in ("pivot_weight", "target_decay", "target_lr", "lam", "context_weight", "retry_boost"):
             out[key] = float(value)
         elif key == "key_languages":  # injection: languages whose prompts (not answers) give keys, '+' between
             out[key] = [l for l in value.split("+") if l]

@@ -149,12 +149,14 @@ def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequenc
 def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
-                 pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES,
+                 pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, retry_boost: float = RETRY_BOOST,
                  context_weight: float = CONTEXT_WEIGHT, label: str = "") -> Edit:
     from .closed_form import find_targets, preservation_for, solve_rows
 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
+    if not (isinstance(retry_boost, (int, float)) and math.isfinite(retry_boost) and retry_boost > 1):
+        raise ValueError(f"retry_boost must be a finite number > 1, got {retry_boost!r}")
     if not (isinstance(pivot_weight, (int, float)) and math.isfinite(pivot_weight) and pivot_weight >= 0):
         raise ValueError(f"pivot_weight must be a finite number >= 0, got {pivot_weight!r}")
     if not (isinstance(context_weight, (int, float)) and math.isfinite(context_weight) and context_weight >= 0):
@@ -211,8 +213,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                     best = (missed, out[layer], list(weights))
                 if not missed or attempt == attempts - 1:
                     break
-                for j in missed:  # their keys count RETRY_BOOST times more in the next solve
-                    weights[with_keys[j]] *= RETRY_BOOST
+                for j in missed:  # their keys count retry_boost times more in the next solve
+                    weights[with_keys[j]] *= retry_boost
             if best is not None:  # heavier keys that took no more facts would cost locality for nothing
                 missed, out[layer], weights = best
                 still_missed = [groups[with_keys[j]].name for j in missed]
@@ -238,7 +240,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
                 lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
-                key_weights=weights, solves=solves, missed=still_missed, context_weight=context_weight,
+                key_weights=weights, solves=solves, missed=still_missed, retries=retries, retry_boost=retry_boost,
+                context_weight=context_weight,
                 n_context_keys=sum(len(c) for c in contexts))
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
     edit.redo()

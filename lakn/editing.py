@@ -24,7 +24,7 @@ from torch import Tensor
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
 from .closed_form import _preserve_prompts, _target_languages
-from .closed_form_edit import CONTEXT_WEIGHT, RETRIES, _closed_form, _encoded, _group
+from .closed_form_edit import CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _closed_form, _encoded, _group
 from .keys import _key_languages
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
@@ -147,6 +147,7 @@ def edit_fact(
     pivot: int | str | None = "auto",
     pivot_weight: float = PIVOT_WEIGHT,
     retries: int = RETRIES,
+    retry_boost: float = RETRY_BOOST,
     context_weight: float = CONTEXT_WEIGHT,
     kn_scale: float = 1.0,
 ) -> Edit:
@@ -177,7 +178,7 @@ def edit_fact(
     it needs, and it carries the edit to the other languages (docs/results.md run 8). ``"auto"``
     (default): :func:`lakn.pivot.pivot_layer`; a layer; or None (the target of the edit language
     alone). ``retries``: while the new answer is not top-1 on the target queries, solve again with
-    their keys counting 4x more (at most ``retries`` times; 0: one solve). The solve that misses
+    their keys counting ``retry_boost`` times more (at most ``retries`` times; 0: one solve). The solve that misses
     the fewest facts is kept (the earliest on a tie: heavier keys that take nothing more only cost
     locality); ``info["missed"]`` names the facts still missed, ``info["solves"]`` counts the solves.
 
@@ -214,7 +215,7 @@ def edit_fact(
         return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
                             null_space=null_space, target_steps=target_steps, target_lr=target_lr,
                             target_decay=target_decay, ridge=ridge, pivot=pivot, pivot_weight=pivot_weight,
-                            retries=retries, context_weight=context_weight)
+                            retries=retries, retry_boost=retry_boost, context_weight=context_weight)
     if method == "kn_embedding":
         if len(targets) > 1:
             raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
@@ -232,7 +233,8 @@ def edit_fact(
 
 
 _CLOSED_FORM_OPTIONS = frozenset({"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay",
-                                  "ridge", "pivot", "pivot_weight", "retries", "context_weight"})
+                                  "ridge", "pivot", "pivot_weight", "retries", "retry_boost",
+                                  "context_weight"})
 """The options of the closed form that :func:`edit_facts` and :func:`inject_fact` pass to its solve."""
 
 _OPTIONS = _CLOSED_FORM_OPTIONS | frozenset({"steps", "lr", "weight_decay", "locality_weight", "target_prob",

@@ -155,7 +155,9 @@ def test_bad_pivots_are_named(deep, toy_facts):
             edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=2, pivot=bad)
     for option, words in ((dict(retries=-1), "retries must be"), (dict(retries=1.5), "retries must be"),
                           (dict(pivot_weight=-1.0), "pivot_weight must be"),
-                          (dict(pivot_weight=float("nan")), "pivot_weight must be")):
+                          (dict(pivot_weight=float("nan")), "pivot_weight must be"),
+                          (dict(retry_boost=1.0), "retry_boost must be"),
+                          (dict(retry_boost=float("inf")), "retry_boost must be")):
         with pytest.raises(ValueError, match=words):
             edit_fact(deep, fact, answers, layer_neurons(deep, [1]), lam=1.0, target_steps=2, **option)
     targets, en_pos, prompts, positions = _pivot_inputs(deep, fact)
@@ -215,6 +217,9 @@ def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monk
         W, dim = lakn.w_out(deep, 1)
         change = (W - before[1]).movedim(dim, 0)  # the whole layer's rows [d_mlp, d_model], in order
         assert torch.allclose(change, calls[2].to(change.dtype), atol=1e-5) and not torch.allclose(calls[0], calls[2])
+    calls.clear()  # a finer boost: the same third solve, its keys 2 x 2 heavier
+    with edit_fact(deep, fact, answers, neurons, retries=3, retry_boost=2.0, **kw) as finer:
+        assert finer.info["key_weights"] == [4.0] and finer.info["retry_boost"] == 2.0 and finer.info["solves"] == 3
     assert all(torch.equal(lakn.w_out(deep, l)[0], w) for l, w in before.items())
 
 
