@@ -103,6 +103,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def above_one_float(text: str) -> float:
+    """argparse type: a finite number > 1."""
+    value = non_negative_float(text)
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 1, got {text!r}")
+    return value
+
+
 def _option(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
     """A field that is also a ``lakn localize`` option (``--field-name``) with this help."""
     return field(default=default, metadata={"help": help, "parse": parse})

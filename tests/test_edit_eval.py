@@ -264,12 +264,13 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
                          "--max-queries", "1", "--languages", "en,fr"]) == 0
     assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
                      "--position", "last", "--lam", "100", "--max-queries", "1", "--languages", "en,fr",
-                     "--pivot", "none", "--retries", "1", "--target-steps", "3", "--context-weight", "0"]) == 0
+                     "--pivot", "none", "--retries", "1", "--retry-boost", "2.5", "--target-steps", "3",
+                     "--context-weight", "0"]) == 0
     capsys.readouterr()
     cf = EditingResult.load(runs / "edit.json")
     assert cf.config["methods"]["closed_form"] == {"method": "closed_form", "lam": 100.0, "position": "last",
-                                                   "pivot": None, "retries": 1, "target_steps": 3,
-                                                   "context_weight": 0.0}
+                                                   "pivot": None, "retries": 1, "retry_boost": 2.5,
+                                                   "target_steps": 3, "context_weight": 0.0}
     described = cf.config["edits"]["closed_form"]  # the edits' own descriptions: λ, keys, no pivot term
     assert described and all(e.startswith("closed_form λ=100 ") and "pivot=" not in e and "context=" not in e
                              for e in described)
@@ -283,6 +284,10 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
         with pytest.raises(SystemExit):
             cli.main(["edit", str(runs), "--context-weight", bad])
         assert "--context-weight" in capsys.readouterr().err
+    for bad in ("1", "0.5", "inf"):
+        with pytest.raises(SystemExit):
+            cli.main(["edit", str(runs), "--retry-boost", bad])
+        assert "--retry-boost" in capsys.readouterr().err
     # the key set (lakn.key_neurons of the layer) beside as many random neurons of it; a target on en and fr
     assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "key", "--layers", "1",
                      "--key-neurons", "5", "--position", "last", "--target-languages", "fr", "--max-queries", "1",

@@ -8,7 +8,7 @@ import sys
 from dataclasses import MISSING
 from typing import Any
 
-from ..config import CHOICES, RunConfig, non_negative_float, non_negative_int, positive_int
+from ..config import CHOICES, RunConfig, above_one_float, non_negative_float, non_negative_int, positive_int
 
 __all__ = ["absolute_path", "comma_list", "positive_int", "add_run_options", "run_options", "add_deprecated",
            "add_training_options", "add_edit_method_options", "edit_method_options", "int_list", "choice_list",
@@ -129,7 +129,10 @@ def add_edit_method_options(parser: argparse.ArgumentParser, *, sets: tuple[str,
                              "logit lens, lakn.pivot): auto (default), none, or a layer")
     parser.add_argument("--retries", type=non_negative_int, default=None,
                         help="closed_form: re-solves, each with the keys of facts whose new answer is not yet top-1 "
-                             "counting 4x more (default: lakn.editing.RETRIES; 0: one solve)")
+                             "counting --retry-boost times more (default: lakn.editing.RETRIES; 0: one solve)")
+    parser.add_argument("--retry-boost", type=above_one_float, default=None,
+                        help="closed_form: how many times more a missed fact's keys count in each re-solve "
+                             "(a number > 1; default: lakn.editing.RETRY_BOOST)")
     parser.add_argument("--context-weight", type=non_negative_float, default=None,
                         help="closed_form: weight of the key prompts' other positions, kept unchanged, per unit of "
                              "their key's weight (default: lakn.editing's CONTEXT_WEIGHT; 0: off)")
@@ -160,7 +163,8 @@ def edit_method_options(args: argparse.Namespace, method: str) -> dict[str, Any]
     """The options of ``method`` given on the command line (the others keep lakn.editing's defaults)."""
     out: dict[str, Any] = {}
     if method == "closed_form":
-        for name in ("lam", "gain", "null_space", "position", "retries", "target_steps", "context_weight"):
+        for name in ("lam", "gain", "null_space", "position", "retries", "retry_boost", "target_steps",
+                     "context_weight"):
             if getattr(args, name, None) is not None:
                 out[name] = getattr(args, name)
         if getattr(args, "pivot", "auto") != "auto":  # none (None) or a layer
