@@ -83,10 +83,13 @@ class _Group:
                      int(self.targets[0].answer[0]), layer, weight)
 
 
-RETRIES = 3
+RETRIES = 6
 """Re-solves of a closed-form edit whose new answer is not yet top-1 on some group's target queries."""
-RETRY_BOOST = 4.0
-"""How much more such a group's keys count in each re-solve (as if its λ were divided by it)."""
+RETRY_BOOST = 2.0
+"""How much more such a group's keys count in each re-solve (as if its λ were divided by it). With
+``RETRIES`` the largest weight is 2^6 = 64, as 4^3 was before: the finer steps overshoot the weight a
+fact needs by at most 2x, which kept .07 more other-relation answers in a batch of 50 at the same
+reliability and changed nothing on single edits (docs/results.md run 10)."""
 CONTEXT_WEIGHT = 4.0
 """Weight of a fact's context keys (its key prompts' other positions, mapped to no change) per unit
 of its key weight: without them heavier keys leak the target into the rest of the prompt and the

@@ -204,7 +204,7 @@ def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monk
         assert retried.info["solves"] == 3 and retried.info["key_weights"] == [1.0]
         assert retried.info["missed"] == [fact.fact_id]
         assert torch.allclose(lakn.w_out(deep, 1)[0], first)
-    # taking at the third solve (the check is stubbed): that solve is kept, its keys 4 x 4 heavier
+    # taking at the third solve (the check is stubbed): that solve is kept, its keys heavier twice
     calls = []
 
     def takes_third_time(model, groups, by_layer, rows):
@@ -212,14 +212,14 @@ def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monk
         return [] if len(calls) == 3 else [0]
 
     monkeypatch.setattr(closed_form_edit, "_missed", takes_third_time)
-    with edit_fact(deep, fact, answers, neurons, retries=3, **kw) as taken:
-        assert taken.info["solves"] == 3 and taken.info["key_weights"] == [16.0] and taken.info["missed"] == []
+    with edit_fact(deep, fact, answers, neurons, retries=3, **kw) as taken:  # the default boost: 2 x 2
+        assert taken.info["solves"] == 3 and taken.info["key_weights"] == [4.0] and taken.info["missed"] == []
         W, dim = lakn.w_out(deep, 1)
         change = (W - before[1]).movedim(dim, 0)  # the whole layer's rows [d_mlp, d_model], in order
         assert torch.allclose(change, calls[2].to(change.dtype), atol=1e-5) and not torch.allclose(calls[0], calls[2])
-    calls.clear()  # a finer boost: the same third solve, its keys 2 x 2 heavier
-    with edit_fact(deep, fact, answers, neurons, retries=3, retry_boost=2.0, **kw) as finer:
-        assert finer.info["key_weights"] == [4.0] and finer.info["retry_boost"] == 2.0 and finer.info["solves"] == 3
+    calls.clear()  # a coarser boost: the same third solve, its keys 4 x 4 heavier
+    with edit_fact(deep, fact, answers, neurons, retries=3, retry_boost=4.0, **kw) as coarse:
+        assert coarse.info["key_weights"] == [16.0] and coarse.info["retry_boost"] == 4.0 and coarse.info["solves"] == 3
     assert all(torch.equal(lakn.w_out(deep, l)[0], w) for l, w in before.items())
 
 
