@@ -128,7 +128,7 @@ def _pivot_rows(model, layer: int) -> list:
 
 def _target_rows(model, layer: int, facts, answers, repeats: int) -> list:
     """A batch's targets (keys from every language, the pivot term) one fact at a time and at once."""
-    from lakn.closed_form import find_target, find_targets
+    from lakn.target import find_target, find_targets
     from lakn.closed_form_edit import _group
     from lakn.editing import _with_answers
     from lakn.keys import _key_languages

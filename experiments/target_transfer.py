@@ -70,7 +70,7 @@ def main() -> int:
     import torch
 
     import lakn
-    from lakn.closed_form import find_target
+    from lakn.target import find_target
     from lakn.editing import _with_answers
     from lakn.keys import key_position
     from lakn.pivot import Pivot, pivot_layer

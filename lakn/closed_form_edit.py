@@ -2,7 +2,7 @@
 
 :func:`lakn.edit_fact`, :func:`lakn.edit_facts` and :func:`lakn.inject_fact` build one
 :class:`_Group` per target (a fact's queries with their new answers, and the prompts whose keys must
-map to it) and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.closed_form.find_targets`,
+map to it) and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.target.find_targets`,
 with the pivot term of :mod:`lakn.pivot`), solves the rows layer by layer (:func:`lakn.closed_form.solve_rows`)
 and solves again with heavier keys for the facts that do not take (docs/method.md §8.3).
 """
@@ -154,7 +154,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                  target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
                  pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, retry_boost: float = RETRY_BOOST,
                  context_weight: float = CONTEXT_WEIGHT, label: str = "") -> Edit:
-    from .closed_form import find_targets, preservation_for, solve_rows
+    from .closed_form import preservation_for, solve_rows
+    from .target import find_targets
 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")

@@ -13,7 +13,7 @@ edit language*. It needs the other languages' prompts, never their answers.
 - :func:`pivot_layer`: the layer where the model pivots, measured once per model on lakn's demo
   facts (the layer after the edit where the other languages' prompts rank the edit language's
   answer highest);
-- :class:`Pivot` and :func:`pivot_loss`: the term :func:`lakn.closed_form.find_targets` adds
+- :class:`Pivot` and :func:`pivot_loss`: the term :func:`lakn.target.find_targets` adds
   (:func:`lens_cross_entropy`: per prompt, each with its own delta, so several targets share a batch).
 """
 

@@ -41,7 +41,8 @@ LAYERS: list[list[str]] = [
     ["splits", "interventions", "weights"],            # honest splits; activation interventions; W_out rows, Edit
     ["keys"],                                          # where keys are read, key neurons; forwards that stop early
     ["pivot"],                                         # the logit lens and the pivot term of the target
-    ["closed_form"],                                   # preserved-key covariance, target, the constrained solve
+    ["target"],                                        # the closed-form target (one or a batch's, Adam on a delta)
+    ["closed_form"],                                   # preserved-key covariance, the constrained solve
     ["closed_form_edit"],                              # target-and-key groups, the solve with pivot and re-solves
     ["editing"],                                       # edit / inject methods (closed form, gradient, kn embedding)
     ["localization"],                                  # attribute -> score -> select, resumable

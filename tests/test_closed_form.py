@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import lakn
-from lakn.closed_form import Preservation, find_target, preservation, solve_rows
+from lakn.closed_form import Preservation, preservation, solve_rows
+from lakn.target import find_target
 from lakn.editing import EDIT_METHODS, edit_fact, edit_facts, inject_fact, layer_neurons, w_out
 from lakn.facts import FactsError
 from lakn.keys import (_subject_end, context_keys, key_neurons, keys_and_context, key_prompts, post_activations, prompt_keys,
@@ -477,7 +478,7 @@ def test_key_neurons_rank_by_key_against_preserved_energy(llama, toy_facts):
 def test_target_languages_find_one_target_on_every_given_language(llama, toy_facts, monkeypatch):
     """target_languages: the delta is found on the new answers of the edit language and the given
     ones (what find_targets is handed), recorded in info and the label; bad use is named."""
-    import lakn.closed_form as cf
+    import lakn.target as cf
 
     seen = []
     real = cf.find_targets

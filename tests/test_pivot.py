@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import lakn
-from lakn.closed_form import find_target, find_targets, solve_rows
+from lakn.closed_form import solve_rows
+from lakn.target import find_target, find_targets
 from lakn.editing import edit_fact, layer_neurons
 from lakn.keys import key_prompts
 from lakn.pivot import Pivot, lens_logits, lens_ranks, pivot_layer, pivot_loss
@@ -107,9 +108,9 @@ def test_several_targets_found_together_equal_each_found_alone(deep, toy_facts, 
     """find_targets shares forward passes between targets (sequences of one length run together,
     chunks of 2 here, pivot prompts of several targets in one padded batch), yet each delta and its
     NLL history are what find_target finds for that target alone."""
-    import lakn.closed_form as cf
+    import lakn.target as target_module
 
-    monkeypatch.setattr(cf, "_TARGET_ROWS", 2)
+    monkeypatch.setattr(target_module, "_TARGET_ROWS", 2)
     inputs = []
     for fact, new in zip(toy_facts[:3], ("Madrid", "Tokyo", "Rome")):
         targets, en_pos, prompts, positions = _pivot_inputs(deep, fact, new)
