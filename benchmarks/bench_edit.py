@@ -136,7 +136,7 @@ def _target_rows(model, layer: int, facts, answers, repeats: int) -> list:
     at = pivot_layer(model, layer)  # untimed: measured once per model
     groups = [_group(model, f.fact_id, _with_answers(f, {"en": answers[f.fact_id]["en"]}), f, ["en"],
                      _key_languages(f, answers[f.fact_id], "en", None), None, "subject") for f in facts]
-    pivots = [g.pivot(at, 1.0) for g in groups]
+    pivots = [None if at is None else g.pivot(at, 1.0) for g in groups]
     n_pivot = sum(len(p.prompts) for p in pivots if p is not None)
     alone_s, alone = _timed(lambda: [find_target(model, layer, g.targets, positions=g.target_positions, pivot=p)
                                      for g, p in zip(groups, pivots)], repeats)

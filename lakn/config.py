@@ -105,8 +105,11 @@ def non_negative_float(text: str) -> float:
 
 def above_one_float(text: str) -> float:
     """argparse type: a finite number > 1."""
-    value = non_negative_float(text)
-    if not value > 1:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(value) and value > 1):
         raise argparse.ArgumentTypeError(f"must be a finite number > 1, got {text!r}")
     return value
 

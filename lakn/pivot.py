@@ -149,17 +149,23 @@ def pivot_loss(model, pivot: Pivot, point: str, delta: Float[Tensor, "d_model"])
 
 
 def lens_cross_entropy(model, prompts: Sequence[Int[Tensor, "pos"]], positions: Sequence[int],
-                       tokens: Int[Tensor, "prompt"], layer: int, point: str,
+                       tokens: Int[Tensor, "prompt"] | Sequence[int], layer: int, point: str,
                        deltas: Float[Tensor, "prompt d_model"]) -> Float[Tensor, "prompt"]:
     """Per prompt, the cross-entropy of ``tokens[i]`` under the logit lens at ``layer`` of its last
     position, with ``deltas[i]`` added to ``point`` at ``positions[i]`` (differentiable in
     ``deltas``). The prompts run as one batch, right-padded with their own last token: a causal LM's
     positions never see what follows them, so the padding changes nothing."""
     device = model_device(model)
+    if not prompts:
+        raise ValueError("no prompts to read through the logit lens")
     lengths = [int(p.shape[-1]) for p in prompts]
+    tokens = torch.as_tensor(tokens)
     if not (len(positions) == len(tokens) == len(deltas) == len(prompts)):
         raise ValueError(f"{len(prompts)} prompts with {len(positions)} positions, {len(tokens)} tokens and "
                          f"{len(deltas)} deltas")
+    for i, (pos, n) in enumerate(zip(positions, lengths)):
+        if not 0 <= int(pos) < n:  # a position in the padding would add its delta where it changes nothing
+            raise IndexError(f"position {pos} outside prompt {i} of {n} tokens")
     batch = torch.stack([torch.cat([p, p[-1:].expand(max(lengths) - n)]) for p, n in zip(prompts, lengths)])
     rows = torch.arange(len(lengths), device=device)
     where = torch.zeros(len(lengths), max(lengths), 1, device=device)

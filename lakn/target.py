@@ -61,7 +61,7 @@ def find_targets(
     pivots: Sequence[Pivot | None] | None = None,
 ) -> list[tuple[Float[Tensor, "d_model"], list[float]]]:
     """:func:`find_target` for several targets at once: target ``g`` is found on its own queries
-    ``encoded[g]`` (with ``positions[g]`` and ``pivots[g]``), exactly as alone, but every target's
+    ``encoded[g]`` (with ``positions[g]`` and ``pivots[g]``), as alone (up to rounding), but every target's
     queries and pivot prompts share the forward and backward passes (sequences of one length run
     together; a forward pass reads every weight once, so on a CPU one sequence at a time is
     memory-bound). Adam's steps are per coordinate and each target's loss sees only its own delta,
@@ -136,7 +136,7 @@ def find_targets(
                 history.append(value)
             optimiser.step()
     final = delta.detach().float().cpu()
-    return [(final[g], histories[g]) for g in range(n)]
+    return [(final[g].clone(), histories[g]) for g in range(n)]
 
 
 def _adder(change: Tensor):

@@ -8,7 +8,7 @@ from lakn.closed_form import solve_rows
 from lakn.target import find_target, find_targets
 from lakn.editing import edit_fact, layer_neurons
 from lakn.keys import key_prompts
-from lakn.pivot import Pivot, lens_logits, lens_ranks, pivot_layer, pivot_loss
+from lakn.pivot import Pivot, lens_cross_entropy, lens_logits, lens_ranks, pivot_layer, pivot_loss
 from lakn.testing import active_hook_count, tiny_model
 from lakn.tokens import encode_query, last_logits
 
@@ -104,35 +104,90 @@ def test_pivot_loss_in_one_padded_batch_equals_each_prompt_alone(deep, toy_facts
     assert abs(float(batched) - float(clean)) > 1e-3  # delta reaches the lens
 
 
+def _reference_target(model, layer, encoded, positions, pivot, steps, lr=0.5, decay=0.05):
+    """The target search written out plainly, one query per full forward pass (the implementation
+    before find_targets): an independent reference for its losses, weights and normalisations."""
+    point = f"blocks.{layer}.mlp.hook_out"
+    positions = [len(e.prompt) - 1 for e in encoded] if positions is None else positions
+    norms = []
+    for e, p in zip(encoded, positions):
+        store = {}
+        with torch.no_grad(), model.hooks(fwd_hooks=[(point, lambda x, hook: store.setdefault("x", x[0, p]))]):
+            model(torch.cat([e.prompt, e.answer[:-1]])[None])
+        norms.append(float(store["x"].norm() ** 2))
+    scale = sum(norms) / len(norms)
+    delta = torch.zeros(int(model.cfg.d_model), requires_grad=True)
+    optimiser = torch.optim.Adam([delta], lr=lr)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        losses = []
+        for e, p in zip(encoded, positions):
+            def add(x, hook, p=p):
+                onehot = torch.zeros(x.shape[1], 1)
+                onehot[p] = 1.0
+                return x + onehot * delta
+
+            with model.hooks(fwd_hooks=[(point, add)]):
+                logits = model(torch.cat([e.prompt, e.answer[:-1]])[None])[0, len(e.prompt) - 1:]
+            losses.append(torch.nn.functional.cross_entropy(logits.float(), e.answer))
+        loss = torch.stack(losses).mean() + decay * (delta**2).sum() / scale
+        if pivot is not None and pivot.weight > 0:
+            loss = loss + pivot.weight * pivot_loss(model, pivot, point, delta)
+        loss.backward()
+        optimiser.step()
+    return delta.detach()
+
+
 def test_several_targets_found_together_equal_each_found_alone(deep, toy_facts, monkeypatch):
     """find_targets shares forward passes between targets (sequences of one length run together,
-    chunks of 2 here, pivot prompts of several targets in one padded batch), yet each delta and its
-    NLL history are what find_target finds for that target alone."""
+    chunks of 2 here, pivot prompts of several targets and two pivot layers in padded batches), yet
+    each delta is what the plain one-query-at-a-time search finds for that target alone, and its NLL
+    history is what find_target reports for it."""
     import lakn.target as target_module
 
     monkeypatch.setattr(target_module, "_TARGET_ROWS", 2)
     inputs = []
-    for fact, new in zip(toy_facts[:3], ("Madrid", "Tokyo", "Rome")):
+    for fact, new, layer, weight in zip(toy_facts, ("Madrid", "Tokyo", "Rome", "Paris"), (2, 3, 2, 2),
+                                        (3.0, 2.0, 0.0, 1.0)):
         targets, en_pos, prompts, positions = _pivot_inputs(deep, fact, new)
-        inputs.append((targets, en_pos, Pivot(prompts, positions, int(targets[0].answer[0]), layer=2, weight=3.0)))
-    inputs[2] = (inputs[2][0], None, None)  # no pivot, keys at the last token
+        inputs.append((targets, en_pos, Pivot(prompts, positions, int(targets[0].answer[0]), layer, weight)))
+    inputs[3] = (inputs[3][0], None, None)  # no pivot, keys at the last token
     lengths = [len(e.prompt) + len(e.answer) - 1 for targets, _, _ in inputs for e in targets]
     assert len(lengths) > len(set(lengths))  # some sequences of different targets share a length
-    together = find_targets(deep, 1, [t for t, _, _ in inputs], steps=6, positions=[p for _, p, _ in inputs],
+    together = find_targets(deep, 1, [t for t, _, _ in inputs], steps=4, positions=[p for _, p, _ in inputs],
                             pivots=[pv for _, _, pv in inputs])
-    assert len(together) == 3
+    assert len(together) == 4
     for (delta, history), (targets, where, pivot) in zip(together, inputs):
-        alone, alone_history = find_target(deep, 1, targets, positions=where, steps=6, pivot=pivot)
-        torch.testing.assert_close(delta, alone, rtol=1e-4, atol=1e-5)
-        assert history == pytest.approx(alone_history, rel=1e-4)
+        reference = _reference_target(deep, 1, targets, where, pivot, steps=4)
+        torch.testing.assert_close(delta, reference, rtol=1e-4, atol=1e-5)
+        assert history == pytest.approx(find_target(deep, 1, targets, positions=where, steps=4, pivot=pivot)[1],
+                                        rel=1e-4)
+        with torch.no_grad():  # the first NLL is the clean model's mean over the target's queries
+            clean = [float(torch.nn.functional.cross_entropy(
+                deep(torch.cat([e.prompt, e.answer[:-1]])[None])[0, len(e.prompt) - 1:].float(), e.answer))
+                for e in targets]
+        assert history[0] == pytest.approx(sum(clean) / len(clean), rel=1e-4)
     assert float((together[0][0] - together[1][0]).norm()) > 1e-2  # each target is its own
-    with pytest.raises(ValueError, match="3 targets with 2 position lists"):
+    with pytest.raises(ValueError, match="4 targets with 2 position lists"):
         find_targets(deep, 1, [t for t, _, _ in inputs], positions=[None, None], steps=1)
     with pytest.raises(ValueError, match="no targets"):
         find_targets(deep, 1, [], steps=1)
     with pytest.raises(ValueError, match="no queries"):
         find_targets(deep, 1, [inputs[0][0], []], steps=1)
     assert active_hook_count(deep) == 0
+
+
+def test_lens_cross_entropy_names_bad_rows(deep, toy_facts):
+    _, _, prompts, positions = _pivot_inputs(deep, toy_facts[0])
+    deltas = torch.zeros(len(prompts), int(deep.cfg.d_model))
+    ce = lens_cross_entropy(deep, prompts, positions, [9] * len(prompts), 2, "blocks.1.mlp.hook_out", deltas)
+    assert ce.shape == (len(prompts),) and bool((ce > 0).all())
+    with pytest.raises(IndexError, match="position 99 outside prompt 0"):
+        lens_cross_entropy(deep, prompts, [99] + positions[1:], [9] * len(prompts), 2, "blocks.1.mlp.hook_out", deltas)
+    with pytest.raises(ValueError, match="no prompts"):
+        lens_cross_entropy(deep, [], [], [], 2, "blocks.1.mlp.hook_out", deltas[:0])
+    with pytest.raises(ValueError, match="prompts with"):
+        lens_cross_entropy(deep, prompts, positions, [9], 2, "blocks.1.mlp.hook_out", deltas)
 
 
 def test_edit_records_its_pivot_and_none_turns_it_off(deep, toy_facts):
