@@ -18,10 +18,11 @@ import torch
 from torch import Tensor
 
 from .facts import Fact, FactsError
-from .keys import KEY_POSITIONS, _by_length, key_position, key_prompts, keys_and_context, prompt_keys
+from .keys import KEY_POSITIONS, key_position, key_prompts, keys_and_context, prompt_keys
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
-from .tokens import EncodedQuery, encode_query, last_logits
+from .probability import top1_tokens
+from .tokens import EncodedQuery, encode_query
 from .weights import Edit
 
 
@@ -98,21 +99,15 @@ fact takes less, not more. 4 made the hard counterfactuals take (docs/results.md
 
 def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
     """The indices of the groups whose new answer's first token is not top-1 on every one of their
-    target queries with the row change ``rows`` applied (then removed). Prompts of one length run together."""
+    target queries with the row change ``rows`` applied (then removed); the queries run in batches."""
     queries = [(j, e) for j, g in enumerate(groups) for e in g.targets]
     trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
     trial.redo()
     try:
-        missed = set()
-        with torch.no_grad():
-            for members in _by_length([e.prompt for _, e in queries]).values():
-                for start in range(0, len(members), 32):
-                    chunk = [queries[i] for i in members[start:start + 32]]
-                    top = last_logits(model, torch.stack([e.prompt for _, e in chunk])).argmax(-1).cpu()
-                    missed |= {j for (j, e), t in zip(chunk, top.tolist()) if t != int(e.answer[0])}
-        return sorted(missed)
+        tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
     finally:
         trial.undo()
+    return sorted({j for (j, e), top in zip(queries, tops) if top != int(e.answer[0])})
 
 
 def _group_keys(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]],
