@@ -8,6 +8,7 @@ and :func:`lakn.edit_facts` map the keys to these targets (:mod:`lakn.closed_for
 
 from __future__ import annotations
 
+from itertools import groupby
 from typing import Sequence
 
 import torch
@@ -103,8 +104,10 @@ def find_targets(
             for j, pv in enumerate(pivots) if pv is not None and pv.prompts and pv.weight > 0
             for p, pos in zip(pv.prompts, pv.positions)]
     lens.sort(key=lambda r: (r[5], int(r[1].shape[-1])))
-    lens_chunks = [part for s in range(0, len(lens), 2 * _TARGET_ROWS)
-                   for part in _split_by(lens[s:s + 2 * _TARGET_ROWS], lambda r: r[5])]
+    lens_chunks = []  # padded batches of one pivot layer
+    for _, at_layer in groupby(lens, key=lambda r: r[5]):
+        same = list(at_layer)
+        lens_chunks += [same[s:s + 2 * _TARGET_ROWS] for s in range(0, len(same), 2 * _TARGET_ROWS)]
     delta = torch.zeros(n, int(model.cfg.d_model), device=device, requires_grad=True)
     optimiser = torch.optim.Adam([delta], lr=lr)
     histories: list[list[float]] = [[] for _ in range(n)]
@@ -142,14 +145,3 @@ def find_targets(
 def _adder(change: Tensor):
     """A hook adding ``change`` (broadcast to the activation) to it."""
     return lambda out, hook=None: out + change.to(out.dtype)
-
-
-def _split_by(items: list, key) -> list[list]:
-    """``items`` (sorted by ``key``) cut where ``key`` changes."""
-    out: list[list] = []
-    for item in items:
-        if out and key(out[-1][-1]) == key(item):
-            out[-1].append(item)
-        else:
-            out.append([item])
-    return out
