@@ -144,6 +144,12 @@ def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequenc
     return int(pivot)
 
 
+def _check_number(name: str, value, low: float, strict: bool = False) -> None:
+    """A ValueError naming ``name`` unless ``value`` is a finite number >= ``low`` (> with ``strict``)."""
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
 def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
@@ -154,12 +160,9 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
-    if not (isinstance(retry_boost, (int, float)) and math.isfinite(retry_boost) and retry_boost > 1):
-        raise ValueError(f"retry_boost must be a finite number > 1, got {retry_boost!r}")
-    if not (isinstance(pivot_weight, (int, float)) and math.isfinite(pivot_weight) and pivot_weight >= 0):
-        raise ValueError(f"pivot_weight must be a finite number >= 0, got {pivot_weight!r}")
-    if not (isinstance(context_weight, (int, float)) and math.isfinite(context_weight) and context_weight >= 0):
-        raise ValueError(f"context_weight must be a finite number >= 0, got {context_weight!r}")
+    _check_number("retry_boost", retry_boost, 1, strict=True)
+    _check_number("pivot_weight", pivot_weight, 0)
+    _check_number("context_weight", context_weight, 0)
     if is_masked_lm(model):
         raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
                          "use method='gradient' for a masked LM")
