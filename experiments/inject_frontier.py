@@ -68,6 +68,9 @@ def main() -> int:
     ap.add_argument("--preserve-facts", type=int, default=0,
                     help="also preserve the query prompts (2 per language) of up to N facts of the data whose relation "
                          "is not in the locality pool (default 0)")
+    ap.add_argument("--preserve-from", default="other-relations", choices=("other-relations", "other-facts"),
+                    help="other-facts: any fact outside the locality pool (its relations too), as lakn inject "
+                         "--preserve takes them")
     ap.add_argument("--variants", default="", help="closed-form option sets side by side (as edit_frontier.py's, plus "
                     "key_languages=es+de+ru+zh: languages whose prompts, never their answers, give keys too)")
     ap.add_argument("--seed", type=int, default=0)
@@ -89,12 +92,14 @@ def main() -> int:
     pool = known_pool(model, facts, args.unrelated, args.seed)
     print(f"[{time.time() - t0:.0f}s] locality pool: {len(pool)} known {pool_name}", flush=True)
     kept = lakn.preservation(model, [args.layer], facts=lakn.load_facts("demo"))
-    if args.preserve_facts > 0:  # facts of relations the locality measurement never sees
-        seen = {f.relation for f in pool}
-        others = [f for f in facts if f.relation not in seen][: args.preserve_facts]
+    if args.preserve_facts > 0:  # facts the locality measurement never sees (by default, nor their relations)
+        seen, measured = {f.relation for f in pool}, {f.fact_id for f in pool}
+        others = [f for f in facts if f.fact_id not in measured
+                  and (args.preserve_from == "other-facts" or f.relation not in seen)][: args.preserve_facts]
         kept = kept.merged(lakn.preservation(model, [args.layer], texts=[], facts=others, languages=languages,
                                              max_queries=2))
-        print(f"preserving {len(others)} facts of {len({f.relation for f in others})} other relations", flush=True)
+        print(f"preserving {len(others)} facts of {len({f.relation for f in others})} relations "
+              f"({args.preserve_from})", flush=True)
     results = []
     grid = [(float(p.split(":")[0]), float(p.split(":")[1])) for p in args.grid.split(",") if p]
     variants = [_variant(v) for v in args.variants.split(";")] if args.variants.strip() else [{}]
