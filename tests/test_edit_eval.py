@@ -349,5 +349,19 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     capsys.readouterr()
     keyed = InjectionResult.load(tmp_path / "keys.json")
     assert keyed.config["methods"]["closed_form"] == {"method": "closed_form", "target_steps": 2, "key_languages": ["fr"]}
+    # default --preserve: the closed form keeps the facts after the first --n-unrelated; the gradient method none
+    seen.clear()
+    monkeypatch.setattr(cf, "preservation", spy)
+    assert cli.main(["inject", "--out", str(tmp_path / "kept.json"), "--method", "closed_form,gradient", "--steps", "1",
+                     "--edit-set", "layer", "--layers", "0", "--languages", "en,fr", "--train-languages", "en",
+                     "--target-steps", "2", "--fact-ids", "fict_capital_velmora", "--unrelated", str(data),
+                     "--n-unrelated", "2"]) == 0
+    assert "preserving 2 facts" in capsys.readouterr().out
+    monkeypatch.setattr(cf, "preservation", real)
+    later = [f.fact_id for f in capitals[2:4]]
+    assert [ids for ids in seen if ids is not None] == [sorted(later)]
+    held = InjectionResult.load(tmp_path / "kept.json")
+    assert held.config["preserve"] == later and held.config["methods"]["gradient"]["preserve"] == []
+    assert {r["other_fact"] for r in held.rows if r["metric"] == "locality"} == {f.fact_id for f in capitals[:2]}
     assert {r["fact_id"] for r in inj.rows} == {"fict_capital_velmora"}
     assert {r["other_fact"] for r in inj.rows if r["metric"] == "locality"} <= {f.fact_id for f in capitals[:4]}

@@ -66,6 +66,10 @@ def add_deprecated(parser: argparse.ArgumentParser, old: str, new: str, dest: st
     parser.add_argument(old, action=_Deprecated, new=new, dest=dest, type=type, help=argparse.SUPPRESS)
 
 
+AUTO_PRESERVE = 400
+"""Other facts the closed form of ``lakn edit`` and ``lakn inject`` keeps by default (results.md runs 7, 11)."""
+
+
 def add_training_options(parser: argparse.ArgumentParser, *, language: str, languages: str, steps: int, what: str,
                          preserve: int | None, preserve_help: str, seed_help: str) -> None:
     """The options of the commands that train W_out rows (edit, inject): the model, the training

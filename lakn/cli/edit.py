@@ -12,14 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ._common import (add_edit_method_options, add_training_options, edit_method_options, evaluation_facts,
-                      comma_list, int_list, positive_int, print_frame)
+from ._common import (AUTO_PRESERVE, add_edit_method_options, add_training_options, edit_method_options,
+                      evaluation_facts, comma_list, int_list, positive_int, print_frame)
 
 __all__ = ["register"]
-
-AUTO_PRESERVE = 400
-"""Facts of the data outside the run that ``lakn edit``'s closed form keeps by default (results.md run 7)."""
-
 
 def register(sub) -> None:
     p = sub.add_parser("edit", help="cross-lingual knowledge editing through W_out rows of LAKNs vs controls",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._common import (add_edit_method_options, add_training_options, comma_list, edit_method_options,
+from ._common import (AUTO_PRESERVE, add_edit_method_options, add_training_options, comma_list, edit_method_options,
                       evaluation_facts, positive_int, print_frame)
 
 __all__ = ["register"]
@@ -24,10 +24,12 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="the run's facts file (default: the one it recorded)")
     p.add_argument("--out", default=None, help="JSON file to write (default RUN/inject.json; needed without RUN)")
     add_training_options(p, language="the training language", languages="languages to choose neurons with and to query",
-                         steps=20, what="fictional fact ids", preserve=0,
-                         preserve_help="facts of --unrelated after the first --n-unrelated that the training "
-                                       "keeps: their prompts join the closed form's preserved keys, their next-token "
-                                       "distribution the gradient method's KL term",
+                         steps=20, what="fictional fact ids", preserve=None,
+                         preserve_help="facts of --unrelated (or the run) after the first --n-unrelated that the "
+                                       "training keeps: their prompts join the closed form's preserved keys, their "
+                                       "next-token distribution the gradient method's KL term (0: none). Default: "
+                                       f"the closed form keeps up to {AUTO_PRESERVE} of them, the gradient method "
+                                       "none (results.md run 11)",
                          seed_help="seed of the random control")
     p.add_argument("--train-languages", type=comma_list, default=None,
                    help="languages whose queries train the fact, e.g. en,fr (default: --language)")
@@ -57,7 +59,9 @@ def run(args) -> int:
         pool, _ = evaluation_facts(args, runs.get("matrice", next(iter(runs.values()))))
     else:
         pool = []
-    unrelated, preserve = pool[: args.n_unrelated], pool[args.n_unrelated : args.n_unrelated + max(args.preserve, 0)]
+    auto = args.preserve is None  # the closed form's preserved keys only; the KL term when asked
+    n_preserve = AUTO_PRESERVE if auto else max(args.preserve, 0)
+    unrelated, preserve = pool[: args.n_unrelated], pool[args.n_unrelated : args.n_unrelated + n_preserve]
     model = load_model(args.model, verbose=True)
     known = load_facts("fictional")
     fictional = [f for f in known if args.fact_ids is None or f.fact_id in args.fact_ids]
@@ -65,6 +69,10 @@ def run(args) -> int:
         raise ValueError(f"no fictional fact among {args.fact_ids}; known: {[f.fact_id for f in known]}")
     methods = {m: {"method": m, **{k: v for k, v in edit_method_options(args, m).items()
                                    if k not in ("steps", "lr", "target_prob")}} for m in args.method}
+    if auto and "gradient" in methods:
+        methods["gradient"]["preserve"] = []
+    if preserve:
+        print(f"preserving {len(preserve)} facts the injections neither change nor measure (--preserve)")
     if args.key_languages and "closed_form" in methods:
         methods["closed_form"]["key_languages"] = args.key_languages
     res = injection_experiment(model, fictional, language=args.language, languages=args.languages,
