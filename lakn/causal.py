@@ -30,7 +30,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .attribution.effects import EffectMaps
-from .config import RunConfig
+from .config import RunConfig, check_number
 from .hooks import Neuron
 from .results import FactRecord, LocalizationResult, RunFolderError
 from .scoring import METHODS, score_fact
@@ -159,9 +159,8 @@ def contrast_inputs(record: FactRecord, damage: Float[Tensor, "layer d_mlp"]):
 def _check(method: str, lam_same: float, lam_other: float, top_k: int | None) -> None:
     if method not in (*METHODS, "random"):
         raise ValueError(f"unknown scoring method {method!r}; known: {sorted([*METHODS, 'random'])}")
-    for name, value in (("lam_same", lam_same), ("lam_other", lam_other)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    check_number("lam_same", lam_same)
+    check_number("lam_other", lam_other)
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be a whole number >= 1 or None, got {top_k!r}")
 

@@ -9,7 +9,6 @@ and solves again with heavier keys for the facts that do not take (docs/method.m
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,6 +16,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .config import check_number
 from .facts import Fact, FactsError
 from .keys import KEY_POSITIONS, key_position, key_prompts, keys_and_context, prompt_keys
 from .models import is_masked_lm
@@ -144,12 +144,6 @@ def _pivot_at(model, pivot: int | str | None, target_layer: int, groups: Sequenc
     return int(pivot)
 
 
-def _check_number(name: str, value, low: float, strict: bool = False) -> None:
-    """A ValueError naming ``name`` unless ``value`` is a finite number >= ``low`` (> with ``strict``)."""
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and (value > low if strict else value >= low)):
-        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
-
-
 def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]], *, preserve, lam: float, position: str,
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
@@ -160,9 +154,9 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
 
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
-    _check_number("retry_boost", retry_boost, 1, strict=True)
-    _check_number("pivot_weight", pivot_weight, 0)
-    _check_number("context_weight", context_weight, 0)
+    check_number("retry_boost", retry_boost, 1, strict=True)
+    check_number("pivot_weight", pivot_weight, 0)
+    check_number("context_weight", context_weight, 0)
     if is_masked_lm(model):
         raise ValueError("the closed-form edit needs a causal LM (the key is the last prompt position); "
                          "use method='gradient' for a masked LM")

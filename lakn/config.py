@@ -92,6 +92,14 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def check_number(name: str, value: Any, low: float = 0.0, *, strict: bool = False) -> None:
+    """A ValueError naming ``name`` unless ``value`` is a finite number (not a bool) >= ``low``
+    (> with ``strict``): the one check of lakn's numeric settings."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (ok and (value > low if strict else value >= low)):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
+
+
 def non_negative_float(text: str) -> float:
     """argparse type: a finite number >= 0."""
     try:
@@ -187,9 +195,7 @@ class RunConfig:
         if cf is not None and not (isinstance(cf, (int, float)) and math.isfinite(cf) and 0.0 <= cf <= 1.0):
             raise ValueError(f"common_fraction must be in [0, 1] or None, got {cf!r}")
         for name in ("causal_same_weight", "causal_other_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            check_number(name, getattr(self, name))
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be a whole number, got {self.seed!r}")
         if not isinstance(self.first_token_only, bool):

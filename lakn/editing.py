@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .config import check_number
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
 from .closed_form import _preserve_prompts, _target_languages
@@ -66,8 +67,7 @@ def _with_answers(fact: Fact, new_answers: Mapping[str, str]) -> Fact:
 def _check_options(method: str, lam: float, gain: float, null_space: float | None) -> None:
     if method not in EDIT_METHODS:
         raise ValueError(f"unknown edit method {method!r}; choose from {EDIT_METHODS}")
-    if not (isinstance(lam, (int, float)) and math.isfinite(lam) and lam >= 0):
-        raise ValueError(f"lam must be a finite number >= 0, got {lam!r}")
+    check_number("lam", lam)
     if not math.isfinite(gain):
         raise ValueError(f"gain must be finite, got {gain!r}")
     if null_space is not None and not 0 < null_space < 1:

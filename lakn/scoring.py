@@ -25,7 +25,6 @@ Example::
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ._deprecation import deprecated_names
-from .config import CHOICES
+from .config import CHOICES, check_number
 from .hooks import Neuron
 from . import selection as _selection
 from .selection import as_float32, check_threshold, check_top_k, ranked_neurons, without
@@ -95,11 +94,6 @@ class FactScores:
 
 
 # --------------------------------------------------------------------------- validation
-
-
-def _check_nonneg(value: float, name: str) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 def _check_same_languages(attributions: Mapping[str, Tensor], other: Mapping[str, Tensor], name: str) -> None:
@@ -234,7 +228,7 @@ def language_score(
     paraphrases use has a large spread and is penalised. ``w`` is renormalised to sum 1.
     Returns ``(s_l, mu_l, sigma_l)``.
     """
-    _check_nonneg(beta, "beta")
+    check_number("beta", beta)
     if A.ndim != 3:
         raise ValueError(f"A must have shape [query, layer, d_mlp], got {tuple(A.shape)}")
     if w.ndim != 1 or w.shape[0] != A.shape[0]:
@@ -263,7 +257,7 @@ def laa_score(
     >>> laa_score({"en": torch.tensor([[1.0, 0.5]]), "fr": torch.tensor([[1.0, 0.0]])}).tolist()
     [[1.0, 0.0]]
     """
-    _check_nonneg(gamma, "gamma")
+    check_number("gamma", gamma)
     if not scores:
         raise ValueError("scores is empty: need at least one language")
     langs = list(scores)
@@ -322,8 +316,8 @@ def matrice(
 
         fs = matrice({"en": attr_en, "fr": attr_fr}, conf, ent, beta=1.0, gamma=1.0)
     """
-    _check_nonneg(beta, "beta")
-    _check_nonneg(gamma, "gamma")
+    check_number("beta", beta)
+    check_number("gamma", gamma)
     check_threshold(threshold)
     check_top_k(top_k)
     validate_fact_inputs(attributions, confidence, entropy)

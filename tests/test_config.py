@@ -103,3 +103,37 @@ def test_a_config_file_that_is_not_one_is_named(tmp_path):
         with pytest.raises(RunConfigError, match=words) as info:
             RunConfig.load(path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("value, low, strict, ok", [
+    (0, 0.0, False, True), (0.0, 0.0, True, False), (2.5, 1.0, True, True), (1.0, 1.0, True, False),
+    (float("nan"), 0.0, False, False), (float("inf"), 0.0, False, False), (-1e-9, 0.0, False, False),
+    (True, 0.0, False, False), ("1", 0.0, False, False), (None, 0.0, False, False),
+])
+def test_check_number_is_the_one_numeric_check(value, low, strict, ok):
+    from lakn.config import check_number
+
+    if ok:
+        check_number("x", value, low, strict=strict)
+    else:
+        with pytest.raises(ValueError, match=rf"x must be a finite number {'>' if strict else '>='} {low:g}, got"):
+            check_number("x", value, low, strict=strict)
+
+
+def test_the_numeric_settings_share_the_check():
+    """Options checked in scoring, causal scoring and editing give the same message, and a bool is
+    refused rather than read as 0 or 1."""
+    import torch
+
+    from lakn.causal import _check
+    from lakn.editing import _check_options
+    from lakn.scoring import language_score
+
+    with pytest.raises(ValueError, match="lam_other must be a finite number >= 0, got True"):
+        _check("matrice", 1.0, True, None)
+    with pytest.raises(ValueError, match="lam must be a finite number >= 0, got nan"):
+        _check_options("closed_form", float("nan"), 1.0, None)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got -1"):
+        language_score(torch.rand(2, 1, 3), torch.ones(2), beta=-1)
+    with pytest.raises(ValueError, match="beta must be a finite number >= 0, got False"):
+        language_score(torch.rand(2, 1, 3), torch.ones(2), beta=False)
