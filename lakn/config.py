@@ -95,7 +95,10 @@ def non_negative_int(text: str) -> int:
 def check_number(name: str, value: Any, low: float = 0.0, *, strict: bool = False) -> None:
     """A ValueError naming ``name`` unless ``value`` is a finite number (not a bool) >= ``low``
     (> with ``strict``): the one check of lakn's numeric settings."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    try:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        ok = False
     if not (ok and (value > low if strict else value >= low)):
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
 
