@@ -350,7 +350,16 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     keyed = InjectionResult.load(tmp_path / "keys.json")
     assert keyed.config["methods"]["closed_form"] == {"method": "closed_form", "target_steps": 2, "key_languages": ["fr"]}
     # default --preserve: the closed form keeps the facts after the first --n-unrelated; the gradient method none
+    import lakn.evaluation.injection as injection
+
     seen.clear()
+    trained, train = [], injection._train
+
+    def train_spy(model, fact, neurons, *, method, languages, options):
+        trained.append((method, options.get("preserve")))
+        return train(model, fact, neurons, method=method, languages=languages, options=options)
+
+    monkeypatch.setattr(injection, "_train", train_spy)
     monkeypatch.setattr(cf, "preservation", spy)
     assert cli.main(["inject", "--out", str(tmp_path / "kept.json"), "--method", "closed_form,gradient", "--steps", "1",
                      "--edit-set", "layer", "--layers", "0", "--languages", "en,fr", "--train-languages", "en",
@@ -363,5 +372,28 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     held = InjectionResult.load(tmp_path / "kept.json")
     assert held.config["preserve"] == later and held.config["methods"]["gradient"]["preserve"] == []
     assert {r["other_fact"] for r in held.rows if r["metric"] == "locality"} == {f.fact_id for f in capitals[:2]}
+    grad = [p for m, p in trained if m == "gradient"]  # no KL prompts unless --preserve asks for them
+    assert grad and all(list(p) == [] for p in grad)
+    assert any(m == "closed_form" and isinstance(p, cf.Preservation) for m, p in trained)
+    trained.clear()  # --preserve 1 asks: both methods keep one fact
+    assert cli.main(["inject", "--out", str(tmp_path / "one.json"), "--method", "closed_form,gradient", "--steps", "1",
+                     "--edit-set", "layer", "--layers", "0", "--languages", "en,fr", "--train-languages", "en",
+                     "--target-steps", "2", "--fact-ids", "fict_capital_velmora", "--unrelated", str(data),
+                     "--n-unrelated", "2", "--preserve", "1"]) == 0
+    capsys.readouterr()
+    assert InjectionResult.load(tmp_path / "one.json").config["preserve"] == later[:1]
+    assert [len(p) for m, p in trained if m == "gradient"] == [1]
+    # lakn's demo facts are never preserved twice: the closed form keeps them anyway
+    demo_pool = tmp_path / "demo_pool.jsonl"
+    demo_pool.write_text(data.read_text() + "\n" + lakn.facts.data_path("demo").read_text().splitlines()[0])
+    assert cli.main(["inject", "--out", str(tmp_path / "demo.json"), "--method", "closed_form", "--edit-set", "layer",
+                     "--layers", "0", "--languages", "en,fr", "--train-languages", "en", "--target-steps", "2",
+                     "--fact-ids", "fict_capital_velmora", "--unrelated", str(demo_pool), "--n-unrelated", "2"]) == 0
+    assert InjectionResult.load(tmp_path / "demo.json").config["preserve"] == later
+    assert cli.main(["inject", "--out", str(tmp_path / "kn.json"), "--method", "kn_embedding", "--edit-set", "layer",
+                     "--layers", "0", "--languages", "en,fr", "--train-languages", "en",
+                     "--fact-ids", "fict_capital_velmora", "--unrelated", str(data), "--n-unrelated", "2"]) == 0
+    capsys.readouterr()
+    assert InjectionResult.load(tmp_path / "kn.json").config["preserve"] == []  # no closed form: nothing kept
     assert {r["fact_id"] for r in inj.rows} == {"fict_capital_velmora"}
     assert {r["other_fact"] for r in inj.rows if r["metric"] == "locality"} <= {f.fact_id for f in capitals[:4]}

@@ -29,7 +29,7 @@ def register(sub) -> None:
                                        "training keeps: their prompts join the closed form's preserved keys, their "
                                        "next-token distribution the gradient method's KL term (0: none). Default: "
                                        f"the closed form keeps up to {AUTO_PRESERVE} of them, the gradient method "
-                                       "none (results.md run 11)",
+                                       "none (lakn's demo facts are left out: it always keeps them; results.md run 11)",
                          seed_help="seed of the random control")
     p.add_argument("--train-languages", type=comma_list, default=None,
                    help="languages whose queries train the fact, e.g. en,fr (default: --language)")
@@ -47,11 +47,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from ..evaluation import injection_experiment, load_runs
-    from ..facts import load_facts
+    from ..facts import DEMO_SETS, load_facts
     from ..models import load_model
 
     if args.out is None and args.run is None:
         raise ValueError("give a run folder (RUN/inject.json is written) or --out FILE")
+    demo = {f.fact_id for name in DEMO_SETS for f in load_facts(name)}
     if args.unrelated:
         pool = load_facts(args.unrelated)
     elif args.run is not None:
@@ -60,8 +61,11 @@ def run(args) -> int:
     else:
         pool = []
     auto = args.preserve is None  # the closed form's preserved keys only; the KL term when asked
-    n_preserve = AUTO_PRESERVE if auto else max(args.preserve, 0)
-    unrelated, preserve = pool[: args.n_unrelated], pool[args.n_unrelated : args.n_unrelated + n_preserve]
+    n_preserve = max(args.preserve, 0) if not auto else AUTO_PRESERVE if "closed_form" in args.method else 0
+    unrelated, rest = pool[: args.n_unrelated], pool[args.n_unrelated :]
+    if auto:  # lakn's demo facts are in the closed form's default keys already
+        rest = [f for f in rest if f.fact_id not in demo]
+    preserve = rest[:n_preserve]
     model = load_model(args.model, verbose=True)
     known = load_facts("fictional")
     fictional = [f for f in known if args.fact_ids is None or f.fact_id in args.fact_ids]
