@@ -198,6 +198,11 @@ def test_inject_through_the_same_solve(llama, toy_facts):
                      ridge=1e-12) as e:
         assert "inject" in e.method and e.info["key_languages"] == ["en", "fr"] and len(e.info["targets"]) == 2
         assert e.info["n_keys"] == 4
+    from lakn.editing import INJECT_LAM, LAM
+
+    with inject_fact(llama, fact, languages=("en",), neurons=layer_neurons(llama, [1]), target_steps=1,
+                     retries=0) as d:  # injection starts looser than an edit (results.md run 10)
+        assert d.info["lam"] == INJECT_LAM < LAM
     with inject_fact(llama, fact, language="en", neurons=[(1, 1), (1, 2)], method="gradient", steps=2) as g:
         assert len(g.history) == 2
     assert _same(llama, before)
