@@ -96,6 +96,8 @@ def main() -> int:
                     "form (comma-separated; '' for none; default kn_embedding)")
     ap.add_argument("--batch-peers", default="", help="peer methods of the batch point beside the closed form "
                     "(comma-separated, e.g. kn_embedding; default none)")
+    ap.add_argument("--batch-all", action="store_true", help="the batch point runs every grid point and variant "
+                    "(default: the first)")
     ap.add_argument("--batch-only-peers", action="store_true", help="the batch point runs only --batch-peers")
     ap.add_argument("--spread", default="", help="layers below --layer the whole-layer set also spans (e.g. 8,9,10,11: "
                     "one edit solved layer by layer, MEMIT's spreading; the grid and batch rows use it)")
@@ -203,7 +205,7 @@ def main() -> int:
         run("small sets: closed_form, gradient, kn_embedding", facts=edit, sets={small_name: small, "random": rand},
             methods=peers)
     if batches:
-        bmethods = {} if args.batch_only_peers else {first: methods[first]}
+        bmethods = {} if args.batch_only_peers else dict(methods) if args.batch_all else {first: methods[first]}
         bmethods.update({m: dict(method=m) for m in args.batch_peers.split(",") if m.strip()})
         run(f"batches {batches}", facts=batch, sets={layer_name: layer}, methods=bmethods,
             batch_sizes=batches)
