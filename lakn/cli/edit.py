@@ -17,6 +17,7 @@ from ._common import (AUTO_PRESERVE, add_edit_method_options, add_training_optio
 
 __all__ = ["register"]
 
+
 def register(sub) -> None:
     p = sub.add_parser("edit", help="cross-lingual knowledge editing through W_out rows of LAKNs vs controls",
                        description=__doc__)
