@@ -173,9 +173,7 @@ def lens_cross_entropy(model, prompts: Sequence[Int[Tensor, "pos"]], positions: 
     last = torch.as_tensor(lengths, device=device) - 1
     per_row = deltas.to(device)[:, None, :]
 
-    def add(out, hook=None):
-        return out + (where * per_row).to(out.dtype)
-
+    add = _adder(where * per_row)
     store: dict[str, Tensor] = {}
 
     def grab(x, hook=None):
@@ -189,3 +187,8 @@ def lens_cross_entropy(model, prompts: Sequence[Int[Tensor, "pos"]], positions: 
         pass
     logits = lens_logits(model, store["x"]).float()
     return torch.nn.functional.cross_entropy(logits, tokens.to(device), reduction="none")
+
+
+def _adder(change: Tensor):
+    """A hook adding ``change`` (broadcast to the activation) to it."""
+    return lambda out, hook=None: out + change.to(out.dtype)

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .keys import _by_length, activations_until
-from .pivot import Pivot, lens_cross_entropy
+from .pivot import Pivot, _adder, lens_cross_entropy
 from .tokens import EncodedQuery, logits_at, model_device
 
 __all__ = ["find_target", "find_targets"]
@@ -140,8 +140,3 @@ def find_targets(
             optimiser.step()
     final = delta.detach().float().cpu()
     return [(final[g].clone(), histories[g]) for g in range(n)]
-
-
-def _adder(change: Tensor):
-    """A hook adding ``change`` (broadcast to the activation) to it."""
-    return lambda out, hook=None: out + change.to(out.dtype)
