@@ -52,7 +52,6 @@ def run(args) -> int:
 
     if args.out is None and args.run is None:
         raise ValueError("give a run folder (RUN/inject.json is written) or --out FILE")
-    demo = {f.fact_id for name in DEMO_SETS for f in load_facts(name)}
     if args.unrelated:
         pool = load_facts(args.unrelated)
     elif args.run is not None:
@@ -64,6 +63,7 @@ def run(args) -> int:
     n_preserve = max(args.preserve, 0) if not auto else AUTO_PRESERVE if "closed_form" in args.method else 0
     unrelated, rest = pool[: args.n_unrelated], pool[args.n_unrelated :]
     if auto:  # lakn's demo facts are in the closed form's default keys already
+        demo = {f.fact_id for name in DEMO_SETS for f in load_facts(name)}
         rest = [f for f in rest if f.fact_id not in demo]
     preserve = rest[:n_preserve]
     model = load_model(args.model, verbose=True)
