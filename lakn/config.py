@@ -103,26 +103,25 @@ def check_number(name: str, value: Any, low: float = 0.0, *, strict: bool = Fals
         raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {value!r}")
 
 
-def non_negative_float(text: str) -> float:
-    """argparse type: a finite number >= 0."""
+def _number(text: str, low: float, strict: bool) -> float:
+    """argparse type body: ``text`` as a finite float >= ``low`` (> with ``strict``)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    if not (math.isfinite(value) and (value > low if strict else value >= low)):
+        raise argparse.ArgumentTypeError(f"must be a finite number {'>' if strict else '>='} {low:g}, got {text!r}")
     return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    return _number(text, 0.0, strict=False)
 
 
 def above_one_float(text: str) -> float:
     """argparse type: a finite number > 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not (math.isfinite(value) and value > 1):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 1, got {text!r}")
-    return value
+    return _number(text, 1.0, strict=True)
 
 
 def _option(default: Any, help: str, parse: Callable[[str], Any] | None = None) -> Any:
