@@ -121,6 +121,25 @@ def test_neuron_sets_random_matched_per_layer():
     assert layers == [0, 0, 2] and sets["matrice"]["a"] == R.lakn["a"]
 
 
+def test_counterfactuals_rotate_within_each_relation(toy_facts):
+    """Each fact takes the next fact of its relation (wrapping round) whose answer differs in every
+    language: the four capitals get four different new answers, never their own."""
+    import dataclasses
+
+    new = counterfactuals(toy_facts)
+    assert list(new) == [f.fact_id for f in toy_facts]
+    assert {fid: a["en"] for fid, a in new.items()} == {
+        "capital_france": "Madrid", "capital_spain": "Rome", "capital_italy": "Tokyo", "capital_japan": "Paris"}
+    assert new["capital_japan"]["zh"] == "巴黎"
+    # a partner whose answer is the same in one language is skipped; a relation of one fact gets none
+    france, spain, italy, japan = toy_facts
+    twin = dataclasses.replace(spain, answers={**spain.answers, "fr": "Paris"})
+    alone = dataclasses.replace(japan, relation="other")
+    new = counterfactuals([france, twin, italy, alone])
+    assert new["capital_france"]["en"] == "Rome" and new["capital_spain"]["en"] == "Rome"
+    assert new["capital_italy"]["en"] == "Paris" and "capital_japan" not in new
+
+
 def test_editing_experiment_rows_and_restores(toy_facts):
     m = tiny_model("llama", weight_scale=3.0)
     new = counterfactuals(toy_facts)

@@ -121,16 +121,23 @@ def _wide(df):
 
 
 def counterfactuals(facts: Sequence[Fact]) -> dict[str, dict[str, str]]:
-    """A new answer for each fact: the answers of the next fact of the same relation with a
-    different answer in every language (facts with no such partner get none)."""
-    out = {}
+    """A new answer for each fact: the answers of the next fact of the same relation (in ``facts``'
+    order, wrapping round) whose answer differs in every language; facts with no such partner get
+    none. Facts of one relation thus get different new answers where the relation has them, as
+    CounterFact-style benchmarks give each fact its own (docs/results.md run 12: a batch whose facts
+    of a relation all move to one answer rewrites the relation, not the facts)."""
+    by_relation: dict[str, list[Fact]] = {}
     for f in facts:
-        partners = [g for g in facts if g.relation == f.relation and g.fact_id != f.fact_id
-                    and all(g.answers.get(l) and g.answers[l] != f.answers.get(l) for l in f.languages)]
-        if partners:
-            out[f.fact_id] = dict(partners[0].answers)
-    return out
-
+        by_relation.setdefault(f.relation, []).append(f)
+    out = {}
+    for group in by_relation.values():
+        for i, f in enumerate(group):
+            for g in group[i + 1:] + group[:i]:
+                if g.fact_id != f.fact_id and all(g.answers.get(l) and g.answers[l] != f.answers.get(l)
+                                                  for l in f.languages):
+                    out[f.fact_id] = dict(g.answers)
+                    break
+    return {f.fact_id: out[f.fact_id] for f in facts if f.fact_id in out}  # in the facts' order
 
 
 def editing_experiment(
