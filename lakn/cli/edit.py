@@ -1,4 +1,5 @@
-"""Edit each fact of a run to another fact's answer (same relation) with each edit method (closed_form:
+"""Edit each fact of a run to the answer of the next fact of its relation (each fact its own,
+lakn.evaluation.counterfactuals) with each edit method (closed_form:
 the constrained least-squares update of the neurons' W_out rows, the default; gradient: Adam steps
 on the rows; kn_embedding: the knowledge-neuron embedding edit) through each neuron set (the LAKNs,
 as many language-specific and random neurons matched per layer, or whole layers), alone or in
