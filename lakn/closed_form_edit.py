@@ -97,9 +97,9 @@ of its key weight: without them heavier keys leak the target into the rest of th
 fact takes less, not more. 4 made the hard counterfactuals take (docs/results.md run 9)."""
 
 
-def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
-    """The indices of the groups whose new answer's first token is not top-1 on every one of their
-    target queries with the row change ``rows`` applied (then removed); the queries run in batches."""
+def _hits(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
+    """Per group, how many of its target queries rank the new answer's first token top-1 with the row
+    change ``rows`` applied (then removed); the queries of every group run together, in batches."""
     queries = [(j, e) for j, g in enumerate(groups) for e in g.targets]
     trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
     trial.redo()
@@ -107,7 +107,10 @@ def _missed(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], r
         tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
     finally:
         trial.undo()
-    return sorted({j for (j, e), top in zip(queries, tops) if top != int(e.answer[0])})
+    hits = [0] * len(groups)
+    for (j, e), top in zip(queries, tops):
+        hits[j] += int(top == int(e.answer[0]))
+    return hits
 
 
 def _group_keys(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]],
@@ -173,7 +176,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     # updates applied; layer i's target is found again there, and its rows take 1/(layers left) of it
     deltas, histories, n_keys = [], [], 0
     weights = [1.0] * len(groups)
-    solves, still_missed = 0, []
+    solves, still_missed, released = 0, [], []
     out: dict[int, Tensor] = {}
     applied: list[Edit] = []
     try:
@@ -192,27 +195,48 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 raise ValueError("no key prompts for the closed-form solve")
             n_keys = sum(len(k) for k in keys)
             attempts = int(retries) + 1 if layer == target_layer else 1
-            best: tuple | None = None  # (missed groups, rows, key weights) of the solve that misses fewest
+            best: tuple | None = None  # (missed groups, hits, rows, key weights) of the solve that misses fewest
             d_model = residuals[0].shape[1]
             all_keys = torch.cat(keys + contexts)
             all_residuals = torch.cat(residuals + [torch.zeros(len(c), d_model, dtype=torch.float64) for c in contexts])
-            for attempt in range(attempts):  # a group's context keys weigh context_weight x its key weight
-                w = torch.cat([torch.full((len(k),), weights[j]) for j, k in zip(with_keys, keys)]
-                              + [torch.full((len(c),), context_weight * weights[j]) for j, c in zip(with_keys, contexts)])
-                out[layer] = solve_rows(all_keys, all_residuals, pres.restricted(layer, idx), lam=lam,
-                                        null_space=null_space, ridge=ridge, weights=w).float()
+            checked = [groups[j] for j in with_keys]
+
+            def solve(key_weights: list[float]) -> Tensor:  # a group's context keys weigh context_weight x its key weight
+                w = torch.cat([torch.full((len(k),), key_weights[j]) for j, k in zip(with_keys, keys)]
+                              + [torch.full((len(c),), context_weight * key_weights[j])
+                                 for j, c in zip(with_keys, contexts)])
+                return solve_rows(all_keys, all_residuals, pres.restricted(layer, idx), lam=lam,
+                                  null_space=null_space, ridge=ridge, weights=w).float()
+
+            for attempt in range(attempts):
+                out[layer] = solve(weights)
                 if layer != target_layer:
                     break
-                missed = _missed(model, [groups[j] for j in with_keys], {layer: idx}, out[layer])
+                hits = _hits(model, checked, {layer: idx}, out[layer])
+                missed = [j for j, (g, h) in enumerate(zip(checked, hits)) if h < len(g.targets)]
                 solves += 1
                 if best is None or len(missed) < len(best[0]):  # on a tie the earlier, stiffer solve
-                    best = (missed, out[layer], list(weights))
+                    best = (missed, hits, out[layer], list(weights))
                 if not missed or attempt == attempts - 1:
                     break
                 for j in missed:  # their keys count retry_boost times more in the next solve
                     weights[with_keys[j]] *= retry_boost
             if best is not None:  # heavier keys that took no more facts would cost locality for nothing
-                missed, out[layer], weights = best
+                missed, hits, out[layer], weights = best
+                # the same holds per group: one that took none of its queries at its heavier weight
+                # goes back to weight 1, if the others keep every query they took
+                hopeless = [j for j in missed if hits[j] == 0 and weights[with_keys[j]] != 1.0]
+                if hopeless:
+                    lighter = list(weights)
+                    for j in hopeless:
+                        lighter[with_keys[j]] = 1.0
+                    rows = solve(lighter)
+                    again = _hits(model, checked, {layer: idx}, rows)
+                    solves += 1
+                    if all(a >= h for a, h in zip(again, hits)):
+                        out[layer], weights = rows, lighter
+                        released = [groups[with_keys[j]].name for j in hopeless]
+                        missed = [j for j, (g, a) in enumerate(zip(checked, again)) if a < len(g.targets)]
                 still_missed = [groups[with_keys[j]].name for j in missed]
             if layer != target_layer:  # the next layers are solved with this one applied
                 step = Edit(model, {layer: idx}, {}, {layer: out[layer]}, [], method="spreading step", active=False)
@@ -236,7 +260,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
                 lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
-                key_weights=weights, solves=solves, missed=still_missed, retries=retries, retry_boost=retry_boost,
+                key_weights=weights, solves=solves, missed=still_missed, released=released, retries=retries, retry_boost=retry_boost,
                 context_weight=context_weight,
                 n_context_keys=sum(len(c) for c in contexts))
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)

@@ -265,9 +265,9 @@ def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monk
 
     def takes_third_time(model, groups, by_layer, rows):
         calls.append(rows.clone())
-        return [] if len(calls) == 3 else [0]
+        return [len(groups[0].targets) if len(calls) == 3 else 0]
 
-    monkeypatch.setattr(closed_form_edit, "_missed", takes_third_time)
+    monkeypatch.setattr(closed_form_edit, "_hits", takes_third_time)
     with edit_fact(deep, fact, answers, neurons, retries=3, **kw) as taken:  # the default boost: 2 x 2
         assert taken.info["solves"] == 3 and taken.info["key_weights"] == [4.0] and taken.info["missed"] == []
         W, dim = lakn.w_out(deep, 1)
@@ -279,10 +279,50 @@ def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monk
     assert all(torch.equal(lakn.w_out(deep, l)[0], w) for l, w in before.items())
 
 
+def test_a_fact_that_never_takes_goes_back_to_weight_one(deep, toy_facts, monkeypatch):
+    """In a batch, a fact that took none of its queries at its heavier weight is solved again at
+    weight 1 (its heavy keys bought nothing but a larger change); the lighter solve is kept only
+    if no fact loses a query it took."""
+    import lakn.closed_form_edit as closed_form_edit
+
+    facts = toy_facts[:2]
+    answers = {facts[0].fact_id: {"en": "Tokyo"}, facts[1].fact_id: {"en": "Madrid"}}
+    neurons = layer_neurons(deep, [1])
+    before = lakn.w_out(deep, 1)[0].clone()
+    calls: list[torch.Tensor] = []
+    lost = [0]  # how many of fact 0's queries the lighter (fourth) solve loses
+
+    def hits(model, groups, by_layer, rows):  # fact 0 takes from the second solve on, fact 1 never
+        calls.append(rows.clone())
+        n = len(groups[0].targets)
+        return [n - lost[0], 0] if len(calls) == 4 else [n if len(calls) >= 2 else 0, 0]
+
+    monkeypatch.setattr(closed_form_edit, "_hits", hits)
+    kw = dict(lam=1e3, target_steps=3, pivot=None, retries=2)
+
+    def change():
+        W, dim = lakn.w_out(deep, 1)
+        return (W - before).movedim(dim, 0)
+
+    lost[0] = 0  # the lighter solve keeps fact 0's queries: it is kept
+    with lakn.edit_facts(deep, facts, answers, neurons, **kw) as batch:
+        # solves: [1, 1] misses both; [2, 2] takes fact 0 (best); [2, 4] no better; then [2, 1]
+        assert batch.info["solves"] == 4 and batch.info["key_weights"] == [2.0, 1.0]
+        assert batch.info["released"] == [facts[1].fact_id] and batch.info["missed"] == [facts[1].fact_id]
+        torch.testing.assert_close(change(), calls[3].to(change().dtype), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(calls[1], calls[3])
+    calls.clear()
+    lost[0] = 1  # the lighter solve would lose one of fact 0's queries: the heavier one stays
+    with lakn.edit_facts(deep, facts, answers, neurons, **kw) as batch:
+        assert batch.info["solves"] == 4 and batch.info["key_weights"] == [2.0, 2.0] and batch.info["released"] == []
+        torch.testing.assert_close(change(), calls[1].to(change().dtype), atol=1e-5, rtol=1e-5)
+    assert torch.equal(lakn.w_out(deep, 1)[0], before)
+
+
 def test_keys_and_checks_of_several_facts_run_together_as_each_alone(deep, toy_facts):
     """A batch's keys and context keys are read in one pass over every fact's prompts, and the
     top-1 check of its re-solves runs every target query together: both equal each fact alone."""
-    from lakn.closed_form_edit import _group, _group_keys, _missed
+    from lakn.closed_form_edit import _group, _group_keys, _hits
     from lakn.keys import keys_and_context, prompt_keys
 
     groups = []
@@ -307,17 +347,18 @@ def test_keys_and_checks_of_several_facts_run_together_as_each_alone(deep, toy_f
     groups[1].targets = [dataclasses.replace(e, answer=torch.tensor([t])) for e, t in zip(groups[1].targets, top[1])]
     groups[0].targets[0] = dataclasses.replace(groups[0].targets[0], answer=torch.tensor([top[0][0]]))
     every = {1: list(range(int(deep.cfg.d_mlp)))}
-    assert _missed(deep, groups, every, torch.zeros(int(deep.cfg.d_mlp), int(deep.cfg.d_model))) == [0, 2]
+    n = [len(g.targets) for g in groups]
+    assert _hits(deep, groups, every, torch.zeros(int(deep.cfg.d_mlp), int(deep.cfg.d_model))) == [1, n[1], 0]
     rows = torch.randn(int(deep.cfg.d_mlp), int(deep.cfg.d_model), generator=torch.Generator().manual_seed(3))
     trial = lakn.weights.Edit(deep, every, {}, {1: rows}, [], method="trial", active=False)
     trial.redo()
     try:
         with torch.no_grad():
-            expected = [j for j, g in enumerate(groups) if not all(
-                int(last_logits(deep, e.prompt[None])[0].argmax()) == int(e.answer[0]) for e in g.targets)]
+            expected = [sum(int(last_logits(deep, e.prompt[None])[0].argmax()) == int(e.answer[0]) for e in g.targets)
+                        for g in groups]
     finally:
         trial.undo()
-    assert _missed(deep, groups, every, rows) == expected
+    assert _hits(deep, groups, every, rows) == expected
     assert active_hook_count(deep) == 0
 
 
