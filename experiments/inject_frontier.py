@@ -73,6 +73,8 @@ def main() -> int:
                          "--preserve takes them")
     ap.add_argument("--variants", default="", help="closed-form option sets side by side (as edit_frontier.py's, plus "
                     "key_languages=es+de+ru+zh: languages whose prompts, never their answers, give keys too)")
+    ap.add_argument("--peers", default="", help="methods run through the same layer beside the closed form, "
+                    "with their defaults: kn_embedding, gradient (default none)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     import lakn
@@ -107,6 +109,10 @@ def main() -> int:
               + "".join(f" {k}={'+'.join(v) if isinstance(v, list) else v}" for k, v in variant.items()):
               dict(method="closed_form", lam=lam, gain=gain, preserve=kept, position=pos, **variant)
               for pos in args.positions.split(",") if pos for lam, gain in grid for variant in variants}
+    for peer in (p for p in args.peers.split(",") if p):
+        if peer not in ("kn_embedding", "gradient"):
+            ap.error(f"unknown peer {peer!r}: choose kn_embedding or gradient")
+        closed[peer] = dict(method=peer)
     common = dict(languages=languages, train_languages=train, unrelated=pool, k=args.k, seed=args.seed,
                   progress=False)
     t = time.time()
