@@ -223,8 +223,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                     weights[with_keys[j]] *= retry_boost
             if best is not None:  # heavier keys that took no more facts would cost locality for nothing
                 missed, hits, out[layer], weights = best
-                # the same holds per group: one that took none of its queries at its heavier weight
-                # goes back to weight 1, if the others keep every query they took
+                # the same holds per group: those that took none of their queries at a heavier weight
+                # go back to weight 1, and that solve is kept if it misses no more groups (the same rule)
                 hopeless = [j for j in missed if hits[j] == 0 and weights[with_keys[j]] != 1.0]
                 if hopeless:
                     lighter = list(weights)
@@ -233,10 +233,10 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                     rows = solve(lighter)
                     again = _hits(model, checked, {layer: idx}, rows)
                     solves += 1
-                    if all(a >= h for a, h in zip(again, hits)):
-                        out[layer], weights = rows, lighter
+                    lighter_missed = [j for j, (g, a) in enumerate(zip(checked, again)) if a < len(g.targets)]
+                    if len(lighter_missed) <= len(missed):
+                        out[layer], weights, missed = rows, lighter, lighter_missed
                         released = [groups[with_keys[j]].name for j in hopeless]
-                        missed = [j for j, (g, a) in enumerate(zip(checked, again)) if a < len(g.targets)]
                 still_missed = [groups[with_keys[j]].name for j in missed]
             if layer != target_layer:  # the next layers are solved with this one applied
                 step = Edit(model, {layer: idx}, {}, {layer: out[layer]}, [], method="spreading step", active=False)

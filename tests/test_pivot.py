@@ -281,8 +281,8 @@ def test_a_missed_target_is_solved_again_with_heavier_keys(deep, toy_facts, monk
 
 def test_a_fact_that_never_takes_goes_back_to_weight_one(deep, toy_facts, monkeypatch):
     """In a batch, a fact that took none of its queries at its heavier weight is solved again at
-    weight 1 (its heavy keys bought nothing but a larger change); the lighter solve is kept only
-    if no fact loses a query it took."""
+    weight 1 (its heavy keys bought nothing but a larger change); the lighter solve is kept if it
+    misses no more facts than the heavier one, the rule that picks among the re-solves."""
     import lakn.closed_form_edit as closed_form_edit
 
     facts = toy_facts[:2]
@@ -290,12 +290,12 @@ def test_a_fact_that_never_takes_goes_back_to_weight_one(deep, toy_facts, monkey
     neurons = layer_neurons(deep, [1])
     before = lakn.w_out(deep, 1)[0].clone()
     calls: list[torch.Tensor] = []
-    lost = [0]  # how many of fact 0's queries the lighter (fourth) solve loses
+    lost, gained = [0], [False]  # fact 0's queries the lighter (fourth) solve loses; whether fact 1 takes
 
     def hits(model, groups, by_layer, rows):  # fact 0 takes from the second solve on, fact 1 never
         calls.append(rows.clone())
         n = len(groups[0].targets)
-        return [n - lost[0], 0] if len(calls) == 4 else [n if len(calls) >= 2 else 0, 0]
+        return [n - lost[0], len(groups[1].targets) * gained[0]] if len(calls) == 4 else [n if len(calls) >= 2 else 0, 0]
 
     monkeypatch.setattr(closed_form_edit, "_hits", hits)
     kw = dict(lam=1e3, target_steps=3, pivot=None, retries=2)
@@ -315,7 +315,13 @@ def test_a_fact_that_never_takes_goes_back_to_weight_one(deep, toy_facts, monkey
     lost[0] = 1  # the lighter solve would lose one of fact 0's queries: the heavier one stays
     with lakn.edit_facts(deep, facts, answers, neurons, **kw) as batch:
         assert batch.info["solves"] == 4 and batch.info["key_weights"] == [2.0, 2.0] and batch.info["released"] == []
+        assert batch.info["missed"] == [facts[1].fact_id]
         torch.testing.assert_close(change(), calls[1].to(change().dtype), atol=1e-5, rtol=1e-5)
+    calls.clear()
+    gained[0] = True  # ... while fact 1 takes all of its queries: one missed either way, the lighter kept
+    with lakn.edit_facts(deep, facts, answers, neurons, **kw) as batch:
+        assert batch.info["key_weights"] == [2.0, 1.0] and batch.info["missed"] == [facts[0].fact_id]
+        torch.testing.assert_close(change(), calls[3].to(change().dtype), atol=1e-5, rtol=1e-5)
     assert torch.equal(lakn.w_out(deep, 1)[0], before)
 
 
