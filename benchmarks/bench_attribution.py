@@ -107,7 +107,9 @@ def topk_overlap(a: torch.Tensor, b: torch.Tensor, k: int = 20) -> float:
 
 def table(rows, header):
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
+    def line(r):
+        return "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
+
     print(line(header))
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for r in rows:

@@ -45,8 +45,8 @@ def main() -> None:
         fact_hit[lang] = sum(r < args.top_k for r in best.values())
         prob[lang] = float(probs.sum())
     print(f"model: {lakn.models.model_name(model)}  data: {args.data}  facts: {len(facts)}  top-k: {args.top_k}")
-    print(f"| language | facts answered | queries answered | mean P(answer) |")
-    print(f"| --- | --- | --- | --- |")
+    print("| language | facts answered | queries answered | mean P(answer) |")
+    print("| --- | --- | --- | --- |")
     for lang in langs:
         print(f"| {lang} | {fact_hit[lang]}/{len(facts)} ({fact_hit[lang] / len(facts):.0%}) | "
               f"{query_hit[lang]}/{n_queries[lang]} ({query_hit[lang] / n_queries[lang]:.0%}) | "

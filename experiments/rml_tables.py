@@ -40,7 +40,9 @@ def markdown(frame: pd.DataFrame) -> str:
     if isinstance(frame.columns, pd.MultiIndex):
         frame = frame.copy()
         frame.columns = [" ".join(map(str, c)) for c in frame.columns]
-    cells = lambda v: f"{v:+.2f}" if isinstance(v, float) else str(v)
+    def cells(v):
+        return f"{v:+.2f}" if isinstance(v, float) else str(v)
+
     head = [" / ".join(map(str, frame.index.names)) if any(frame.index.names) else ""] + [str(c) for c in frame.columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for idx, row in frame.iterrows():
