@@ -182,8 +182,9 @@ def edit_fact(
     alone). ``retries``: while the new answer is not top-1 on the target queries, solve again with
     their keys counting ``retry_boost`` times more (at most ``retries`` times; 0: one solve). The solve that misses
     the fewest facts is kept (the earliest on a tie: heavier keys that take nothing more only cost
-    locality); the facts of a batch that took none of their queries there go back to weight 1 if
-    that solve misses no more facts (``info["released"]``). ``info["missed"]`` names the facts still
+    locality); the facts of a batch that took none of their queries in the kept solve at a weight
+    above 1 are solved again at weight 1, and that solve is kept if it misses no more facts
+    (``info["released"]``). ``info["missed"]`` names the facts still
     missed, ``info["solves"]`` counts the solves.
 
     ``method="gradient"`` (§8.1): up to ``steps`` Adam steps on the rows (``lr``, ``weight_decay``)
