@@ -274,6 +274,16 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     described = cf.config["edits"]["closed_form"]  # the edits' own descriptions: λ, keys, no pivot term
     assert described and all(e.startswith("closed_form λ=100 ") and "pivot=" not in e and "context=" not in e
                              for e in described)
+    # each closed-form edit's solves: one re-solve at most, weights 1 or 2.5, and "missed" names
+    # exactly the single edits whose reliability query did not take (the same query, checked the same way)
+    solves = cf.config["solves"]
+    assert solves and all(s["method"] == "closed_form" and s["batch"] == 1 for s in solves)
+    rel = cf.to_dataframe().query("metric == 'reliability'").groupby(["batch", "batch_id", "fact_id"]).top1.min()
+    for s in solves:
+        assert 1 <= s["solves"] <= 2 and set(s["key_weights"]) <= {1.0, 2.5} and len(s["key_weights"]) == len(s["facts"])
+        assert set(s["missed"]) <= set(s["facts"]) and s["released"] == []
+        (fid,) = s["facts"]
+        assert (fid in s["missed"]) == (rel[(1, fid, fid)] < 1)
     with pytest.raises(SystemExit):
         cli.main(["edit", str(runs), "--pivot", "late"])
     assert "expected auto, none or a layer" in capsys.readouterr().err

@@ -454,6 +454,8 @@ def edit_evaluation(
     ``top1_before`` the same before, ``old_top1_before`` = the old answer's first token was top-1
     before the edit, ``success`` = P(new) > P(old) for the first tokens after the edit) and ``locality`` (per unrelated query: ``success`` = its top-1 token is unchanged;
     ``group``: same_relation / other_relation / same_answer, see :func:`locality_group`).
+    ``config["solves"]``: per closed-form edit, its facts, solves, kept key weights and the facts it
+    missed or sent back to weight 1 (:func:`lakn.edit_fact`'s ``info``).
     """
     from ..models import is_masked_lm
 
@@ -496,6 +498,7 @@ def edit_evaluation(
     rows: list[dict] = []
     batched_any: dict[int, bool] = {}
     described: dict[str, set[str]] = {}  # job label -> the edits' own descriptions (e.g. the pivot layer)
+    solved: list[dict] = []  # per closed-form edit: its solves, key weights and the facts it missed or released
     for job in _progress(jobs, progress, "lakn edit"):
         batch = [queries_of(fid) for fid in job.fact_ids]
         batch = [fq for fq in batch if fq.old]
@@ -507,6 +510,11 @@ def edit_evaluation(
                                       language=edit_language, options={**common, **job.options})
         batched_any[job.batch] = batched_any.get(job.batch, True) and batched
         described.setdefault(job.label, set()).add(str(getattr(handle, "method", "")))
+        info = getattr(handle, "info", None) or {}
+        if "solves" in info:
+            solved.append(dict(method=job.label, neurons=job.neurons, batch=job.batch,
+                               facts=[fq.fact.fact_id for fq in batch],
+                               **{k: info.get(k) for k in ("solves", "key_weights", "missed", "released")}))
         try:
             after = [_measure_own(model, fq, batch_size) for fq in batch]
             edited = {fq.fact.fact_id for fq in batch}
@@ -541,7 +549,7 @@ def edit_evaluation(
                   options=common, max_queries=max_queries, max_heldout=max_heldout, batch_sizes=list(batch_sizes),
                   max_batches=max_batches, locality_queries=locality_queries, n_unrelated_queries=len(pool),
                   batched={str(k): v for k, v in batched_any.items()}, skipped_batches=skipped_batches,
-                  edits={k: sorted(v - {""}) for k, v in described.items()},
+                  edits={k: sorted(v - {""}) for k, v in described.items()}, solves=solved,
                   skipped_same_first_token={k: v.skipped for k, v in own.items() if v.skipped},
                   new_answers=new_answers,
                   n_neurons={k: {f: len(v) for f, v in per.items()} for k, per in sets.items()})
