@@ -4,7 +4,6 @@ measure reliability (that language), generality (the others) and locality (other
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -13,7 +12,7 @@ from torch import Tensor
 
 from .._io import jsonable as _jsonable
 from .._progress import progress as _progress
-from ..editing import edit_fact
+from ..editing import EDIT_METHODS, edit_fact, edit_facts
 from ..facts import Fact, FactsError
 from ..hooks import Neuron
 from ..probability import batch_answer_probability, change_rate, top1_tokens
@@ -258,13 +257,6 @@ LOCALITY_GROUPS = ("same_relation", "other_relation", "same_answer")
 EditFunction = Callable[..., Any]
 
 
-def _editing_api():
-    """What :mod:`lakn.editing` offers: its methods, ``edit_facts`` (None before batched edits)."""
-    from .. import editing
-
-    return tuple(getattr(editing, "EDIT_METHODS", ("gradient",))), getattr(editing, "edit_facts", None)
-
-
 class _Stack:
     """Several edits applied one after another, undone together (newest first)."""
 
@@ -287,20 +279,16 @@ def apply_edits(
     options: Mapping[str, Any] | None = None,
 ) -> tuple[Any, bool]:
     """Edit every fact of ``facts`` to ``new_answers[fact_id]`` through ``neurons[fact_id]``:
-    one :func:`lakn.editing.edit_facts` solve when lakn has it (and more than one fact), else one
-    :func:`lakn.edit_fact` after another. Returns ``(handle, batched)``; ``handle.undo()``
+    one :func:`lakn.editing.edit_facts` solve for more than one fact, else :func:`lakn.edit_fact`. Returns ``(handle, batched)``; ``handle.undo()``
     restores the weights. ``method`` may be a callable ``f(model, facts, new_answers, neurons,
     language=..., **options)`` returning anything with ``undo()`` (a custom or a dummy edit)."""
     options = dict(options or {})
     if callable(method):
         return method(model, list(facts), new_answers, neurons, language=language, **options), True
-    methods, edit_facts = _editing_api()
-    if method not in methods:
-        raise ValueError(f"edit method {method!r} is not offered by lakn.editing (it has {list(methods)})")
-    kwargs = dict(options, language=language)
-    if "method" in inspect.signature(edit_fact).parameters:
-        kwargs["method"] = method
-    if edit_facts is not None and len(facts) > 1:
+    if method not in EDIT_METHODS:
+        raise ValueError(f"edit method {method!r} is not offered by lakn.editing (it has {list(EDIT_METHODS)})")
+    kwargs = dict(options, language=language, method=method)
+    if len(facts) > 1:
         ids = [f.fact_id for f in facts]
         return edit_facts(model, list(facts), {i: dict(new_answers[i]) for i in ids},
                           {i: list(neurons[i]) for i in ids}, **kwargs), True
