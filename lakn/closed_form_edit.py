@@ -201,19 +201,22 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
             all_residuals = torch.cat(residuals + [torch.zeros(len(c), d_model, dtype=torch.float64) for c in contexts])
             checked = [groups[j] for j in with_keys]
 
-            def solve(key_weights: list[float]) -> Tensor:  # a group's context keys weigh context_weight x its key weight
+            def solve(key_weights: list[float]) -> Tensor:  # context keys weigh context_weight x their key weight
                 w = torch.cat([torch.full((len(k),), key_weights[j]) for j, k in zip(with_keys, keys)]
                               + [torch.full((len(c),), context_weight * key_weights[j])
                                  for j, c in zip(with_keys, contexts)])
                 return solve_rows(all_keys, all_residuals, pres.restricted(layer, idx), lam=lam,
                                   null_space=null_space, ridge=ridge, weights=w).float()
 
+            def check(rows: Tensor) -> tuple[list[int], list[int]]:  # per group its hits; the groups missed
+                hits = _hits(model, checked, {layer: idx}, rows)
+                return hits, [j for j, (g, h) in enumerate(zip(checked, hits)) if h < len(g.targets)]
+
             for attempt in range(attempts):
                 out[layer] = solve(weights)
                 if layer != target_layer:
                     break
-                hits = _hits(model, checked, {layer: idx}, out[layer])
-                missed = [j for j, (g, h) in enumerate(zip(checked, hits)) if h < len(g.targets)]
+                hits, missed = check(out[layer])
                 solves += 1
                 if best is None or len(missed) < len(best[0]):  # on a tie the earlier, stiffer solve
                     best = (missed, hits, out[layer], list(weights))
@@ -231,9 +234,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                     for j in hopeless:
                         lighter[with_keys[j]] = 1.0
                     rows = solve(lighter)
-                    again = _hits(model, checked, {layer: idx}, rows)
+                    _, lighter_missed = check(rows)
                     solves += 1
-                    lighter_missed = [j for j, (g, a) in enumerate(zip(checked, again)) if a < len(g.targets)]
                     if len(lighter_missed) <= len(missed):
                         out[layer], weights, missed = rows, lighter, lighter_missed
                         released = [groups[with_keys[j]].name for j in hopeless]
@@ -260,8 +262,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
                 groups=[g.name for g in groups], preservation=pres.source, n_preserved_tokens=pres.n_tokens,
                 lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
-                key_weights=weights, solves=solves, missed=still_missed, released=released, retries=retries, retry_boost=retry_boost,
-                context_weight=context_weight,
+                key_weights=weights, solves=solves, missed=still_missed, released=released, retries=retries,
+                retry_boost=retry_boost, context_weight=context_weight,
                 n_context_keys=sum(len(c) for c in contexts))
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
     edit.redo()

@@ -184,8 +184,8 @@ def edit_fact(
     the fewest facts is kept (the earliest on a tie: heavier keys that take nothing more only cost
     locality); the facts of a batch that took none of their queries in the kept solve at a weight
     above 1 are solved again at weight 1, and that solve is kept if it misses no more facts
-    (``info["released"]``). ``info["missed"]`` names the facts still
-    missed, ``info["solves"]`` counts the solves.
+    (``info["released"]``). ``info["missed"]`` names the facts still missed, ``info["solves"]``
+    counts the solves.
 
     ``method="gradient"`` (§8.1): up to ``steps`` Adam steps on the rows (``lr``, ``weight_decay``)
     minimising the new answer's NLL on the ``language`` queries, plus ``locality_weight`` x the KL
