@@ -84,8 +84,12 @@ def main() -> int:
     ap.add_argument("--preserve-facts", type=int, default=0,
                     help="also preserve the query prompts (every measured language, 2 per language) of up to N facts "
                          "of the data whose relation is neither edited nor in the locality pool (default 0)")
-    ap.add_argument("--preserve-from", default="other-relations", choices=("other-relations", "other-facts"),
-                    help="other-facts: any fact neither edited nor in the locality pool (same relations too)")
+    ap.add_argument("--preserve-from", default="other-relations",
+                    choices=("other-relations", "other-facts", "sample", "related"),
+                    help="other-facts: the first N facts (in the data's order) neither edited nor in the locality "
+                         "pool, same relations too; sample: N of those drawn at random with --seed; related: the "
+                         "same draw with the edited (and batch) facts' relations first, as lakn edit --preserve "
+                         "picks them")
     ap.add_argument("--grid", default=None, help="closed-form grid points LAM:GAIN[:NS],... (default: the built-in grid)")
     ap.add_argument("--position", default="subject", choices=("last", "subject"),
                     help="where keys are read and the target added: the last prompt token or the subject's last token")
@@ -99,6 +103,9 @@ def main() -> int:
     ap.add_argument("--batch-all", action="store_true", help="the batch point runs every grid point and variant "
                     "(default: the first)")
     ap.add_argument("--batch-only-peers", action="store_true", help="the batch point runs only --batch-peers")
+    ap.add_argument("--sequential", type=int, default=0, help="also edit each batch in chunks of N facts, one after "
+                    "another (AlphaEdit's sequential setting): each chunk solved on the model the earlier chunks "
+                    "edited, with the earlier facts' prompts joining the preserved keys (default 0: not run)")
     ap.add_argument("--spread", default="", help="layers below --layer the whole-layer set also spans (e.g. 8,9,10,11: "
                     "one edit solved layer by layer, MEMIT's spreading; the grid and batch rows use it)")
     ap.add_argument("--skip-grid", action="store_true", help="skip the whole-layer grid")
@@ -114,11 +121,12 @@ def main() -> int:
         print(f"edit_frontier: the shared data is not at {args.data}; nothing to do")
         return 0
     import lakn
+    import torch
     from lakn.closed_form import preservation
     from lakn.editing import activation_neurons, layer_neurons
     from lakn.keys import key_neurons
     from lakn.evaluation.editing import EditingResult, edit_evaluation
-    from lakn.selection import random_control
+    from lakn.selection import random_control, seeded_generator
 
     languages = [l.strip() for l in args.languages.split(",") if l.strip()]
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
@@ -147,7 +155,13 @@ def main() -> int:
         seen = {f.relation for f in edit} | {f.relation for f in batch} | {f.relation for f in pool}
         used = {f.fact_id for f in batch} | {f.fact_id for f in pool}
         others = [f for f in facts if f.fact_id not in used
-                  and (args.preserve_from == "other-facts" or f.relation not in seen)][: args.preserve_facts]
+                  and (args.preserve_from != "other-relations" or f.relation not in seen)]
+        if args.preserve_from in ("sample", "related"):  # lakn edit's draw (cli/edit.py): a seeded permutation
+            others = [others[i] for i in torch.randperm(len(others), generator=seeded_generator(args.seed, 0))]
+        if args.preserve_from == "related":  # then the edited relations' facts first (a stable sort)
+            edited = {f.relation for f in edit} | {f.relation for f in batch}
+            others = sorted(others, key=lambda f: f.relation not in edited)
+        others = others[: args.preserve_facts]
         kept = kept.merged(preservation(model, spread, texts=[], facts=others, languages=languages, max_queries=2))
         print(f"preserving {len(others)} facts of {len({f.relation for f in others})} relations "
               f"({args.preserve_from})", flush=True)
@@ -207,6 +221,9 @@ def main() -> int:
     if batches:
         bmethods = {} if args.batch_only_peers else dict(methods) if args.batch_all else {first: methods[first]}
         bmethods.update({m: dict(method=m) for m in args.batch_peers.split(",") if m.strip()})
+        if args.sequential > 0:
+            bmethods[f"{first} sequential={args.sequential}"] = {
+                **methods[first], "method": sequential_edit(args.sequential, spread, languages)}
         run(f"batches {batches}", facts=batch, sets={layer_name: layer}, methods=bmethods,
             batch_sizes=batches)
     merged = EditingResult([r for res in results for r in res.rows],
@@ -217,6 +234,40 @@ def main() -> int:
     print_tables(merged)
     print(f"written: {args.out} ({time.time() - t0:.0f} s)")
     return 0
+
+
+def sequential_edit(chunk: int, layers: list[int], languages: list[str]):
+    """An edit function for edit_evaluation: the facts in chunks of ``chunk``, each chunk one
+    closed-form solve on the model the earlier chunks edited, whose facts' query prompts (2 per
+    language) then join the preserved keys, so a later chunk keeps their edited outputs."""
+    import lakn
+    from lakn.closed_form import preservation
+
+    class Stack:
+        def __init__(self, edits):
+            self.edits, self.method = edits, f"sequential chunks of {chunk}"
+
+        def undo(self):
+            for e in reversed(self.edits):
+                e.undo()
+
+    def edit(model, facts, new_answers, neurons, *, preserve, **options):
+        edits = Stack([])
+        try:
+            for start in range(0, len(facts), chunk):
+                part = facts[start:start + chunk]
+                ids = [f.fact_id for f in part]
+                edits.edits.append(lakn.edit_facts(model, part, {i: dict(new_answers[i]) for i in ids},
+                                                   {i: list(neurons[i]) for i in ids}, method="closed_form",
+                                                   preserve=preserve, **options))
+                preserve = preserve.merged(preservation(model, layers, texts=[], facts=part, languages=languages,
+                                                        max_queries=2))
+        except BaseException:
+            edits.undo()
+            raise
+        return edits
+
+    return edit
 
 
 def _variant(spec: str) -> dict:

@@ -8,6 +8,7 @@ the same calls measure the model before and inside ``lakn.suppress(...)`` / ``la
 - :func:`answer_stats`: one encoded query -> :class:`AnswerStats` (token probabilities, P, entropy, rank);
 - :func:`batch_answer_probability`: many encoded queries -> P and rank, in few right-padded passes;
 - :func:`top1_tokens`: many encoded queries -> the top predicted first token;
+- :func:`top1_margins`: the same, with each top token's lead over the runner-up (near-ties);
 - :func:`answer_probability`: a :class:`~lakn.facts.Query` or a whole fact -> floats (user-facing);
 - :func:`change_rate`: (P_after - P_before) / P_before, the quantity every experiment reports.
 """
@@ -27,7 +28,7 @@ from .models import is_masked_lm
 from .tokens import EncodedQuery, encode_query, logits_at, model_device
 
 __all__ = ["AnswerStats", "answer_stats", "stats_from_logits", "batch_answer_probability", "top1_tokens",
-           "answer_probability", "change_rate"]
+           "top1_margins", "answer_probability", "change_rate"]
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,21 @@ def batch_answer_probability(
 
 def top1_tokens(model, encoded: Sequence[EncodedQuery], batch_size: int = 16) -> list[int]:
     """The top predicted token at each query's answer position (batched like :func:`batch_answer_probability`)."""
-    tops = [0] * len(encoded)
+    return top1_margins(model, encoded, batch_size)[0]
+
+
+def top1_margins(model, encoded: Sequence[EncodedQuery], batch_size: int = 16) -> tuple[list[int], list[float]]:
+    """The top predicted token at each query's answer position and its lead over the runner-up
+    (logit top-1 minus top-2, in nats; 0 for a tie). Top-1 retention is a hard count: a query
+    that leads by 0.1 nat flips under a change that leaves confident answers alone, so the
+    margin tells near-ties from answers an edit really moved (results.md run 14)."""
+    tops, margins = [0] * len(encoded), [0.0] * len(encoded)
     spans = [range(len(e.prompt) - 1, len(e.prompt)) for e in encoded]
     for i, logits in _span_logits(model, [e.prompt for e in encoded], spans, batch_size):
         tops[i] = int(logits[0].argmax())
-    return tops
+        best = logits[0].float().topk(min(2, logits.shape[-1])).values
+        margins[i] = float(best[0] - best[-1])
+    return tops, margins
 
 
 def answer_probability(

@@ -11,6 +11,8 @@ from lakn.tokens import last_logits
 from lakn.evaluation.editing import EditingResult, apply_edits, edit_evaluation, locality_group
 from lakn.evaluation.injection import InjectionResult, injection_experiment
 from lakn.facts import Fact
+from lakn.probability import top1_margins
+from lakn.splits import evaluation_queries
 from lakn.testing import tiny_model
 
 CITIES = ["Paris", "Madrid", "Rome", "Tokyo", "Cairo", "Moscow", "Berlin", "London", "Ottawa", "Canberra", "Lisbon"]
@@ -141,6 +143,50 @@ def test_breaking_edit_drops_locality_and_is_undone(model, capitals):
     assert len(shared)
     for name in ("noop", "break"):
         assert wide.loc[(name, "lakn", 1), "loc_same_answer"] == pytest.approx(shared[shared.method == name].success.mean())
+    # every locality row carries its query's pre-edit lead, the one top1_margins gives for that prompt
+    pool = evaluation_queries(model, capitals, max_queries=1)
+    _, margins = top1_margins(model, [q.encoded for q in pool])
+    lead = {q.prompt: m for q, m in zip(pool, margins)}
+    loc = df[df.metric == "locality"]
+    assert loc.margin_before.tolist() == pytest.approx([lead[p] for p in loc.prompt], abs=1e-6)
+    # split by that lead, the retention per bin recombines to the group's retention
+    split = lakn.locality_by_margin(res, edges=[0.5])
+    for (name, group), part in split.groupby(["method", "group"]):
+        kept = loc[(loc.method == name) & (loc.group == group)].success
+        assert part.n.sum() == len(kept)
+        assert (part.locality * part.n).sum() / part.n.sum() == pytest.approx(kept.mean())
+    assert set(split[split.method == "noop"].locality) == {1.0}
+
+
+def test_preserved_sample_puts_the_edited_relations_first():
+    from lakn.cli.edit import preserved_sample
+
+    rest = [fact(f"cap_{i}", "capital", CITIES[i], COUNTRIES[i]) for i in range(5)]
+    rest += [fact(f"lang_{i}", "language", CITIES[i], COUNTRIES[i]) for i in range(5)]
+    picked = preserved_sample(rest, {"language"}, 7, seed=0)
+    assert [f.relation for f in picked] == ["language"] * 5 + ["capital"] * 2
+    assert preserved_sample(rest, {"language"}, 7, seed=0) == picked  # seeded
+    orders = {tuple(f.fact_id for f in preserved_sample(rest, {"language"}, 5, seed=s)) for s in range(6)}
+    assert len(orders) > 1 and all(set(o) == {f"lang_{i}" for i in range(5)} for o in orders)
+    blind = preserved_sample(rest, set(), 10, seed=0)  # no edited relation among them: the plain seeded draw
+    assert sorted(f.fact_id for f in blind) == sorted(f.fact_id for f in rest)
+    assert [f.fact_id for f in blind] != [f.fact_id for f in rest]
+    assert preserved_sample(rest, {"capital"}, 0, seed=0) == []
+
+
+def test_locality_by_margin_splits_near_ties_from_confident_answers():
+    import pandas as pd
+
+    rows = [dict(method="m", neurons="s", metric="locality", margin_before=m, success=s)
+            for m, s in [(0.0, 0.0), (0.1, 0.0), (0.2, 1.0), (0.3, 1.0), (2.0, 1.0), (5.0, 1.0)]]
+    rows.append(dict(method="m", neurons="s", metric="recall", margin_before=None, success=0.0))
+    out = lakn.locality_by_margin(pd.DataFrame(rows), edges=(1.0, 0.25))  # any order
+    assert [str(b) for b in out.margin] == ["[0.0, 0.25)", "[0.25, 1.0)", "[1.0, inf)"]
+    assert out.locality.tolist() == pytest.approx([1 / 3, 1.0, 1.0]) and out.n.tolist() == [3, 1, 2]
+    with pytest.raises(ValueError, match="positive"):
+        lakn.locality_by_margin(pd.DataFrame(rows), edges=[0.0, 1.0])
+    with pytest.raises(ValueError, match="margin_before"):
+        lakn.locality_by_margin(pd.DataFrame(rows).drop(columns="margin_before"))
 
 
 def test_locality_groups_on_hand_made_facts(model):
@@ -200,6 +246,11 @@ def test_injection_with_no_training_keeps_everything(model, capitals):
     assert set(rec[rec.trained].language) == {"en", "fr"} and set(rec[~rec.trained].language) == {"zh"}
     assert (rec.top1 == rec.top1_before).all()
     assert (df[df.metric == "locality"].success == 1.0).all()
+    loc = df[df.metric == "locality"]
+    pool = evaluation_queries(model, capitals[:3], languages=["en", "fr", "zh"], max_queries=1)
+    _, margins = top1_margins(model, [q.encoded for q in pool])
+    assert sorted(loc.margin_before.unique()) == pytest.approx(sorted(set(margins)), abs=1e-6)
+    assert (loc.margin_before >= 0).all()
     wide = res.wide()
     assert set(wide.index) == {("gradient", "activation"), ("gradient", "random")}
     assert (wide["locality"] == 1.0).all() and (wide["n_neurons"] == 4).all()

@@ -13,7 +13,7 @@ from lakn.evaluation import (
     editing_experiment,
 )
 from lakn.interventions import suppress
-from lakn.probability import answer_stats, batch_answer_probability, top1_tokens
+from lakn.probability import answer_stats, batch_answer_probability, top1_margins, top1_tokens
 from lakn.selection import neuron_sets
 from lakn.splits import evaluation_queries, split_facts
 from lakn.testing import tiny_model
@@ -60,7 +60,14 @@ def test_batched_probabilities_match_single_forward(model):
         assert abs(float(p) - float(ref.token_probs[0])) < 1e-5 and int(r) == ref.rank
     tops = top1_tokens(model, [q.encoded for q in qs], batch_size=4)
     with torch.no_grad():
-        assert tops == [int(model(q.encoded.prompt[None])[0, -1].argmax()) for q in qs]
+        last = [model(q.encoded.prompt[None])[0, -1] for q in qs]
+    assert tops == [int(logits.argmax()) for logits in last]
+    same, margins = top1_margins(model, [q.encoded for q in qs], batch_size=3)
+    assert same == tops
+    for logits, m in zip(last, margins):  # the lead of the top logit over the runner-up, in nats
+        two = logits.topk(2).values
+        assert m == pytest.approx(float(two[0] - two[1]), abs=1e-4) and m >= 0
+    assert len(set(round(m, 3) for m in margins)) > 1  # not a constant
 
 
 def test_change_rates_values_and_kinds(model, toy_facts):

@@ -15,7 +15,7 @@ from .._progress import progress as _progress
 from ..editing import EDIT_METHODS, edit_fact, edit_facts
 from ..facts import Fact, FactsError
 from ..hooks import Neuron
-from ..probability import batch_answer_probability, change_rate, top1_tokens
+from ..probability import batch_answer_probability, change_rate, top1_margins, top1_tokens
 from ..results import ResultTable
 from ..selection import seeded_generator
 from ..splits import evaluation_queries
@@ -440,8 +440,10 @@ def edit_evaluation(
     Rows (``metric``): ``reliability`` / ``generality`` / ``heldout`` (per edited fact, language
     and query: ``top1`` = the new answer's first token is the top prediction after the edit,
     ``top1_before`` the same before, ``old_top1_before`` = the old answer's first token was top-1
-    before the edit, ``success`` = P(new) > P(old) for the first tokens after the edit) and ``locality`` (per unrelated query: ``success`` = its top-1 token is unchanged;
-    ``group``: same_relation / other_relation / same_answer, see :func:`locality_group`).
+    before the edit, ``success`` = P(new) > P(old) for the first tokens after the edit) and ``locality``
+    (per unrelated query: ``success`` = its top-1 token is unchanged; ``margin_before`` = that token's
+    lead in nats before the edit, :func:`lakn.probability.top1_margins`; ``group``: same_relation /
+    other_relation / same_answer, see :func:`locality_group`).
     ``config["solves"]``: per closed-form edit, its facts, solves, kept key weights and the facts it
     missed or sent back to weight 1 (:func:`lakn.edit_fact`'s ``info``).
     """
@@ -466,7 +468,7 @@ def edit_evaluation(
     pool = evaluation_queries(model, list(facts if unrelated is None else unrelated), languages=languages,
                               max_queries=locality_queries, causal=causal)
     pool_enc = [q.encoded for q in pool]
-    top_before = top1_tokens(model, pool_enc, batch_size) if pool else []
+    top_before, margins = top1_margins(model, pool_enc, batch_size) if pool else ([], [])
     pool_tokens = [_first_token(q.encoded) for q in pool]
 
     jobs: list[EditJob] = []
@@ -531,7 +533,8 @@ def edit_evaluation(
                              relation=q.relation, metric="locality", language=q.language, split="unrelated",
                              group=locality_group(q.relation, pool_tokens[i], q.language, batch), prompt=q.prompt,
                              other_fact=q.fact_id, top1_before=float(top_before[i] == pool_tokens[i]),
-                             top1=float(top_after[j] == pool_tokens[i]), success=float(top_before[i] == top_after[j])))
+                             top1=float(top_after[j] == pool_tokens[i]), success=float(top_before[i] == top_after[j]),
+                             margin_before=margins[i]))
     config = dict(kind="edit_evaluation", edit_language=edit_language, languages=list(languages or []),
                   methods={k: dict(method=m if isinstance(m, str) else "custom", **o) for k, (m, o) in table.items()},
                   options=common, max_queries=max_queries, max_heldout=max_heldout, batch_sizes=list(batch_sizes),

@@ -13,7 +13,7 @@ from .._progress import progress as _progress
 from ..editing import activation_neurons, inject_fact
 from ..facts import Fact, FactsError, load_facts
 from ..hooks import Neuron
-from ..probability import batch_answer_probability, top1_tokens
+from ..probability import batch_answer_probability, top1_margins, top1_tokens
 from ..results import ResultTable
 from ..selection import random_control
 from ..splits import evaluation_queries
@@ -30,7 +30,8 @@ class InjectionResult(ResultTable):
 
     ``recall`` rows: ``top1`` = the answer's first token is the top prediction after the
     injection (``top1_before`` before it), ``trained`` = the query's language was trained on.
-    ``locality`` rows: ``success`` = an unrelated (real) query keeps its top-1 token.
+    ``locality`` rows: ``success`` = an unrelated (real) query keeps its top-1 token; ``margin_before``
+    = that token's lead over the runner-up before the injection, in nats (near-ties flip first).
     """
 
     def _summarize(self, df):
@@ -154,7 +155,7 @@ def injection_experiment(
         raise ValueError(f"unknown neuron sets {sorted(unknown)}; choose from {INJECTION_SETS}")
     other_q = evaluation_queries(model, unrelated, languages=languages, max_queries=1, causal=causal) if unrelated else []
     other_enc = [q.encoded for q in other_q]
-    top0 = top1_tokens(model, other_enc, batch_size) if other_q else []
+    top0, margins = top1_margins(model, other_enc, batch_size) if other_q else ([], [])
     overlap = {f.fact_id for f in preserve} & {f.fact_id for f in unrelated}
     if overlap:
         raise ValueError(f"preserve and unrelated facts must differ (locality is measured on unseen facts): {sorted(overlap)}")
@@ -210,7 +211,8 @@ def injection_experiment(
                 for j, q in enumerate(other_q):
                     rows.append(dict(method=label, edit_method=method, neurons=name, fact_id=fact.fact_id,
                                      metric="locality", language=q.language, prompt=q.prompt, other_fact=q.fact_id,
-                                     success=float(top0[j] == top1[j]), n_neurons=len(neurons)))
+                                     success=float(top0[j] == top1[j]), margin_before=margins[j],
+                                     n_neurons=len(neurons)))
     return InjectionResult(rows, jsonable(dict(language=language, train_languages=train_languages,
                                       languages=list(languages or []), k=k, steps=steps, lr=lr,
                                       methods={k_: dict(v) for k_, v in table.items()}, neuron_sets=list(neuron_sets),

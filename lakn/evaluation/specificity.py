@@ -32,7 +32,7 @@ from ..hooks import Neuron, hook_name
 from ..tokens import EncodedQuery, logits_at, model_device
 
 __all__ = ["GROUPS", "OWN_GROUPS", "KIND_OF_GROUP", "unrelated_facts", "masked_answer_pass", "assign_groups",
-           "summarize_groups", "format_groups"]
+           "summarize_groups", "format_groups", "locality_by_margin"]
 
 OWN_GROUPS = ("seen", "heldout_paraphrase", "heldout_language")
 GROUPS = OWN_GROUPS + ("same_relation_different_answer", "same_relation_same_answer", "other_relations")
@@ -251,3 +251,28 @@ def format_groups(summary, *, value: str = "change", index: Sequence[str] = ("me
     wide = s.pivot_table(index=index, columns="group", values="cell", aggfunc="first", sort=False)
     cols = [g for g in GROUPS if g in wide.columns] + [g for g in wide.columns if g not in GROUPS]
     return wide[cols].fillna("")
+
+
+def locality_by_margin(result, edges: Sequence[float] = (0.25, 1.0)):
+    """Top-1 retention of an edit's or injection's locality rows, split by how far each unrelated
+    query's top-1 token led the runner-up before the change (``margin_before``, nats).
+
+    Top-1 retention counts a near-tie that flips as much as a confident answer that moved; the
+    split says which an edit costs (results.md run 14: most of an injection's lost answers led by
+    under 0.25 nat). ``result``: an :class:`~lakn.evaluation.EditingResult` /
+    :class:`~lakn.evaluation.InjectionResult` or its ``to_dataframe()``. Returns one row per
+    method, neuron set (and locality group, where the rows have one) and margin bin:
+    ``locality`` (share kept) and ``n`` (queries)."""
+    import pandas as pd
+
+    df = result.to_dataframe() if hasattr(result, "to_dataframe") else result
+    bounds = sorted(float(e) for e in edges)
+    if not bounds or bounds[0] <= 0:
+        raise ValueError(f"margin edges must be positive nats, got {list(edges)}")
+    if "metric" not in df.columns or "margin_before" not in df.columns:
+        raise ValueError("no locality rows with margin_before (results saved before lakn recorded margins lack it)")
+    loc = df[(df["metric"] == "locality") & df["margin_before"].notna()]
+    bins = pd.cut(loc["margin_before"], [0.0, *bounds, math.inf], right=False)
+    keys = [k for k in ("method", "neurons", "group") if k in loc.columns and loc[k].astype(str).ne("").any()]
+    out = loc.assign(margin=bins).groupby(keys + ["margin"], observed=True)["success"].agg(["mean", "size"])
+    return out.rename(columns={"mean": "locality", "size": "n"}).reset_index()
