@@ -157,7 +157,7 @@ def main() -> int:
         others = [f for f in facts if f.fact_id not in used
                   and (args.preserve_from != "other-relations" or f.relation not in seen)]
         if args.preserve_from in ("sample", "related"):  # lakn edit's draw (cli/edit.py): a seeded permutation
-            others = [others[i] for i in torch.randperm(len(others), generator=seeded_generator(args.seed, 0))]
+            others = [others[i] for i in torch.randperm(len(others), generator=seeded_generator(args.seed, 0)).tolist()]
         if args.preserve_from == "related":  # then the edited relations' facts first (a stable sort)
             edited = {f.relation for f in edit} | {f.relation for f in batch}
             others = sorted(others, key=lambda f: f.relation not in edited)
@@ -239,7 +239,8 @@ def main() -> int:
 def sequential_edit(chunk: int, layers: list[int], languages: list[str]):
     """An edit function for edit_evaluation: the facts in chunks of ``chunk``, each chunk one
     closed-form solve on the model the earlier chunks edited, whose facts' query prompts (2 per
-    language) then join the preserved keys, so a later chunk keeps their edited outputs."""
+    language) then join the preserved keys: each of their tokens weighs lam / n_tokens like any
+    preserved token, a soft hold on the earlier edits' outputs (AlphaEdit's null space is the hard one)."""
     import lakn
     from lakn.closed_form import preservation
 
@@ -260,8 +261,9 @@ def sequential_edit(chunk: int, layers: list[int], languages: list[str]):
                 edits.edits.append(lakn.edit_facts(model, part, {i: dict(new_answers[i]) for i in ids},
                                                    {i: list(neurons[i]) for i in ids}, method="closed_form",
                                                    preserve=preserve, **options))
-                preserve = preserve.merged(preservation(model, layers, texts=[], facts=part, languages=languages,
-                                                        max_queries=2))
+                if start + chunk < len(facts):  # the next chunk keeps this one's prompts
+                    preserve = preserve.merged(preservation(model, layers, texts=[], facts=part,
+                                                            languages=languages, max_queries=2))
         except BaseException:
             edits.undo()
             raise

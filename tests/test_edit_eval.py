@@ -177,14 +177,21 @@ def test_preserved_sample_puts_the_edited_relations_first():
 def test_locality_by_margin_splits_near_ties_from_confident_answers():
     import pandas as pd
 
-    rows = [dict(method="m", neurons="s", metric="locality", margin_before=m, success=s)
-            for m, s in [(0.0, 0.0), (0.1, 0.0), (0.2, 1.0), (0.3, 1.0), (2.0, 1.0), (5.0, 1.0)]]
-    rows.append(dict(method="m", neurons="s", metric="recall", margin_before=None, success=0.0))
-    out = lakn.locality_by_margin(pd.DataFrame(rows), edges=(1.0, 0.25))  # any order
+    rows = [dict(method="m", neurons="s", batch=1, metric="locality", margin_before=m, success=s)
+            for m, s in [(0.0, 0.0), (0.1, 0.0), (0.2, 1.0), (0.25, 0.0), (0.3, 1.0), (1.0, 0.0), (5.0, 1.0),
+                         (float("inf"), 1.0)]]
+    rows.append(dict(method="m", neurons="s", batch=1, metric="recall", margin_before=None, success=0.0))
+    out = lakn.locality_by_margin(pd.DataFrame(rows), edges=(1.0, 0.25))  # any order; a bin holds its lower edge
     assert [str(b) for b in out.margin] == ["[0.0, 0.25)", "[0.25, 1.0)", "[1.0, inf)"]
-    assert out.locality.tolist() == pytest.approx([1 / 3, 1.0, 1.0]) and out.n.tolist() == [3, 1, 2]
-    with pytest.raises(ValueError, match="positive"):
-        lakn.locality_by_margin(pd.DataFrame(rows), edges=[0.0, 1.0])
+    assert out.locality.tolist() == pytest.approx([1 / 3, 1 / 2, 2 / 3]) and out.n.tolist() == [3, 2, 3]
+    # a batch of fifty is not pooled with single edits of the same method
+    rows += [dict(method="m", neurons="s", batch=50, metric="locality", margin_before=0.5, success=0.0)]
+    out = lakn.locality_by_margin(pd.DataFrame(rows), edges=(0.25, 1.0))
+    assert out[out.batch == 50][["locality", "n"]].values.tolist() == [[0.0, 1]]
+    assert out[out.batch == 1].n.tolist() == [3, 2, 3]
+    for bad in ([0.0, 1.0], [], [0.5, float("inf")]):
+        with pytest.raises(ValueError, match="positive, finite"):
+            lakn.locality_by_margin(pd.DataFrame(rows), edges=bad)
     with pytest.raises(ValueError, match="margin_before"):
         lakn.locality_by_margin(pd.DataFrame(rows).drop(columns="margin_before"))
 
@@ -249,8 +256,10 @@ def test_injection_with_no_training_keeps_everything(model, capitals):
     loc = df[df.metric == "locality"]
     pool = evaluation_queries(model, capitals[:3], languages=["en", "fr", "zh"], max_queries=1)
     _, margins = top1_margins(model, [q.encoded for q in pool])
-    assert sorted(loc.margin_before.unique()) == pytest.approx(sorted(set(margins)), abs=1e-6)
-    assert (loc.margin_before >= 0).all()
+    lead = {q.prompt: m for q, m in zip(pool, margins)}
+    assert len(loc) == 2 * len(pool)  # each query once per neuron set
+    assert loc.margin_before.tolist() == pytest.approx([lead[p] for p in loc.prompt], abs=1e-6)
+    assert len(set(lead.values())) > 1 and (loc.margin_before >= 0).all()
     wide = res.wide()
     assert set(wide.index) == {("gradient", "activation"), ("gradient", "random")}
     assert (wide["locality"] == 1.0).all() and (wide["n_neurons"] == 4).all()

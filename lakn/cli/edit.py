@@ -119,7 +119,9 @@ def preserved_sample(rest: list, relations: set[str], n: int, seed: int) -> list
     """``n`` facts of ``rest`` in a seeded random order, those of the edited ``relations`` first:
     their prompts share the edits' keys most, so they are the neighbours a solve must hold still
     (results.md run 14: for fifty edits in one solve, .79 take at .65 / .68 locality against .71 at
-    .55 / .60 for a draw blind to relations; single edits keep .96 / .97 either way)."""
+    .55 / .60 for a draw blind to relations; single edits keep .96 / .97 either way). ``run`` asks
+    for this only when ``rest`` lies outside the run: facts taken from the run itself leave its
+    locality pool, and taking its same-relation facts first would hide the edits' cost there."""
     import torch
 
     from ..selection import seeded_generator
@@ -172,7 +174,10 @@ def run(args) -> int:
     edited = {f for per in sets.values() for f in per}
     rest = preserve_candidates(args, result, facts, edited, auto) if n_preserve > 0 else []
     if rest and {"gradient", "closed_form"} & set(methods):
-        picked = preserved_sample(rest, {f.relation for f in facts if f.fact_id in edited}, n_preserve, args.seed)
+        in_run = {f.fact_id for f in facts}  # rest falls back to the run's own facts: keep its relations measured
+        outside = not any(f.fact_id in in_run for f in rest)
+        relations = {f.relation for f in facts if f.fact_id in edited} if outside else set()
+        picked = preserved_sample(rest, relations, n_preserve, args.seed)
         print(f"preserving {len(picked)} facts the edits neither change nor measure (--preserve)")
         if "gradient" in methods and not auto:
             prompts = [f.queries(args.language)[0] for f in picked

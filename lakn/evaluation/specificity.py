@@ -260,19 +260,21 @@ def locality_by_margin(result, edges: Sequence[float] = (0.25, 1.0)):
     Top-1 retention counts a near-tie that flips as much as a confident answer that moved; the
     split says which an edit costs (results.md run 14: most of an injection's lost answers led by
     under 0.25 nat). ``result``: an :class:`~lakn.evaluation.EditingResult` /
-    :class:`~lakn.evaluation.InjectionResult` or its ``to_dataframe()``. Returns one row per
-    method, neuron set (and locality group, where the rows have one) and margin bin:
-    ``locality`` (share kept) and ``n`` (queries)."""
+    :class:`~lakn.evaluation.InjectionResult` or its ``to_dataframe()``. Bins are ``[0, e1)``,
+    ``[e1, e2)``, ..., ``[e_last, inf]``. Returns one row per method, neuron set, batch size and
+    locality group (where the rows have them) and non-empty margin bin: ``locality`` (share kept)
+    and ``n`` (queries). Rows without a margin (saved before lakn recorded it) are left out."""
     import pandas as pd
 
     df = result.to_dataframe() if hasattr(result, "to_dataframe") else result
-    bounds = sorted(float(e) for e in edges)
-    if not bounds or bounds[0] <= 0:
-        raise ValueError(f"margin edges must be positive nats, got {list(edges)}")
+    bounds = sorted({float(e) for e in edges})
+    if not bounds or bounds[0] <= 0 or not math.isfinite(bounds[-1]):
+        raise ValueError(f"margin edges must be positive, finite nats, got {list(edges)}")
     if "metric" not in df.columns or "margin_before" not in df.columns:
         raise ValueError("no locality rows with margin_before (results saved before lakn recorded margins lack it)")
     loc = df[(df["metric"] == "locality") & df["margin_before"].notna()]
-    bins = pd.cut(loc["margin_before"], [0.0, *bounds, math.inf], right=False)
-    keys = [k for k in ("method", "neurons", "group") if k in loc.columns and loc[k].astype(str).ne("").any()]
-    out = loc.assign(margin=bins).groupby(keys + ["margin"], observed=True)["success"].agg(["mean", "size"])
+    lead = loc["margin_before"].astype(float).clip(lower=0.0, upper=math.nextafter(math.inf, 0))  # inf: the last bin
+    bins = pd.cut(lead, [0.0, *bounds, math.inf], right=False)
+    keys = [k for k in ("method", "neurons", "batch", "group") if k in loc.columns and loc[k].astype(str).ne("").any()]
+    out = loc.assign(margin=bins).groupby(keys + ["margin"], observed=True, dropna=False)["success"].agg(["mean", "size"])
     return out.rename(columns={"mean": "locality", "size": "n"}).reset_index()
