@@ -121,12 +121,12 @@ def main() -> int:
         print(f"edit_frontier: the shared data is not at {args.data}; nothing to do")
         return 0
     import lakn
-    import torch
+    from lakn.cli.edit import preserved_sample
     from lakn.closed_form import preservation
     from lakn.editing import activation_neurons, layer_neurons
     from lakn.keys import key_neurons
     from lakn.evaluation.editing import EditingResult, edit_evaluation
-    from lakn.selection import random_control, seeded_generator
+    from lakn.selection import random_control
 
     languages = [l.strip() for l in args.languages.split(",") if l.strip()]
     batches = [int(b) for b in args.batch.split(",") if b.strip()]
@@ -156,11 +156,10 @@ def main() -> int:
         used = {f.fact_id for f in batch} | {f.fact_id for f in pool}
         others = [f for f in facts if f.fact_id not in used
                   and (args.preserve_from != "other-relations" or f.relation not in seen)]
-        if args.preserve_from in ("sample", "related"):  # lakn edit's draw (cli/edit.py): a seeded permutation
-            others = [others[i] for i in torch.randperm(len(others), generator=seeded_generator(args.seed, 0)).tolist()]
-        if args.preserve_from == "related":  # then the edited relations' facts first (a stable sort)
-            edited = {f.relation for f in edit} | {f.relation for f in batch}
-            others = sorted(others, key=lambda f: f.relation not in edited)
+        if args.preserve_from in ("sample", "related"):  # lakn edit's draw; "sample": blind to relations
+            related = args.preserve_from == "related"
+            edited = {f.relation for f in edit} | {f.relation for f in batch} if related else set()
+            others = preserved_sample(others, edited, args.preserve_facts, args.seed)
         others = others[: args.preserve_facts]
         kept = kept.merged(preservation(model, spread, texts=[], facts=others, languages=languages, max_queries=2))
         print(f"preserving {len(others)} facts of {len({f.relation for f in others})} relations "
@@ -243,17 +242,11 @@ def sequential_edit(chunk: int, layers: list[int], languages: list[str]):
     preserved token, a soft hold on the earlier edits' outputs (AlphaEdit's null space is the hard one)."""
     import lakn
     from lakn.closed_form import preservation
-
-    class Stack:
-        def __init__(self, edits):
-            self.edits, self.method = edits, f"sequential chunks of {chunk}"
-
-        def undo(self):
-            for e in reversed(self.edits):
-                e.undo()
+    from lakn.evaluation.editing import _Stack  # edits undone together, newest first
 
     def edit(model, facts, new_answers, neurons, *, preserve, **options):
-        edits = Stack([])
+        edits = _Stack([])
+        edits.method = f"sequential chunks of {chunk}"  # type: ignore[attr-defined]
         try:
             for start in range(0, len(facts), chunk):
                 part = facts[start:start + chunk]
