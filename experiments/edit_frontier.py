@@ -104,8 +104,9 @@ def main() -> int:
                     "(default: the first)")
     ap.add_argument("--batch-only-peers", action="store_true", help="the batch point runs only --batch-peers")
     ap.add_argument("--sequential", type=int, default=0, help="also edit each batch in chunks of N facts, one after "
-                    "another (AlphaEdit's sequential setting): each chunk solved on the model the earlier chunks "
-                    "edited, with the earlier facts' prompts joining the preserved keys (default 0: not run)")
+                    "another (lakn.edit_facts' chunk_size, AlphaEdit's sequential setting): each chunk solved on the "
+                    "model the earlier chunks edited, with the earlier facts' prompts joining the preserved keys "
+                    "(default 0: not run)")
     ap.add_argument("--spread", default="", help="layers below --layer the whole-layer set also spans (e.g. 8,9,10,11: "
                     "one edit solved layer by layer, MEMIT's spreading; the grid and batch rows use it)")
     ap.add_argument("--skip-grid", action="store_true", help="skip the whole-layer grid")
@@ -221,8 +222,7 @@ def main() -> int:
         bmethods = {} if args.batch_only_peers else dict(methods) if args.batch_all else {first: methods[first]}
         bmethods.update({m: dict(method=m) for m in args.batch_peers.split(",") if m.strip()})
         if args.sequential > 0:
-            bmethods[f"{first} sequential={args.sequential}"] = {
-                **methods[first], "method": sequential_edit(args.sequential, spread, languages)}
+            bmethods[f"{first} sequential={args.sequential}"] = {**methods[first], "chunk_size": args.sequential}
         run(f"batches {batches}", facts=batch, sets={layer_name: layer}, methods=bmethods,
             batch_sizes=batches)
     merged = EditingResult([r for res in results for r in res.rows],
@@ -233,36 +233,6 @@ def main() -> int:
     print_tables(merged)
     print(f"written: {args.out} ({time.time() - t0:.0f} s)")
     return 0
-
-
-def sequential_edit(chunk: int, layers: list[int], languages: list[str]):
-    """An edit function for edit_evaluation: the facts in chunks of ``chunk``, each chunk one
-    closed-form solve on the model the earlier chunks edited, whose facts' query prompts (2 per
-    language) then join the preserved keys: each of their tokens weighs lam / n_tokens like any
-    preserved token, a soft hold on the earlier edits' outputs (AlphaEdit's null space is the hard one)."""
-    import lakn
-    from lakn.closed_form import preservation
-    from lakn.evaluation.editing import _Stack  # edits undone together, newest first
-
-    def edit(model, facts, new_answers, neurons, *, preserve, **options):
-        edits = _Stack([])
-        edits.method = f"sequential chunks of {chunk}"  # type: ignore[attr-defined]
-        try:
-            for start in range(0, len(facts), chunk):
-                part = facts[start:start + chunk]
-                ids = [f.fact_id for f in part]
-                edits.edits.append(lakn.edit_facts(model, part, {i: dict(new_answers[i]) for i in ids},
-                                                   {i: list(neurons[i]) for i in ids}, method="closed_form",
-                                                   preserve=preserve, **options))
-                if start + chunk < len(facts):  # the next chunk keeps this one's prompts
-                    preserve = preserve.merged(preservation(model, layers, texts=[], facts=part,
-                                                            languages=languages, max_queries=2))
-        except BaseException:
-            edits.undo()
-            raise
-        return edits
-
-    return edit
 
 
 def _variant(spec: str) -> dict:

@@ -274,6 +274,7 @@ def edit_facts(
     target_languages: Sequence[str] | None = None,
     position: str = "subject",
     max_queries: int | None = None,
+    chunk_size: int | None = None,
     **options,
 ) -> Edit:
     """Edit many facts at once: ``new_answers[fact_id]`` is ``{lang: answer}`` as in :func:`edit_fact`.
@@ -285,6 +286,11 @@ def edit_facts(
     ``gradient`` / ``kn_embedding``: each fact is edited alone (on the clean model, each through
     its own set) and the edit holds the sum of their deltas. Options: those of :func:`edit_fact`.
     Returns one reversible :class:`Edit`.
+
+    ``chunk_size`` (closed form): solve the facts in chunks of that many, in order, each chunk on
+    the model the earlier chunks edited, with the earlier chunks' query prompts joining the preserved
+    keys (AlphaEdit's sequential setting; docs/method.md §8.3). The edit holds the chunks' summed
+    deltas; ``info["chunks"]`` holds each chunk's facts, solves, key weights and missed facts.
     """
     facts = list(facts)
     if not facts:
@@ -307,10 +313,23 @@ def edit_facts(
         sets = {i: shared for i in ids}
     lam, gain, null_space = options.get("lam", LAM), options.get("gain", 1.0), options.get("null_space")
     _check_options(method, lam, gain, null_space)
+    if chunk_size is not None:
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        if method != "closed_form":
+            raise ValueError(f"chunk_size is an option of the closed form; method {method!r} edits each fact alone")
     if method == "closed_form":
         unknown = set(options) - _OPTIONS
         if unknown:
             raise TypeError(f"edit_facts got unknown option(s) {sorted(unknown)}")
+        if chunk_size is not None and chunk_size < len(facts):
+            return _in_chunks(model, facts, chunk_size, lambda part, kept: edit_facts(
+                model, part, new_answers, {f.fact_id: sets[f.fact_id] for f in part}, language=language,
+                key_languages=key_languages, target_languages=target_languages, position=position,
+                max_queries=max_queries, **{**options, "preserve": kept}),
+                _neuron_layers(model, [n for s in sets.values() for n in s]), options.get("preserve"),
+                languages=list(dict.fromkeys(l for f in facts for l in _key_languages(f, new_answers[f.fact_id],
+                                                                                        language, key_languages))))
         by_layer = _neuron_layers(model, [n for s in sets.values() for n in s])
         groups = []
         for fact in facts:
@@ -340,6 +359,39 @@ def edit_facts(
             e.undo()
     return _summed(model, singles, f"{singles[0].method} summed over batch={len(facts)}",
                    dict(facts=ids, methods=[e.method for e in singles]))
+
+
+def _in_chunks(model, facts: Sequence[Fact], chunk_size: int, solve, by_layer: dict[int, list[int]], preserve, *,
+               languages: Sequence[str]) -> Edit:
+    """:func:`edit_facts` in chunks: ``solve(part, preservation)`` edits one chunk (and applies it);
+    after each, the chunk's query prompts (2 per language of ``languages``) join the preservation, so
+    the later chunks hold its outputs as they hold any preserved token's (a soft hold: each token
+    weighs ``lam / n_tokens``). Returns one applied edit holding every chunk's deltas."""
+    from .closed_form import preservation, preservation_for
+
+    layers = sorted(by_layer)
+    kept = preservation_for(model, preserve, layers, frozenset(f.fact_id for f in facts))
+    chunks: list[Edit] = []
+    try:
+        for start in range(0, len(facts), chunk_size):
+            part = list(facts[start:start + chunk_size])
+            chunks.append(solve(part, kept))
+            if start + chunk_size < len(facts):
+                kept = kept.merged(preservation(model, layers, texts=[], facts=part, languages=languages,
+                                                max_queries=2, cache=False))  # used once: no cache file
+    finally:
+        for e in reversed(chunks):
+            e.undo()
+    parts: list[dict[str, Any]] = [dict(facts=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
+                                        missed=e.info["missed"], released=e.info["released"]) for e in chunks]
+    info = dict(chunks[-1].info, chunk_size=chunk_size, chunks=parts, groups=[g for p in parts for g in p["facts"]],
+                solves=sum(p["solves"] for p in parts), key_weights=[w for p in parts for w in p["key_weights"]],
+                missed=[m for p in parts for m in p["missed"]], released=[r for p in parts for r in p["released"]],
+                targets=[t for e in chunks for t in e.info["targets"]],
+                target_norms=[t for e in chunks for t in e.info["target_norms"]],
+                preservation=chunks[0].info["preservation"], n_preserved_tokens=chunks[0].info["n_preserved_tokens"])
+    method = chunks[0].method.rsplit(" batch=", 1)[0] + f" batch={len(facts)} chunks={chunk_size}"
+    return _summed(model, chunks, method, info)
 
 
 def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay, preserve=(), locality_weight=1.0,

@@ -191,6 +191,56 @@ def test_batch_is_one_solve_that_maps_every_fact(llama, toy_facts):
     assert float((joint - summed).abs().max()) > 1e-3 * float(joint.abs().max())
 
 
+def test_chunks_are_solved_in_sequence_each_holding_the_earlier_chunks_prompts(llama, toy_facts, tmp_path):
+    """chunk_size=2 on three facts: facts 0-1 in one solve, then fact 2 alone on the model they edited,
+    with their query prompts (2 per key language) merged into the preserved keys. The chunked edit's
+    rows are the sum of those two solves; undo restores bit for bit; the hooks give the same logits."""
+    facts = toy_facts[:3]
+    answers = {f.fact_id: {"en": toy_facts[(i + 1) % 4].answers["en"], "fr": toy_facts[(i + 1) % 4].answers["fr"]}
+               for i, f in enumerate(facts)}
+    neurons = layer_neurons(llama, [1])
+    kw = dict(lam=1.0, target_steps=3, pivot=None, retries=1, position="last")
+    base = preservation(llama, [1], texts=TEXTS)
+    before = _weights(llama)
+    cached = sorted((tmp_path / "cache").rglob("*"))
+    with edit_facts(llama, facts, answers, neurons, chunk_size=2, preserve=base, **kw) as chunked:
+        rows = chunked.deltas[1].clone()
+        info = chunked.info
+        tokens = llama.to_tokens(facts[0].queries("en")[0].prompt)
+        with torch.no_grad():
+            edited_logits = llama(tokens)
+    assert _same(llama, before) and sorted((tmp_path / "cache").rglob("*")) == cached  # chunk prompts: no cache file
+    assert "batch=3 chunks=2" in chunked.method and info["chunk_size"] == 2
+    assert [c["facts"] for c in info["chunks"]] == [[f.fact_id for f in facts[:2]], [facts[2].fact_id]]
+    assert len(info["key_weights"]) == 3 and info["solves"] == sum(c["solves"] for c in info["chunks"]) >= 2
+    assert info["groups"] == [f.fact_id for f in facts] and len(info["targets"]) == 3
+    first = edit_facts(llama, facts[:2], answers, neurons, preserve=base, **kw)
+    held = base.merged(preservation(llama, [1], texts=[], facts=facts[:2], languages=["en", "fr"], max_queries=2))
+    second = edit_facts(llama, facts[2:], answers, neurons, preserve=held, **kw)
+    alone = edit_facts(llama, facts[2:], answers, neurons, preserve=base, **kw)  # on the same model, not holding
+    alone.undo()
+    second.undo()
+    first.undo()
+    assert _same(llama, before)
+    torch.testing.assert_close(rows, first.deltas[1] + second.deltas[1], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(second.deltas[1], alone.deltas[1])  # the merged prompts changed the second solve
+    with torch.no_grad(), llama.hooks(fwd_hooks=chunked.hooks()):
+        hooked_logits = llama(tokens)
+    torch.testing.assert_close(hooked_logits, edited_logits, rtol=1e-4, atol=1e-4)
+    assert _same(llama, before) and active_hook_count(llama) == 0
+    with edit_facts(llama, facts, answers, neurons, preserve=base, **kw) as once:
+        pass
+    with edit_facts(llama, facts, answers, neurons, chunk_size=3, preserve=base, **kw) as whole:  # one chunk: one solve
+        assert "chunks" not in whole.info
+        torch.testing.assert_close(whole.deltas[1], once.deltas[1])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            edit_facts(llama, facts, answers, neurons, chunk_size=bad)
+    with pytest.raises(ValueError, match="chunk_size is an option of the closed form"):
+        edit_facts(llama, facts, answers, [(1, 2)], method="kn_embedding", chunk_size=1)
+    assert _same(llama, before)
+
+
 def test_inject_through_the_same_solve(llama, toy_facts):
     fact = toy_facts[3]
     before = _weights(llama)

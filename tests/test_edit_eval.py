@@ -358,6 +358,20 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
         with pytest.raises(SystemExit):
             cli.main(["edit", str(runs), "--retry-boost", bad])
         assert "--retry-boost" in capsys.readouterr().err
+    # --chunk: each batch solved in chunks, one after another; single edits are one chunk each
+    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
+                     "--position", "last", "--max-queries", "1", "--languages", "en,fr", "--pivot", "none",
+                     "--retries", "0", "--target-steps", "2", "--batch", "1,4", "--chunk", "3"]) == 0
+    capsys.readouterr()
+    chunked = EditingResult.load(runs / "edit.json")
+    assert chunked.config["methods"]["closed_form"]["chunk_size"] == 3
+    (four,) = [s for s in chunked.config["solves"] if s["batch"] == 4]
+    assert [c["facts"] for c in four["chunks"]] == [four["facts"][:3], four["facts"][3:]] and four["solves"] == 2
+    assert all(s["chunks"] is None for s in chunked.config["solves"] if s["batch"] == 1)
+    assert any("batch=4 chunks=3" in e for e in chunked.config["edits"]["closed_form"])
+    with pytest.raises(SystemExit):
+        cli.main(["edit", str(runs), "--chunk", "0"])
+    assert "--chunk" in capsys.readouterr().err
     # the key set (lakn.key_neurons of the layer) beside as many random neurons of it; a target on en and fr
     assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "key", "--layers", "1",
                      "--key-neurons", "5", "--position", "last", "--target-languages", "fr", "--max-queries", "1",

@@ -173,6 +173,8 @@ def edit_method_options(args: argparse.Namespace, method: str) -> dict[str, Any]
                 out[name] = getattr(args, name)
         if getattr(args, "pivot", "auto") != "auto":  # none (None) or a layer
             out["pivot"] = args.pivot
+        if getattr(args, "chunk", None) is not None:  # lakn edit's --chunk
+            out["chunk_size"] = args.chunk
     elif method == "kn_embedding" and getattr(args, "gain", None) is not None:
         out["kn_scale"] = args.gain
     elif method == "gradient":

@@ -293,6 +293,7 @@ def apply_edits(
         ids = [f.fact_id for f in facts]
         return edit_facts(model, list(facts), {i: dict(new_answers[i]) for i in ids},
                           {i: list(neurons[i]) for i in ids}, **kwargs), True
+    kwargs.pop("chunk_size", None)  # edit_facts' option: one fact is one chunk
     edits: list = []
     try:
         for f in facts:
@@ -505,7 +506,8 @@ def edit_evaluation(
         if "solves" in info:
             solved.append(dict(method=job.label, neurons=job.neurons, batch=job.batch,
                                facts=[fq.fact.fact_id for fq in batch],
-                               **{k: info.get(k) for k in ("solves", "key_weights", "missed", "released")}))
+                               **{k: info.get(k) for k in ("solves", "key_weights", "missed", "released",
+                                                              "chunks")}))
         try:
             after = [_measure_own(model, fq, batch_size) for fq in batch]
             edited = {fq.fact.fact_id for fq in batch}
