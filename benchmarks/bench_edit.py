@@ -13,7 +13,9 @@ the gradient edit (10 Adam steps) and the knowledge-neuron embedding edit throug
 ``--pivot-only`` times :func:`lakn.pivot_layer` alone (one lens row per unembedding call against
 the batched lens); ``--targets-only`` times the targets of a batch of ``--batch`` facts found one
 fact at a time (``find_target`` per fact) against all at once (``find_targets``), both with the
-pivot term, and prints how far apart the two sets of targets are.
+pivot term, and prints how far apart the two sets of targets are. ``--chunks N`` also times the
+batch solved in chunks of N facts one after another (``edit_facts(..., chunk_size=N)``);
+``--batch-only`` times only the batch rows (one solve, and in chunks with ``--chunks``).
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def main() -> None:
     ap.add_argument("--pivot-only", action="store_true", help="time pivot_layer alone (both lens modes)")
     ap.add_argument("--targets-only", action="store_true",
                     help="time a batch's targets found one fact at a time and all at once")
+    ap.add_argument("--chunks", type=int, default=0, help="also time the batch in chunks of N facts (0: not)")
+    ap.add_argument("--batch-only", action="store_true", help="time only the batch rows")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -67,6 +71,10 @@ def main() -> None:
     rows: list = []
     if args.targets_only:
         return _print(_target_rows(model, layer, facts[: args.batch], answers, args.repeats), layer, args)
+    if args.batch_only:
+        pivot_layer(model, layer)  # untimed: measured once per model
+        kept = lakn.preservation(model, [layer], facts=facts[1:])
+        return _print(_batch_rows(model, facts[: args.batch], answers, whole, kept, args), layer, args)
     pivot_rows = _pivot_rows(model, layer)
     if args.pivot_only:
         return _print(rows + pivot_rows, layer, args)
@@ -93,10 +101,7 @@ def main() -> None:
             s, e = _timed(lambda: single(position=pos), args.repeats)
             rows.append((f"closed_form, whole layer, keys at {pos} (default)", s,
                          f"{e.info['n_keys']} keys, pivot L{e.info['pivot_layer']}, key weights {e.info['key_weights']}"))
-        batch = facts[: args.batch]
-        s, e = _timed(lambda: edit_facts(model, batch, {f.fact_id: answers[f.fact_id] for f in batch}, whole,
-                                         preserve=kept, position="subject").undo() or None, args.repeats)
-        rows.append((f"closed_form batch of {len(batch)} (one solve)", s, f"{s / len(batch):.2f} s per fact"))
+        rows += _batch_rows(model, facts[: args.batch], answers, whole, kept, args)
         s, _ = _timed(lambda: single(neurons=small, method="gradient"), args.repeats)
         rows.append(("gradient, 20 neurons, 10 Adam steps", s, ""))
         s, _ = _timed(lambda: single(neurons=small, method="kn_embedding"), args.repeats)
@@ -106,6 +111,23 @@ def main() -> None:
         e.undo()
         rows.append(("undo (whole layer)", time.perf_counter() - t, "bit for bit"))
     _print(rows, layer, args)
+
+
+def _batch_rows(model, batch, answers, whole, kept, args) -> list:
+    """A batch in one solve and, with ``--chunks``, in chunks one after another."""
+    rows = []
+    for chunk in [None] + ([args.chunks] if args.chunks else []):
+        s, e = _timed(lambda: _undone(edit_facts(model, batch, {f.fact_id: answers[f.fact_id] for f in batch}, whole,
+                                                 preserve=kept, position="subject", chunk_size=chunk)), args.repeats)
+        what = "one solve" if chunk is None else f"chunks of {chunk}"
+        rows.append((f"closed_form batch of {len(batch)} ({what})", s,
+                     f"{s / len(batch):.2f} s per fact, {e.info['solves']} solves, {len(e.info['missed'])} missed"))
+    return rows
+
+
+def _undone(edit):
+    edit.undo()
+    return edit
 
 
 def _pivot_rows(model, layer: int) -> list:

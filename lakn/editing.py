@@ -389,6 +389,8 @@ def _in_chunks(model, facts: Sequence[Fact], chunk_size: int, solve, by_layer: d
                 missed=[m for p in parts for m in p["missed"]], released=[r for p in parts for r in p["released"]],
                 targets=[t for e in chunks for t in e.info["targets"]],
                 target_norms=[t for e in chunks for t in e.info["target_norms"]],
+                target_history=[h for e in chunks for h in e.info["target_history"]],
+                n_keys=sum(e.info["n_keys"] for e in chunks), n_context_keys=sum(e.info["n_context_keys"] for e in chunks),
                 preservation=chunks[0].info["preservation"], n_preserved_tokens=chunks[0].info["n_preserved_tokens"])
     method = chunks[0].method.rsplit(" batch=", 1)[0] + f" batch={len(facts)} chunks={chunk_size}"
     return _summed(model, chunks, method, info)

@@ -213,7 +213,8 @@ def test_chunks_are_solved_in_sequence_each_holding_the_earlier_chunks_prompts(l
     assert "batch=3 chunks=2" in chunked.method and info["chunk_size"] == 2
     assert [c["facts"] for c in info["chunks"]] == [[f.fact_id for f in facts[:2]], [facts[2].fact_id]]
     assert len(info["key_weights"]) == 3 and info["solves"] == sum(c["solves"] for c in info["chunks"]) >= 2
-    assert info["groups"] == [f.fact_id for f in facts] and len(info["targets"]) == 3
+    assert info["groups"] == [f.fact_id for f in facts] and len(info["targets"]) == 3 == len(info["target_history"])
+    assert info["n_keys"] == 12  # 3 facts x 2 languages x 2 queries, summed over the chunks
     first = edit_facts(llama, facts[:2], answers, neurons, preserve=base, **kw)
     held = base.merged(preservation(llama, [1], texts=[], facts=facts[:2], languages=["en", "fr"], max_queries=2))
     second = edit_facts(llama, facts[2:], answers, neurons, preserve=held, **kw)
