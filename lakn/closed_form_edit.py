@@ -151,7 +151,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                  gain: float, null_space: float | None, target_steps: int, target_lr: float = 0.5,
                  target_decay: float = 0.05, ridge: float = 1e-6, pivot: int | str | None = "auto",
                  pivot_weight: float = PIVOT_WEIGHT, retries: int = RETRIES, retry_boost: float = RETRY_BOOST,
-                 context_weight: float = CONTEXT_WEIGHT, label: str = "") -> Edit:
+                 context_weight: float = CONTEXT_WEIGHT, label: str = "",
+                 held: Sequence[tuple[_Group, float]] = ()) -> Edit:
     from .closed_form import preservation_for, solve_rows
     from .target import find_targets
 
@@ -190,6 +191,11 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 deltas, histories = [d for d, _ in found], [h for _, h in found]
             with_keys = [j for j, g in enumerate(groups) if g.prompts]
             keys, contexts = _group_keys(model, [groups[j] for j in with_keys], {layer: idx}, context_weight > 0)
+            # held: earlier edits' keys and context keys, kept where those edits put them (residual 0)
+            held_keys, held_contexts = _group_keys(model, [g for g, _ in held], {layer: idx}, context_weight > 0)
+            held_w = torch.cat([torch.full((len(k),), float(w)) for k, (_, w) in zip(held_keys, held)]
+                               + [torch.full((len(c),), context_weight * float(w))
+                                  for c, (_, w) in zip(held_contexts, held)]) if held else torch.zeros(0)
             residuals = [share * found[j][0].double()[None].expand(len(groups[j].prompts), -1) for j in with_keys]
             if not keys:
                 raise ValueError("no key prompts for the closed-form solve")
@@ -197,14 +203,15 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
             attempts = int(retries) + 1 if layer == target_layer else 1
             best: tuple | None = None  # (missed groups, hits, rows, key weights) of the solve that misses fewest
             d_model = residuals[0].shape[1]
-            all_keys = torch.cat(keys + contexts)
-            all_residuals = torch.cat(residuals + [torch.zeros(len(c), d_model, dtype=torch.float64) for c in contexts])
+            all_keys = torch.cat(keys + contexts + held_keys + held_contexts)
+            all_residuals = torch.cat(residuals + [torch.zeros(len(c), d_model, dtype=torch.float64)
+                                                   for c in contexts + held_keys + held_contexts])
             checked = [groups[j] for j in with_keys]
 
             def solve(key_weights: list[float]) -> Tensor:  # context keys weigh context_weight x their key weight
                 w = torch.cat([torch.full((len(k),), key_weights[j]) for j, k in zip(with_keys, keys)]
                               + [torch.full((len(c),), context_weight * key_weights[j])
-                                 for j, c in zip(with_keys, contexts)])
+                                 for j, c in zip(with_keys, contexts)] + [held_w])
                 return solve_rows(all_keys, all_residuals, pres.restricted(layer, idx), lam=lam,
                                   null_space=null_space, ridge=ridge, weights=w).float()
 
@@ -264,7 +271,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
                 key_weights=weights, solves=solves, missed=still_missed, released=released, retries=retries,
                 retry_boost=retry_boost, context_weight=context_weight,
-                n_context_keys=sum(len(c) for c in contexts))
+                n_context_keys=sum(len(c) for c in contexts), n_held_keys=len(held_w) if held else 0)
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
     edit.redo()
     return edit

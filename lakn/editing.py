@@ -25,7 +25,7 @@ from .config import check_number
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
 from .closed_form import _preserve_prompts, _target_languages
-from .closed_form_edit import CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _closed_form, _encoded, _group
+from .closed_form_edit import CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _closed_form, _encoded, _group, _Group
 from .keys import _key_languages
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
@@ -91,6 +91,10 @@ LAM = 1e6  # the closed-form edit's default weight of the preserved keys: stiff,
 # loosen it for the facts that do not take (results.md run 8)
 INJECT_LAM = 1e5  # injection's: a new name needs a looser start than the largest key weight (64) gives
 # from 1e6 (results.md run 10: recall in the trained languages .78 at 1e6, .95 at 1e5)
+
+
+CHUNK_HOLD = 16.0  # how many times their kept key weight an earlier chunk's keys weigh in later chunks' solves:
+# at 1 the later chunks undid half of the first chunk's edits, at 16 a tenth (results.md run 15)
 
 
 def _unembedding(model) -> Tensor:
@@ -322,14 +326,6 @@ def edit_facts(
         unknown = set(options) - _OPTIONS
         if unknown:
             raise TypeError(f"edit_facts got unknown option(s) {sorted(unknown)}")
-        if chunk_size is not None and chunk_size < len(facts):
-            return _in_chunks(model, facts, chunk_size, lambda part, kept: edit_facts(
-                model, part, new_answers, {f.fact_id: sets[f.fact_id] for f in part}, language=language,
-                key_languages=key_languages, target_languages=target_languages, position=position,
-                max_queries=max_queries, **{**options, "preserve": kept}),
-                _neuron_layers(model, [n for s in sets.values() for n in s]), options.get("preserve"),
-                languages=list(dict.fromkeys(l for f in facts for l in _key_languages(f, new_answers[f.fact_id],
-                                                                                        language, key_languages))))
         by_layer = _neuron_layers(model, [n for s in sets.values() for n in s])
         groups = []
         for fact in facts:
@@ -344,6 +340,8 @@ def edit_facts(
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
+        if chunk_size is not None and chunk_size < len(facts):
+            return _in_chunks(model, facts, groups, by_layer, chunk_size, position=position, options=kw)
         return _closed_form(model, groups, by_layer, label=f"batch={len(facts)}", position=position, **kw)
     singles: list[Edit] = []
     try:
@@ -361,29 +359,35 @@ def edit_facts(
                    dict(facts=ids, methods=[e.method for e in singles]))
 
 
-def _in_chunks(model, facts: Sequence[Fact], chunk_size: int, solve, by_layer: dict[int, list[int]], preserve, *,
-               languages: Sequence[str]) -> Edit:
-    """:func:`edit_facts` in chunks: ``solve(part, preservation)`` edits one chunk (and applies it);
-    after each, the chunk's query prompts (2 per language of ``languages``) join the preservation, so
-    the later chunks hold its outputs as they hold any preserved token's (a soft hold: each token
-    weighs ``lam / n_tokens``). Returns one applied edit holding every chunk's deltas."""
+def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer: dict[int, list[int]],
+               chunk_size: int, *, position: str, options: dict[str, Any]) -> Edit:
+    """:func:`edit_facts` in chunks of ``chunk_size`` facts (``groups``, one per fact), each one solve
+    on the model the earlier chunks edited. The earlier chunks stay put in two ways: their keys and
+    context keys join each later solve with residual 0, weighing ``CHUNK_HOLD`` times the key weights
+    they were kept with, and their query prompts (2 per key language) join the preserved keys. Returns one applied edit
+    holding every chunk's deltas."""
     from .closed_form import preservation, preservation_for
 
     layers = sorted(by_layer)
-    kept = preservation_for(model, preserve, layers, frozenset(f.fact_id for f in facts))
+    languages = list(dict.fromkeys(l for g in groups for l in g.key_languages))
+    kept = preservation_for(model, options["preserve"], layers, frozenset(g.name for g in groups))
     chunks: list[Edit] = []
+    held: list[tuple[_Group, float]] = []
     try:
-        for start in range(0, len(facts), chunk_size):
-            part = list(facts[start:start + chunk_size])
-            chunks.append(solve(part, kept))
-            if start + chunk_size < len(facts):
-                kept = kept.merged(preservation(model, layers, texts=[], facts=part, languages=languages,
-                                                max_queries=2, cache=False))  # used once: no cache file
+        for start in range(0, len(groups), chunk_size):
+            part = list(groups[start:start + chunk_size])
+            chunks.append(_closed_form(model, part, by_layer, **{**options, "preserve": kept}, position=position,
+                                       label=f"batch={len(part)}", held=held))
+            held += [(g, CHUNK_HOLD * w) for g, w in zip(part, chunks[-1].info["key_weights"]) if g.prompts]
+            if start + chunk_size < len(groups):
+                kept = kept.merged(preservation(model, layers, texts=[], facts=list(facts[start:start + chunk_size]),
+                                                languages=languages, max_queries=2, cache=False))  # used once
     finally:
         for e in reversed(chunks):
             e.undo()
     parts: list[dict[str, Any]] = [dict(facts=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
-                                        missed=e.info["missed"], released=e.info["released"]) for e in chunks]
+                                        missed=e.info["missed"], released=e.info["released"],
+                                        n_held_keys=e.info["n_held_keys"]) for e in chunks]
     info = dict(chunks[-1].info, chunk_size=chunk_size, chunks=parts, groups=[g for p in parts for g in p["facts"]],
                 solves=sum(p["solves"] for p in parts), key_weights=[w for p in parts for w in p["key_weights"]],
                 missed=[m for p in parts for m in p["missed"]], released=[r for p in parts for r in p["released"]],

@@ -191,10 +191,46 @@ def test_batch_is_one_solve_that_maps_every_fact(llama, toy_facts):
     assert float((joint - summed).abs().max()) > 1e-3 * float(joint.abs().max())
 
 
-def test_chunks_are_solved_in_sequence_each_holding_the_earlier_chunks_prompts(llama, toy_facts, tmp_path):
-    """chunk_size=2 on three facts: facts 0-1 in one solve, then fact 2 alone on the model they edited,
-    with their query prompts (2 per key language) merged into the preserved keys. The chunked edit's
-    rows are the sum of those two solves; undo restores bit for bit; the hooks give the same logits."""
+def test_chunks_are_solved_in_sequence_and_a_later_chunk_leaves_the_earlier_keys_where_they_were(llama, toy_facts):
+    """chunk_size=2 on three facts, keys alone (λ 0, no context keys, one solve each): facts 0-1 are
+    solved together, then fact 2 on the model they edited, with their keys held at residual 0. Every
+    fact's prompts then read its own target at the key: facts 0-1 exactly as after their chunk
+    (fact 2's solve did not move them, though solved without the hold it does), fact 2 on top of
+    what the first chunk left at its keys."""
+    facts = toy_facts[:3]
+    answers = {f.fact_id: {"en": toy_facts[(i + 1) % 4].answers["en"], "fr": toy_facts[(i + 1) % 4].answers["fr"]}
+               for i, f in enumerate(facts)}
+    neurons = layer_neurons(llama, [1])
+    exact = dict(lam=0.0, ridge=1e-12, context_weight=0.0, retries=0, pivot=None, target_steps=5, position="last")
+    prompts = {f.fact_id: _prompt_tokens(llama, f, ["en", "fr"]) for f in facts}
+
+    def outs(fid):
+        return torch.stack([_mlp_out(llama, t, 1)[-1] for t in prompts[fid]])
+
+    out0 = {f.fact_id: outs(f.fact_id) for f in facts}
+    with edit_facts(llama, facts[:2], answers, neurons, **exact):
+        middle = outs(facts[2].fact_id)
+        with edit_facts(llama, facts[2:], answers, neurons, **exact):  # fact 2 solved without the hold
+            unheld = {f.fact_id: outs(f.fact_id) for f in facts[:2]}
+        first = {f.fact_id: outs(f.fact_id) for f in facts[:2]}
+    with edit_facts(llama, facts, answers, neurons, chunk_size=2, **exact) as chunked:
+        targets = chunked.info["targets"]
+        assert [c["n_held_keys"] for c in chunked.info["chunks"]] == [0, 8]  # 2 facts x 2 languages x 2 queries
+        for f, target in zip(facts[:2], targets[:2]):
+            torch.testing.assert_close(outs(f.fact_id), first[f.fact_id], rtol=1e-3, atol=1e-3)
+            torch.testing.assert_close(outs(f.fact_id) - out0[f.fact_id], target.float().expand(4, -1),
+                                       rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(outs(facts[2].fact_id) - middle, targets[2].float().expand(4, -1),
+                                   rtol=1e-3, atol=1e-3)
+    drift = max(float((unheld[f.fact_id] - first[f.fact_id]).abs().max()) for f in facts[:2])
+    assert drift > 1e-2 * max(float(t.abs().max()) for t in targets[:2])  # without the hold fact 2 moves them
+
+
+def test_chunked_edits_keep_their_chunks_apart_and_undo_bit_for_bit(llama, toy_facts, tmp_path, monkeypatch):
+    """The bookkeeping of chunk_size: each chunk's facts, solves, key weights and held keys; the
+    earlier chunk's prompts join the preserved keys (uncached); undo and the hooks; one chunk is one solve."""
+    import lakn.closed_form as closed_form
+
     facts = toy_facts[:3]
     answers = {f.fact_id: {"en": toy_facts[(i + 1) % 4].answers["en"], "fr": toy_facts[(i + 1) % 4].answers["fr"]}
                for i, f in enumerate(facts)}
@@ -203,32 +239,29 @@ def test_chunks_are_solved_in_sequence_each_holding_the_earlier_chunks_prompts(l
     base = preservation(llama, [1], texts=TEXTS)
     before = _weights(llama)
     cached = sorted((tmp_path / "cache").rglob("*"))
+    merged: list[dict] = []
+    real = closed_form.preservation
+    monkeypatch.setattr(closed_form, "preservation", lambda *a, **k: merged.append(k) or real(*a, **k))
     with edit_facts(llama, facts, answers, neurons, chunk_size=2, preserve=base, **kw) as chunked:
-        rows = chunked.deltas[1].clone()
         info = chunked.info
         tokens = llama.to_tokens(facts[0].queries("en")[0].prompt)
         with torch.no_grad():
             edited_logits = llama(tokens)
     assert _same(llama, before) and sorted((tmp_path / "cache").rglob("*")) == cached  # chunk prompts: no cache file
+    assert [(m["facts"], m["languages"], m["max_queries"], m["cache"]) for m in merged] == [
+        (facts[:2], ["en", "fr"], 2, False)]
     assert "batch=3 chunks=2" in chunked.method and info["chunk_size"] == 2
     assert [c["facts"] for c in info["chunks"]] == [[f.fact_id for f in facts[:2]], [facts[2].fact_id]]
     assert len(info["key_weights"]) == 3 and info["solves"] == sum(c["solves"] for c in info["chunks"]) >= 2
     assert info["groups"] == [f.fact_id for f in facts] and len(info["targets"]) == 3 == len(info["target_history"])
     assert info["n_keys"] == 12  # 3 facts x 2 languages x 2 queries, summed over the chunks
-    first = edit_facts(llama, facts[:2], answers, neurons, preserve=base, **kw)
-    held = base.merged(preservation(llama, [1], texts=[], facts=facts[:2], languages=["en", "fr"], max_queries=2))
-    second = edit_facts(llama, facts[2:], answers, neurons, preserve=held, **kw)
-    alone = edit_facts(llama, facts[2:], answers, neurons, preserve=base, **kw)  # on the same model, not holding
-    alone.undo()
-    second.undo()
-    first.undo()
-    assert _same(llama, before)
-    torch.testing.assert_close(rows, first.deltas[1] + second.deltas[1], rtol=1e-4, atol=1e-6)
-    assert not torch.allclose(second.deltas[1], alone.deltas[1])  # the merged prompts changed the second solve
     with torch.no_grad(), llama.hooks(fwd_hooks=chunked.hooks()):
         hooked_logits = llama(tokens)
     torch.testing.assert_close(hooked_logits, edited_logits, rtol=1e-4, atol=1e-4)
     assert _same(llama, before) and active_hook_count(llama) == 0
+    chunked.redo()
+    chunked.undo()
+    assert _same(llama, before)
     with edit_facts(llama, facts, answers, neurons, preserve=base, **kw) as once:
         pass
     with edit_facts(llama, facts, answers, neurons, chunk_size=3, preserve=base, **kw) as whole:  # one chunk: one solve
