@@ -59,6 +59,8 @@ def main() -> None:
     ap.add_argument("--batch-only", action="store_true", help="time only the batch rows")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
+    if not 0 <= args.chunks < args.batch:
+        ap.error(f"--chunks must be 0 (off) or between 1 and --batch - 1 = {args.batch - 1}, got {args.chunks}")
     torch.set_num_threads(args.threads)
     model = lakn.load_model()
     facts = lakn.load_facts("demo")

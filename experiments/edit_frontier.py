@@ -105,8 +105,8 @@ def main() -> int:
     ap.add_argument("--batch-only-peers", action="store_true", help="the batch point runs only --batch-peers")
     ap.add_argument("--sequential", type=int, default=0, help="also edit each batch in chunks of N facts, one after "
                     "another (lakn.edit_facts' chunk_size, AlphaEdit's sequential setting): each chunk solved on the "
-                    "model the earlier chunks edited, with the earlier facts' prompts joining the preserved keys "
-                    "(default 0: not run)")
+                    "model the earlier chunks edited, whose keys each later solve holds in place (--chunk-hold) and "
+                    "whose prompts join the preserved keys (default 0: not run)")
     ap.add_argument("--chunk-hold", type=float, default=None, help="lakn.editing.CHUNK_HOLD for --sequential: how many "
                     "times their kept key weight the earlier chunks' keys weigh in later solves (0: held through the "
                     "preserved keys only; default: lakn's)")
@@ -124,6 +124,8 @@ def main() -> int:
     if args.chunk_hold is not None:
         import lakn.editing
 
+        if not args.chunk_hold >= 0:
+            ap.error(f"--chunk-hold must be a number >= 0, got {args.chunk_hold}")
         lakn.editing.CHUNK_HOLD = args.chunk_hold
     if not Path(args.data).is_file():
         print(f"edit_frontier: the shared data is not at {args.data}; nothing to do")

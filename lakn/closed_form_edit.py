@@ -271,7 +271,8 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 lam=lam, gain=gain, null_space=null_space, pivot_layer=pivot_at, pivot_weight=pivot_weight,
                 key_weights=weights, solves=solves, missed=still_missed, released=released, retries=retries,
                 retry_boost=retry_boost, context_weight=context_weight,
-                n_context_keys=sum(len(c) for c in contexts), n_held_keys=len(held_w) if held else 0)
+                n_context_keys=sum(len(c) for c in contexts), n_held_keys=sum(len(k) for k in held_keys),
+                n_held_context_keys=sum(len(c) for c in held_contexts))
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
     edit.redo()
     return edit

@@ -15,6 +15,7 @@ whose :meth:`Edit.hooks` give the same change as TransformerLens hooks::
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -29,6 +30,7 @@ from .closed_form_edit import CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _closed_form
 from .keys import _key_languages
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
+from .probability import top1_tokens
 from .tokens import EncodedQuery, last_logits, logits_at, model_device
 from .weights import Edit, _delta_hooks, _rows, _write_rows, activation_neurons, layer_neurons, w_out
 
@@ -291,10 +293,13 @@ def edit_facts(
     its own set) and the edit holds the sum of their deltas. Options: those of :func:`edit_fact`.
     Returns one reversible :class:`Edit`.
 
-    ``chunk_size`` (closed form): solve the facts in chunks of that many, in order, each chunk on
-    the model the earlier chunks edited, with the earlier chunks' query prompts joining the preserved
-    keys (AlphaEdit's sequential setting; docs/method.md §8.3). The edit holds the chunks' summed
-    deltas; ``info["chunks"]`` holds each chunk's facts, solves, key weights and missed facts.
+    ``chunk_size`` (closed form; fewer than the facts): solve the facts in chunks of that many, in
+    order, each chunk (its targets too) on the model the earlier chunks edited, which stay put: their
+    keys and context keys join every later solve with residual 0 at ``CHUNK_HOLD`` times their kept
+    key weight, and their query prompts join the preserved keys (AlphaEdit's sequential setting;
+    docs/method.md §8.3, results.md run 15). The edit holds the chunks' summed deltas;
+    ``info["missed"]`` names the facts missed at the end, ``info["chunks"]`` each chunk's facts,
+    solves, key weights, the facts missed and released at its own solve and its held keys.
     """
     facts = list(facts)
     if not facts:
@@ -318,10 +323,11 @@ def edit_facts(
     lam, gain, null_space = options.get("lam", LAM), options.get("gain", 1.0), options.get("null_space")
     _check_options(method, lam, gain, null_space)
     if chunk_size is not None:
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        chunk_size = _chunk_size(chunk_size)
         if method != "closed_form":
             raise ValueError(f"chunk_size is an option of the closed form; method {method!r} edits each fact alone")
+        if is_masked_lm(model):  # before any chunk's preserved keys are built
+            raise ValueError("the closed-form edit needs a causal LM; chunk_size has no meaning for a masked LM")
     if method == "closed_form":
         unknown = set(options) - _OPTIONS
         if unknown:
@@ -359,12 +365,27 @@ def edit_facts(
                    dict(facts=ids, methods=[e.method for e in singles]))
 
 
+def _chunk_size(value) -> int:
+    """``chunk_size`` as an int >= 1 (numpy integers too), else ValueError naming it."""
+    import operator
+
+    try:
+        n = operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or isinstance(value, bool) or n < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {value!r}")
+    return n
+
+
 def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer: dict[int, list[int]],
                chunk_size: int, *, position: str, options: dict[str, Any]) -> Edit:
     """:func:`edit_facts` in chunks of ``chunk_size`` facts (``groups``, one per fact), each one solve
     on the model the earlier chunks edited. The earlier chunks stay put in two ways: their keys and
     context keys join each later solve with residual 0, weighing ``CHUNK_HOLD`` times the key weights
-    they were kept with, and their query prompts (2 per key language) join the preserved keys. Returns one applied edit
+    they were kept with, and their query prompts (2 per language of the batch's key languages) join
+    the preserved keys. The held keys are read again for every later solve: their rows grow with the
+    facts edited before (fine for tens of facts; a running sum of ``w k k^T`` would bound them). Returns one applied edit
     holding every chunk's deltas."""
     from .closed_form import preservation, preservation_for
 
@@ -387,17 +408,32 @@ def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer:
             e.undo()
     parts: list[dict[str, Any]] = [dict(facts=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
                                         missed=e.info["missed"], released=e.info["released"],
-                                        n_held_keys=e.info["n_held_keys"]) for e in chunks]
+                                        n_held_keys=e.info["n_held_keys"], n_held_context_keys=e.info["n_held_context_keys"])
+                                   for e in chunks]
+    langs = sorted({l for e in chunks for l in e.info["key_languages"]})
+    tlangs = sorted({l for e in chunks for l in e.info["target_languages"]})
     info = dict(chunks[-1].info, chunk_size=chunk_size, chunks=parts, groups=[g for p in parts for g in p["facts"]],
+                key_languages=langs, target_languages=tlangs,
                 solves=sum(p["solves"] for p in parts), key_weights=[w for p in parts for w in p["key_weights"]],
-                missed=[m for p in parts for m in p["missed"]], released=[r for p in parts for r in p["released"]],
+                released=[r for p in parts for r in p["released"]],
                 targets=[t for e in chunks for t in e.info["targets"]],
                 target_norms=[t for e in chunks for t in e.info["target_norms"]],
                 target_history=[h for e in chunks for h in e.info["target_history"]],
                 n_keys=sum(e.info["n_keys"] for e in chunks), n_context_keys=sum(e.info["n_context_keys"] for e in chunks),
+                n_held_keys=sum(p["n_held_keys"] for p in parts),
+                n_held_context_keys=sum(p["n_held_context_keys"] for p in parts),
                 preservation=chunks[0].info["preservation"], n_preserved_tokens=chunks[0].info["n_preserved_tokens"])
-    method = chunks[0].method.rsplit(" batch=", 1)[0] + f" batch={len(facts)} chunks={chunk_size}"
-    return _summed(model, chunks, method, info)
+    method = re.sub(r" keys=\S+", f" keys={','.join(langs)}", chunks[0].method.rsplit(" batch=", 1)[0])
+    method = re.sub(r" targets=\S+", "", method) + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
+    edit = _summed(model, chunks, method + f" batch={len(facts)} chunks={chunk_size}", info)
+    queries = [(g.name, e) for g in groups for e in g.targets]  # missed at the end: the later chunks may undo a fact
+    try:
+        tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
+    except BaseException:
+        edit.undo()
+        raise
+    edit.info["missed"] = list(dict.fromkeys(name for (name, e), top in zip(queries, tops) if top != int(e.answer[0])))
+    return edit
 
 
 def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay, preserve=(), locality_weight=1.0,

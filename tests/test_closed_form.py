@@ -242,6 +242,14 @@ def test_chunked_edits_keep_their_chunks_apart_and_undo_bit_for_bit(llama, toy_f
     merged: list[dict] = []
     real = closed_form.preservation
     monkeypatch.setattr(closed_form, "preservation", lambda *a, **k: merged.append(k) or real(*a, **k))
+    solves: list[tuple] = []  # every solve's keys, residuals, weights and covariance
+    real_solve = closed_form.solve_rows
+
+    def spy(keys, residuals, covariance=None, **k):
+        solves.append((keys, residuals, k["weights"], covariance))
+        return real_solve(keys, residuals, covariance, **k)
+
+    monkeypatch.setattr(closed_form, "solve_rows", spy)
     with edit_facts(llama, facts, answers, neurons, chunk_size=2, preserve=base, **kw) as chunked:
         info = chunked.info
         tokens = llama.to_tokens(facts[0].queries("en")[0].prompt)
@@ -255,6 +263,23 @@ def test_chunked_edits_keep_their_chunks_apart_and_undo_bit_for_bit(llama, toy_f
     assert len(info["key_weights"]) == 3 and info["solves"] == sum(c["solves"] for c in info["chunks"]) >= 2
     assert info["groups"] == [f.fact_id for f in facts] and len(info["targets"]) == 3 == len(info["target_history"])
     assert info["n_keys"] == 12  # 3 facts x 2 languages x 2 queries, summed over the chunks
+    # the second chunk's solves end with the first chunk's 8 keys and their context keys: residual 0,
+    # weighing CHUNK_HOLD x their kept weight (context keys x context_weight more); C has their prompts
+    first, second = info["chunks"]
+    n_held, n_ctx = second["n_held_keys"], second["n_held_context_keys"]
+    assert first["n_held_keys"] == 0 and n_held == 8 and n_ctx > 0
+    assert info["n_held_keys"] == 8 and info["n_held_context_keys"] == n_ctx
+    hold = [lakn.editing.CHUNK_HOLD * w for w in first["key_weights"]]
+    for keys, residuals, w, cov in solves[first["solves"]:]:
+        tail = w[-(n_held + n_ctx):]
+        assert torch.equal(residuals[-(n_held + n_ctx):], torch.zeros(n_held + n_ctx, residuals.shape[1],
+                                                                      dtype=residuals.dtype))
+        torch.testing.assert_close(tail[:n_held], torch.tensor([h for h in hold for _ in range(4)]))
+        assert set(tail[n_held:].tolist()) <= {lakn.editing.CONTEXT_WEIGHT * h for h in hold}
+        assert not torch.allclose(cov, solves[0][3])  # the first chunk's prompts joined the preserved keys
+    for keys, residuals, w, cov in solves[:first["solves"]]:
+        assert len(w) == len(keys) and torch.allclose(cov, solves[0][3])
+    monkeypatch.setattr(closed_form, "solve_rows", real_solve)
     with torch.no_grad(), llama.hooks(fwd_hooks=chunked.hooks()):
         hooked_logits = llama(tokens)
     torch.testing.assert_close(hooked_logits, edited_logits, rtol=1e-4, atol=1e-4)
@@ -267,9 +292,33 @@ def test_chunked_edits_keep_their_chunks_apart_and_undo_bit_for_bit(llama, toy_f
     with edit_facts(llama, facts, answers, neurons, chunk_size=3, preserve=base, **kw) as whole:  # one chunk: one solve
         assert "chunks" not in whole.info
         torch.testing.assert_close(whole.deltas[1], once.deltas[1])
-    for bad in (0, -1, 1.5, True):
+    calls = [0]
+    real_targets = lakn.target.find_targets
+
+    def fail_second(*a, **k):  # the second chunk's target search fails: nothing stays changed
+        calls[0] += 1
+        if calls[0] == 2:
+            raise RuntimeError("boom")
+        return real_targets(*a, **k)
+
+    monkeypatch.setattr(lakn.target, "find_targets", fail_second)
+    with pytest.raises(RuntimeError, match="boom"):
+        edit_facts(llama, facts, answers, neurons, chunk_size=2, preserve=base, **kw)
+    assert _same(llama, before)
+    monkeypatch.setattr(lakn.target, "find_targets", real_targets)
+    for bad in (0, -1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="chunk_size"):
             edit_facts(llama, facts, answers, neurons, chunk_size=bad)
+    import numpy as np
+
+    with edit_facts(llama, facts, answers, neurons, chunk_size=np.int64(2), preserve=base, **kw) as again:
+        assert again.info["chunk_size"] == 2
+        # info["missed"]: the facts whose new answer is not top-1 on all target queries at the end
+        for f in facts:
+            enc = [lakn.tokens.encode_query(llama, q) for q in lakn.editing._with_answers(
+                f, answers[f.fact_id]).queries("en")]
+            top = lakn.probability.top1_tokens(llama, enc)
+            assert (f.fact_id in again.info["missed"]) == any(t != int(e.answer[0]) for t, e in zip(top, enc))
     with pytest.raises(ValueError, match="chunk_size is an option of the closed form"):
         edit_facts(llama, facts, answers, [(1, 2)], method="kn_embedding", chunk_size=1)
     assert _same(llama, before)

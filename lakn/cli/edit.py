@@ -53,8 +53,8 @@ def register(sub) -> None:
                    help="facts per edit, comma-separated, e.g. 1,10,50 (one batched solve each; default 1)")
     p.add_argument("--chunk", type=positive_int, default=None,
                    help="closed_form: solve each batch in chunks of this many facts, one after another, each on the "
-                        "model the earlier chunks edited, whose prompts join the preserved keys (lakn.edit_facts' "
-                        "chunk_size; default: one solve per batch)")
+                        "model the earlier chunks edited, whose keys each later solve holds in place (lakn.edit_facts' "
+                        "chunk_size, results.md run 15; default: one solve per batch)")
     p.set_defaults(handler=run)
 
 

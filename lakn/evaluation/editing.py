@@ -279,7 +279,7 @@ def apply_edits(
     options: Mapping[str, Any] | None = None,
 ) -> tuple[Any, bool]:
     """Edit every fact of ``facts`` to ``new_answers[fact_id]`` through ``neurons[fact_id]``:
-    one :func:`lakn.editing.edit_facts` solve for more than one fact, else :func:`lakn.edit_fact`.
+    :func:`lakn.editing.edit_facts` for several facts (in chunks with ``chunk_size``), else :func:`lakn.edit_fact`.
     Returns ``(handle, batched)``; ``handle.undo()`` restores the weights. ``method`` may be a
     callable ``f(model, facts, new_answers, neurons, language=..., **options)`` returning anything
     with ``undo()`` (a custom or a dummy edit)."""
