@@ -403,6 +403,8 @@ def test_bad_inputs_give_clear_errors(llama, toy_facts):
     bert = tiny_model("bert")
     with pytest.raises(ValueError, match="causal LM"):
         edit_fact(bert, fact, {"en": "Rome"}, [(0, 1)])
+    with pytest.raises(ValueError, match="causal LM; chunk_size"):  # refused before any preserved keys are built
+        edit_facts(bert, toy_facts[:2], {f.fact_id: {"en": "Rome"} for f in toy_facts[:2]}, [(0, 1)], chunk_size=1)
     assert _same(llama, before) and active_hook_count(llama) == 0
     assert EDIT_METHODS == ("closed_form", "gradient", "kn_embedding")
 
