@@ -107,9 +107,9 @@ def main() -> int:
                     "another (lakn.edit_facts' chunk_size, AlphaEdit's sequential setting): each chunk solved on the "
                     "model the earlier chunks edited, whose keys each later solve holds in place (--chunk-hold) and "
                     "whose prompts join the preserved keys (default 0: not run)")
-    ap.add_argument("--chunk-hold", type=float, default=None, help="lakn.editing.CHUNK_HOLD for --sequential: how many "
-                    "times their kept key weight the earlier chunks' keys weigh in later solves (0: held through the "
-                    "preserved keys only; default: lakn's)")
+    ap.add_argument("--chunk-hold", type=float, default=None, help="lakn.closed_form_edit.CHUNK_HOLD for "
+                    "--sequential: how many times their kept key weight the earlier chunks' keys weigh in later "
+                    "solves (0: held through the preserved keys only; default: lakn's)")
     ap.add_argument("--spread", default="", help="layers below --layer the whole-layer set also spans (e.g. 8,9,10,11: "
                     "one edit solved layer by layer, MEMIT's spreading; the grid and batch rows use it)")
     ap.add_argument("--skip-grid", action="store_true", help="skip the whole-layer grid")
@@ -122,11 +122,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 facts, 2 grid points, batch 3")
     args = ap.parse_args()
     if args.chunk_hold is not None:
-        import lakn.editing
+        import lakn.closed_form_edit
 
         if not args.chunk_hold >= 0:
             ap.error(f"--chunk-hold must be a number >= 0, got {args.chunk_hold}")
-        lakn.editing.CHUNK_HOLD = args.chunk_hold
+        lakn.closed_form_edit.CHUNK_HOLD = args.chunk_hold
     if not Path(args.data).is_file():
         print(f"edit_frontier: the shared data is not at {args.data}; nothing to do")
         return 0

@@ -5,13 +5,16 @@
 map to it) and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.target.find_targets`,
 with the pivot term of :mod:`lakn.pivot`), solves the rows layer by layer (:func:`lakn.closed_form.solve_rows`)
 and solves again with heavier keys for the facts that do not take (docs/method.md §8.3).
+:func:`_in_chunks` runs it chunk by chunk for ``edit_facts(..., chunk_size=N)``, each later solve
+holding the earlier chunks' keys in place (``held``, ``CHUNK_HOLD``).
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -23,7 +26,7 @@ from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT, Pivot, pivot_layer
 from .probability import top1_tokens
 from .tokens import EncodedQuery, encode_query
-from .weights import Edit
+from .weights import Edit, _summed
 
 
 def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[EncodedQuery]:
@@ -275,4 +278,79 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 n_held_context_keys=sum(len(c) for c in held_contexts))
     edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
     edit.redo()
+    return edit
+
+
+CHUNK_HOLD = 16.0  # how many times their kept key weight an earlier chunk's keys weigh in later chunks' solves:
+# at 1 the later chunks undid half of the first chunk's edits, at 16 a tenth (results.md run 15)
+
+
+def _chunk_size(value) -> int:
+    """``chunk_size`` as an int >= 1 (numpy integers too), else ValueError naming it."""
+    import operator
+
+    try:
+        n = operator.index(value)
+    except TypeError:
+        n = None
+    if n is None or isinstance(value, bool) or n < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {value!r}")
+    return n
+
+
+def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer: dict[int, list[int]],
+               chunk_size: int, *, position: str, options: dict[str, Any]) -> Edit:
+    """:func:`edit_facts` in chunks of ``chunk_size`` facts (``groups``, one per fact), each one solve
+    on the model the earlier chunks edited. The earlier chunks stay put in two ways: their keys and
+    context keys join each later solve with residual 0, weighing ``CHUNK_HOLD`` times the key weights
+    they were kept with, and their query prompts (2 per language of the batch's key languages) join
+    the preserved keys. The held keys are read again for every later solve: their rows grow with the
+    facts edited before (fine for tens of facts; a running sum of ``w k k^T`` would bound them). Returns one applied edit
+    holding every chunk's deltas."""
+    from .closed_form import preservation, preservation_for
+
+    layers = sorted(by_layer)
+    languages = list(dict.fromkeys(l for g in groups for l in g.key_languages))
+    kept = preservation_for(model, options["preserve"], layers, frozenset(g.name for g in groups))
+    chunks: list[Edit] = []
+    held: list[tuple[_Group, float]] = []
+    try:
+        for start in range(0, len(groups), chunk_size):
+            part = list(groups[start:start + chunk_size])
+            chunks.append(_closed_form(model, part, by_layer, **{**options, "preserve": kept}, position=position,
+                                       label=f"batch={len(part)}", held=held))
+            held += [(g, CHUNK_HOLD * w) for g, w in zip(part, chunks[-1].info["key_weights"]) if g.prompts]
+            if start + chunk_size < len(groups):
+                kept = kept.merged(preservation(model, layers, texts=[], facts=list(facts[start:start + chunk_size]),
+                                                languages=languages, max_queries=2, cache=False))  # used once
+    finally:
+        for e in reversed(chunks):
+            e.undo()
+    parts: list[dict[str, Any]] = [dict(facts=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
+                                        missed=e.info["missed"], released=e.info["released"],
+                                        n_held_keys=e.info["n_held_keys"], n_held_context_keys=e.info["n_held_context_keys"])
+                                   for e in chunks]
+    langs = sorted({l for e in chunks for l in e.info["key_languages"]})
+    tlangs = sorted({l for e in chunks for l in e.info["target_languages"]})
+    info = dict(chunks[-1].info, chunk_size=chunk_size, chunks=parts, groups=[g for p in parts for g in p["facts"]],
+                key_languages=langs, target_languages=tlangs,
+                solves=sum(p["solves"] for p in parts), key_weights=[w for p in parts for w in p["key_weights"]],
+                released=[r for p in parts for r in p["released"]],
+                targets=[t for e in chunks for t in e.info["targets"]],
+                target_norms=[t for e in chunks for t in e.info["target_norms"]],
+                target_history=[h for e in chunks for h in e.info["target_history"]],
+                n_keys=sum(e.info["n_keys"] for e in chunks), n_context_keys=sum(e.info["n_context_keys"] for e in chunks),
+                n_held_keys=sum(p["n_held_keys"] for p in parts),
+                n_held_context_keys=sum(p["n_held_context_keys"] for p in parts),
+                preservation=chunks[0].info["preservation"], n_preserved_tokens=chunks[0].info["n_preserved_tokens"])
+    method = re.sub(r" keys=\S+", f" keys={','.join(langs)}", chunks[0].method.rsplit(" batch=", 1)[0])
+    method = re.sub(r" targets=\S+", "", method) + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
+    edit = _summed(model, chunks, method + f" batch={len(facts)} chunks={chunk_size}", info)
+    queries = [(g.name, e) for g in groups for e in g.targets]  # missed at the end: the later chunks may undo a fact
+    try:
+        tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
+    except BaseException:
+        edit.undo()
+        raise
+    edit.info["missed"] = list(dict.fromkeys(name for (name, e), top in zip(queries, tops) if top != int(e.answer[0])))
     return edit

@@ -15,7 +15,6 @@ whose :meth:`Edit.hooks` give the same change as TransformerLens hooks::
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
@@ -26,13 +25,13 @@ from .config import check_number
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
 from .closed_form import _preserve_prompts, _target_languages
-from .closed_form_edit import CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _closed_form, _encoded, _group, _Group
+from .closed_form_edit import (CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _chunk_size, _closed_form, _encoded, _group,
+                               _in_chunks)
 from .keys import _key_languages
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
-from .probability import top1_tokens
 from .tokens import EncodedQuery, last_logits, logits_at, model_device
-from .weights import Edit, _delta_hooks, _rows, _write_rows, activation_neurons, layer_neurons, w_out
+from .weights import Edit, _delta_hooks, _rows, _summed, _write_rows, activation_neurons, layer_neurons, w_out
 
 __all__ = ["w_out", "Edit", "edit_fact", "edit_facts", "inject_fact", "activation_neurons", "layer_neurons",
            "EDIT_METHODS"]
@@ -93,10 +92,6 @@ LAM = 1e6  # the closed-form edit's default weight of the preserved keys: stiff,
 # loosen it for the facts that do not take (results.md run 8)
 INJECT_LAM = 1e5  # injection's: a new name needs a looser start than the largest key weight (64) gives
 # from 1e6 (results.md run 10: recall in the trained languages .78 at 1e6, .95 at 1e5)
-
-
-CHUNK_HOLD = 16.0  # how many times their kept key weight an earlier chunk's keys weigh in later chunks' solves:
-# at 1 the later chunks undid half of the first chunk's edits, at 16 a tenth (results.md run 15)
 
 
 def _unembedding(model) -> Tensor:
@@ -253,21 +248,6 @@ _OPTIONS = _CLOSED_FORM_OPTIONS | frozenset({"steps", "lr", "weight_decay", "loc
 """The keyword options of :func:`edit_fact` that :func:`edit_facts` and :func:`inject_fact` pass on."""
 
 
-def _summed(model, edits: Sequence[Edit], method: str, info: dict) -> Edit:
-    """One applied Edit whose deltas are the sums of ``edits``' deltas (which must be undone)."""
-    by_layer = group_by_layer(n for e in edits for n in e.neurons)
-    d_model = next(iter(edits[0].deltas.values())).shape[1]
-    deltas = {l: torch.zeros(len(idx), d_model) for l, idx in by_layer.items()}
-    for e in edits:
-        for layer, idx in e.neurons_by_layer.items():
-            where = torch.as_tensor([by_layer[layer].index(i) for i in idx])
-            deltas[layer].index_add_(0, where, e.deltas[layer].float().cpu())
-    history = [float(sum(h)) / len(h) for h in zip(*(e.history for e in edits))] if edits else []
-    edit = Edit(model, by_layer, {}, deltas, history, method=method, active=False, info=info)
-    edit.redo()
-    return edit
-
-
 def edit_facts(
     model,
     facts: Sequence[Fact],
@@ -363,77 +343,6 @@ def edit_facts(
             e.undo()
     return _summed(model, singles, f"{singles[0].method} summed over batch={len(facts)}",
                    dict(facts=ids, methods=[e.method for e in singles]))
-
-
-def _chunk_size(value) -> int:
-    """``chunk_size`` as an int >= 1 (numpy integers too), else ValueError naming it."""
-    import operator
-
-    try:
-        n = operator.index(value)
-    except TypeError:
-        n = None
-    if n is None or isinstance(value, bool) or n < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {value!r}")
-    return n
-
-
-def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer: dict[int, list[int]],
-               chunk_size: int, *, position: str, options: dict[str, Any]) -> Edit:
-    """:func:`edit_facts` in chunks of ``chunk_size`` facts (``groups``, one per fact), each one solve
-    on the model the earlier chunks edited. The earlier chunks stay put in two ways: their keys and
-    context keys join each later solve with residual 0, weighing ``CHUNK_HOLD`` times the key weights
-    they were kept with, and their query prompts (2 per language of the batch's key languages) join
-    the preserved keys. The held keys are read again for every later solve: their rows grow with the
-    facts edited before (fine for tens of facts; a running sum of ``w k k^T`` would bound them). Returns one applied edit
-    holding every chunk's deltas."""
-    from .closed_form import preservation, preservation_for
-
-    layers = sorted(by_layer)
-    languages = list(dict.fromkeys(l for g in groups for l in g.key_languages))
-    kept = preservation_for(model, options["preserve"], layers, frozenset(g.name for g in groups))
-    chunks: list[Edit] = []
-    held: list[tuple[_Group, float]] = []
-    try:
-        for start in range(0, len(groups), chunk_size):
-            part = list(groups[start:start + chunk_size])
-            chunks.append(_closed_form(model, part, by_layer, **{**options, "preserve": kept}, position=position,
-                                       label=f"batch={len(part)}", held=held))
-            held += [(g, CHUNK_HOLD * w) for g, w in zip(part, chunks[-1].info["key_weights"]) if g.prompts]
-            if start + chunk_size < len(groups):
-                kept = kept.merged(preservation(model, layers, texts=[], facts=list(facts[start:start + chunk_size]),
-                                                languages=languages, max_queries=2, cache=False))  # used once
-    finally:
-        for e in reversed(chunks):
-            e.undo()
-    parts: list[dict[str, Any]] = [dict(facts=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
-                                        missed=e.info["missed"], released=e.info["released"],
-                                        n_held_keys=e.info["n_held_keys"], n_held_context_keys=e.info["n_held_context_keys"])
-                                   for e in chunks]
-    langs = sorted({l for e in chunks for l in e.info["key_languages"]})
-    tlangs = sorted({l for e in chunks for l in e.info["target_languages"]})
-    info = dict(chunks[-1].info, chunk_size=chunk_size, chunks=parts, groups=[g for p in parts for g in p["facts"]],
-                key_languages=langs, target_languages=tlangs,
-                solves=sum(p["solves"] for p in parts), key_weights=[w for p in parts for w in p["key_weights"]],
-                released=[r for p in parts for r in p["released"]],
-                targets=[t for e in chunks for t in e.info["targets"]],
-                target_norms=[t for e in chunks for t in e.info["target_norms"]],
-                target_history=[h for e in chunks for h in e.info["target_history"]],
-                n_keys=sum(e.info["n_keys"] for e in chunks), n_context_keys=sum(e.info["n_context_keys"] for e in chunks),
-                n_held_keys=sum(p["n_held_keys"] for p in parts),
-                n_held_context_keys=sum(p["n_held_context_keys"] for p in parts),
-                preservation=chunks[0].info["preservation"], n_preserved_tokens=chunks[0].info["n_preserved_tokens"])
-    method = re.sub(r" keys=\S+", f" keys={','.join(langs)}", chunks[0].method.rsplit(" batch=", 1)[0])
-    method = re.sub(r" targets=\S+", "", method) + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
-    edit = _summed(model, chunks, method + f" batch={len(facts)} chunks={chunk_size}", info)
-    queries = [(g.name, e) for g in groups for e in g.targets]  # missed at the end: the later chunks may undo a fact
-    try:
-        tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
-    except BaseException:
-        edit.undo()
-        raise
-    edit.info["missed"] = list(dict.fromkeys(name for (name, e), top in zip(queries, tops) if top != int(e.answer[0])))
-    return edit
 
 
 def _train_rows(model, encoded, neurons, *, steps, lr, weight_decay, preserve=(), locality_weight=1.0,

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .facts import Fact, FactsError
-from .hooks import MLP_POST, Neuron, capture_hook, hook_name
+from .hooks import MLP_POST, Neuron, capture_hook, group_by_layer, hook_name
 
 __all__ = ["w_out", "Edit", "layer_neurons", "activation_neurons"]
 
@@ -257,3 +257,18 @@ def activation_neurons(
     top = score.flatten().topk(k).indices
     d_mlp = score.shape[1]
     return [(int(i) // d_mlp, int(i) % d_mlp) for i in top]
+
+
+def _summed(model, edits: Sequence[Edit], method: str, info: dict) -> Edit:
+    """One applied Edit whose deltas are the sums of ``edits``' deltas (which must be undone)."""
+    by_layer = group_by_layer(n for e in edits for n in e.neurons)
+    d_model = next(iter(edits[0].deltas.values())).shape[1]
+    deltas = {l: torch.zeros(len(idx), d_model) for l, idx in by_layer.items()}
+    for e in edits:
+        for layer, idx in e.neurons_by_layer.items():
+            where = torch.as_tensor([by_layer[layer].index(i) for i in idx])
+            deltas[layer].index_add_(0, where, e.deltas[layer].float().cpu())
+    history = [float(sum(h)) / len(h) for h in zip(*(e.history for e in edits))] if edits else []
+    edit = Edit(model, by_layer, {}, deltas, history, method=method, active=False, info=info)
+    edit.redo()
+    return edit

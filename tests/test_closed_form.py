@@ -269,7 +269,7 @@ def test_chunked_edits_keep_their_chunks_apart_and_undo_bit_for_bit(llama, toy_f
     n_held, n_ctx = second["n_held_keys"], second["n_held_context_keys"]
     assert first["n_held_keys"] == 0 and n_held == 8 and n_ctx > 0
     assert info["n_held_keys"] == 8 and info["n_held_context_keys"] == n_ctx
-    hold = [lakn.editing.CHUNK_HOLD * w for w in first["key_weights"]]
+    hold = [lakn.closed_form_edit.CHUNK_HOLD * w for w in first["key_weights"]]
     for keys, residuals, w, cov in solves[first["solves"]:]:
         tail = w[-(n_held + n_ctx):]
         assert torch.equal(residuals[-(n_held + n_ctx):], torch.zeros(n_held + n_ctx, residuals.shape[1],
