@@ -305,8 +305,8 @@ def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer:
     context keys join each later solve with residual 0, weighing ``CHUNK_HOLD`` times the key weights
     they were kept with, and their query prompts (2 per language of the batch's key languages) join
     the preserved keys. The held keys are read again for every later solve: their rows grow with the
-    facts edited before (fine for tens of facts; a running sum of ``w k k^T`` would bound them). Returns one applied edit
-    holding every chunk's deltas."""
+    facts edited before (fine for tens of facts; a running sum of ``w k k^T`` would bound them).
+    Returns one applied edit holding every chunk's deltas; ``info["missed"]`` is checked at the end."""
     from .closed_form import preservation, preservation_for
 
     layers = sorted(by_layer)
