@@ -11,7 +11,6 @@ holding the earlier chunks' keys in place (``held``, ``CHUNK_HOLD``).
 
 from __future__ import annotations
 
-import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -103,13 +102,19 @@ fact takes less, not more. 4 made the hard counterfactuals take (docs/results.md
 def _hits(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
     """Per group, how many of its target queries rank the new answer's first token top-1 with the row
     change ``rows`` applied (then removed); the queries of every group run together, in batches."""
-    queries = [(j, e) for j, g in enumerate(groups) for e in g.targets]
     trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
     trial.redo()
     try:
-        tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
+        return _current_hits(model, groups)
     finally:
         trial.undo()
+
+
+def _current_hits(model, groups: Sequence["_Group"]) -> list[int]:
+    """Per group, how many of its target queries rank the new answer's first token top-1 on the model
+    as it is; the queries of every group run together, in batches."""
+    queries = [(j, e) for j, g in enumerate(groups) for e in g.targets]
+    tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
     hits = [0] * len(groups)
     for (j, e), top in zip(queries, tops):
         hits[j] += int(top == int(e.answer[0]))
@@ -262,11 +267,6 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                for i in range(steps)]
     langs = sorted({l for g in groups for l in g.key_languages})
     tlangs = sorted({l for g in groups for l in g.target_languages})
-    method = (f"closed_form λ={lam:g} gain={gain:g}" + (f" null_space={null_space:g}" if null_space else "")
-              + f" keys={','.join(langs)}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
-              + (f" pivot=L{pivot_at}x{pivot_weight:g}" if pivot_at is not None else "")
-              + (f" context={context_weight:g}" if context_weight > 0 else "")
-              + (f" {label}" if label else ""))
     info = dict(key_languages=langs, target_languages=tlangs, n_keys=n_keys, target_layer=target_layer,
                 layers=layers, position=position,
                 targets=deltas, target_norms=[float(d.norm()) for d in deltas], target_history=histories,
@@ -276,9 +276,21 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 retry_boost=retry_boost, context_weight=context_weight,
                 n_context_keys=sum(len(c) for c in contexts), n_held_keys=sum(len(k) for k in held_keys),
                 n_held_context_keys=sum(len(c) for c in held_contexts))
-    edit = Edit(model, by_layer, {}, out, history, method=method, active=False, info=info)
+    edit = Edit(model, by_layer, {}, out, history, method=_method_name(info, label), active=False, info=info)
     edit.redo()
     return edit
+
+
+def _method_name(info: dict[str, Any], label: str) -> str:
+    """A closed-form edit's description, from its ``info``: λ, gain, null space, key and target
+    languages, pivot term, context keys, then ``label``."""
+    tlangs = info["target_languages"]
+    return (f"closed_form λ={info['lam']:g} gain={info['gain']:g}"
+            + (f" null_space={info['null_space']:g}" if info["null_space"] else "")
+            + f" keys={','.join(info['key_languages'])}" + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
+            + (f" pivot=L{info['pivot_layer']}x{info['pivot_weight']:g}" if info["pivot_layer"] is not None else "")
+            + (f" context={info['context_weight']:g}" if info["context_weight"] > 0 else "")
+            + (f" {label}" if label else ""))
 
 
 CHUNK_HOLD = 16.0  # how many times their kept key weight an earlier chunk's keys weigh in later chunks' solves:
@@ -343,14 +355,11 @@ def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer:
                 n_held_keys=sum(p["n_held_keys"] for p in parts),
                 n_held_context_keys=sum(p["n_held_context_keys"] for p in parts),
                 preservation=chunks[0].info["preservation"], n_preserved_tokens=chunks[0].info["n_preserved_tokens"])
-    method = re.sub(r" keys=\S+", f" keys={','.join(langs)}", chunks[0].method.rsplit(" batch=", 1)[0])
-    method = re.sub(r" targets=\S+", "", method) + (f" targets={','.join(tlangs)}" if len(tlangs) > 1 else "")
-    edit = _summed(model, chunks, method + f" batch={len(facts)} chunks={chunk_size}", info)
-    queries = [(g.name, e) for g in groups for e in g.targets]  # missed at the end: the later chunks may undo a fact
-    try:
-        tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
+    edit = _summed(model, chunks, _method_name(info, f"batch={len(facts)} chunks={chunk_size}"), info)
+    try:  # missed at the end: the later chunks may undo a fact
+        hits = _current_hits(model, groups)
     except BaseException:
         edit.undo()
         raise
-    edit.info["missed"] = list(dict.fromkeys(name for (name, e), top in zip(queries, tops) if top != int(e.answer[0])))
+    edit.info["missed"] = [g.name for g, h in zip(groups, hits) if h < len(g.targets)]
     return edit
