@@ -9,7 +9,8 @@
 The data path, one module per step (README "Architecture"): facts / config / hooks / models ->
 tokens -> probability / objective -> results -> attribution -> selection / scoring -> splits /
 interventions / weights -> keys -> pivot -> closed_form -> closed_form_edit -> editing -> localization -> evaluation -> plotting -> report -> cli; beside it, rml (build
-RML-LAMA-style facts from mParaRel) above facts and known (which facts the model knows) above probability.
+RML-LAMA-style facts from mParaRel) above facts, known (which facts the model knows) above probability
+and translate (the model's own translation of an answer) above tokens.
 """
 
 from ._deprecation import deprecated_names
@@ -41,6 +42,7 @@ from .evaluation import (
 from . import plotting  # (figures: lakn.plotting.layer_distribution, write_run_figures, ...)
 from .rml import BuildReport, build_rml
 from .known import KnownTable, filter_known, select_known
+from .translate import translate_answer
 from .report import write_report
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "plotting",
     "BuildReport", "build_rml",
     "KnownTable", "filter_known", "select_known",
+    "translate_answer",
     "write_report",
 ]
 

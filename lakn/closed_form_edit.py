@@ -37,15 +37,18 @@ def _encoded(model, fact: Fact, language: str, max_queries: int | None) -> list[
 
 
 def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Sequence[str], key_languages: Sequence[str],
-           max_queries: int | None, position: str) -> "_Group":
+           max_queries: int | None, position: str, checked: Sequence[str] | None = None) -> "_Group":
     """One closed-form target: ``target_fact``'s queries in ``languages`` (answers: the new ones;
-    one delta for all) and ``key_fact``'s prompts in ``key_languages``, each with its key position."""
+    one delta for all) and ``key_fact``'s prompts in ``key_languages``, each with its key position.
+    ``checked``: the target languages whose queries the re-solves and ``missed`` count (default all)."""
     if position not in KEY_POSITIONS:
         raise ValueError(f"unknown key position {position!r}; choose from {KEY_POSITIONS}")
     if position == "subject" and not key_fact.subjects:
         warnings.warn(f"fact {key_fact.fact_id!r} names no subject: keys at the last prompt token", stacklevel=4)
         position = "last"
-    targets = []
+    targets, n_checked = [], 0
+    if checked is not None and languages and languages[0] not in checked:
+        raise ValueError("the first target language (the edit language) must be checked")
     for language in languages:
         queries = target_fact.queries(language, causal=True)[:max_queries]
         encoded = _encoded(model, target_fact, language, max_queries)
@@ -57,9 +60,10 @@ def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Seque
             raise FactsError(f"fact {target_fact.fact_id!r}: no {language} query {what}; give it a 'subject' or "
                              "use position='last'")
         targets += found
+        n_checked += len(found) if checked is None or language in checked else 0
     prompts, prompt_languages, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
     return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages),
-                  list(languages), prompt_languages)
+                  list(languages), prompt_languages, n_checked)
 
 
 @dataclass
@@ -75,6 +79,12 @@ class _Group:
     key_languages: list[str]
     target_languages: list[str] = field(default_factory=list)
     prompt_languages: list[str] = field(default_factory=list)
+    n_checked: int | None = None  # the targets (the first ones: the edit language's) that must take; None: all
+
+    @property
+    def checked(self) -> list[EncodedQuery]:
+        """The target queries whose new answer must be top-1: re-solves and ``missed`` count these."""
+        return self.targets if self.n_checked is None else self.targets[: self.n_checked]
 
     def pivot(self, layer: int, weight: float) -> Pivot | None:
         """The pivot term of this group's target (:mod:`lakn.pivot`): its key prompts in the languages
@@ -100,7 +110,7 @@ fact takes less, not more. 4 made the hard counterfactuals take (docs/results.md
 
 
 def _hits(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], rows: Tensor) -> list[int]:
-    """Per group, how many of its target queries rank the new answer's first token top-1 with the row
+    """Per group, how many of its checked target queries rank the new answer's first token top-1 with the row
     change ``rows`` applied (then removed); the queries of every group run together, in batches."""
     trial = Edit(model, by_layer, {}, {next(iter(by_layer)): rows}, [], method="trial", active=False)
     trial.redo()
@@ -111,9 +121,9 @@ def _hits(model, groups: Sequence["_Group"], by_layer: dict[int, list[int]], row
 
 
 def _current_hits(model, groups: Sequence["_Group"]) -> list[int]:
-    """Per group, how many of its target queries rank the new answer's first token top-1 on the model
+    """Per group, how many of its checked target queries rank the new answer's first token top-1 on the model
     as it is; the queries of every group run together, in batches."""
-    queries = [(j, e) for j, g in enumerate(groups) for e in g.targets]
+    queries = [(j, e) for j, g in enumerate(groups) for e in g.checked]
     tops = top1_tokens(model, [e for _, e in queries], batch_size=32)
     hits = [0] * len(groups)
     for (j, e), top in zip(queries, tops):
@@ -225,7 +235,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
 
             def check(rows: Tensor) -> tuple[list[int], list[int]]:  # per group its hits; the groups missed
                 hits = _hits(model, checked, {layer: idx}, rows)
-                return hits, [j for j, (g, h) in enumerate(zip(checked, hits)) if h < len(g.targets)]
+                return hits, [j for j, (g, h) in enumerate(zip(checked, hits)) if h < len(g.checked)]
 
             for attempt in range(attempts):
                 out[layer] = solve(weights)
@@ -361,5 +371,5 @@ def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer:
     except BaseException:
         edit.undo()
         raise
-    edit.info["missed"] = [g.name for g, h in zip(groups, hits) if h < len(g.targets)]
+    edit.info["missed"] = [g.name for g, h in zip(groups, hits) if h < len(g.checked)]
     return edit

@@ -31,6 +31,7 @@ from .keys import _key_languages
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
 from .tokens import EncodedQuery, last_logits, logits_at, model_device
+from .translate import translate_answer
 from .weights import Edit, _delta_hooks, _rows, _summed, _write_rows, activation_neurons, layer_neurons, w_out
 
 __all__ = ["w_out", "Edit", "edit_fact", "edit_facts", "inject_fact", "activation_neurons", "layer_neurons",
@@ -118,6 +119,31 @@ def _kn_embedding(model, pairs: Sequence[tuple[int | None, int]], by_layer: dict
     return edit
 
 
+def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, target_languages: Sequence[str] | None,
+             key_languages: Sequence[str], translate: bool) -> tuple[list[str], dict[str, str], list[str] | None]:
+    """The languages an edit's target is found on, the new answers it reads there, and the languages
+    whose queries re-solves and ``missed`` count: the edit language's (a re-solve that had to take
+    every query of six languages at once kept none: docs/results.md run 16). ``translate``: the
+    model's own translations of the edit language's answer (:func:`lakn.translate_answer`, round
+    trip checked) stand in for every other target language's (default: the key languages).
+    Otherwise the answers given (:func:`_target_languages`)."""
+    if not isinstance(translate, bool):
+        raise TypeError(f"translate must be True or False, got {translate!r}")
+    if not translate:
+        return _target_languages(fact, answers, language, target_languages), dict(answers), [language]
+    want = list(key_languages) if target_languages is None else (
+        [target_languages] if isinstance(target_languages, str) else list(target_languages))
+    unknown = [l for l in want if l not in fact.templates]
+    if unknown:
+        raise FactsError(f"target language(s) {unknown} unknown for fact {fact.fact_id!r}: it has queries in "
+                         f"{sorted(fact.templates)}")
+    # languages with no usable query (e.g. the slot not last, for a causal LM) cannot carry a target
+    probe = _with_answers(fact, {l: answers[language] for l in want})
+    usable = [l for l in want if l != language and probe.queries(l, causal=not is_masked_lm(model))]
+    words = translate_answer(model, answers[language], usable, source=language)
+    return [language, *words], {**answers, **words}, [language]
+
+
 def _first_token(model, fact: Fact, language: str) -> int:
     return int(_encoded(model, fact, language, 1)[0].answer[0])
 
@@ -153,6 +179,7 @@ def edit_fact(
     retry_boost: float = RETRY_BOOST,
     context_weight: float = CONTEXT_WEIGHT,
     kn_scale: float = 1.0,
+    translate: bool = False,
 ) -> Edit:
     """Change ``fact``'s answer to ``new_answers[language]`` through the W_out rows of ``neurons``.
 
@@ -180,7 +207,7 @@ def edit_fact(
     edit language (:mod:`lakn.pivot`; weight ``pivot_weight``): the edit language's answer is all
     it needs, and it carries the edit to the other languages (docs/results.md run 8). ``"auto"``
     (default): :func:`lakn.pivot.pivot_layer`; a layer; or None (the target of the edit language
-    alone). ``retries``: while the new answer is not top-1 on the target queries, solve again with
+    alone). ``retries``: while the new answer is not top-1 on the edit language's target queries, solve again with
     their keys counting ``retry_boost`` times more (at most ``retries`` times; 0: one solve). The solve that misses
     the fewest facts is kept (the earliest on a tie: heavier keys that take nothing more only cost
     locality); the facts of a batch that took none of their queries in the kept solve at a weight
@@ -198,6 +225,13 @@ def edit_fact(
     ``target_languages`` (closed_form, gradient): find the target (train the rows) on the new
     answers of these languages as well as ``language``'s (default: ``language`` alone, an edit in
     one language; experiments/target_transfer.py measures why more may be needed).
+    ``translate`` (closed_form, gradient): the target is found on the edit language's new answer and
+    on the model's own translations of it into ``target_languages`` (default: the key languages),
+    kept where the model translates them back (:func:`lakn.translate_answer`); the other languages'
+    answers in ``new_answers`` are not read. With either, re-solves count the edit language's
+    queries only (docs/results.md run 16). An edit that names its new answer in one language thus gets a
+    target that is not that language's alone (docs/results.md run 16). Languages with no usable query
+    are left out.
     ``max_queries`` caps the queries used per language. Other languages' answers in
     ``new_answers`` are otherwise only used by the metrics. Returns a reversible :class:`Edit`::
 
@@ -213,15 +247,19 @@ def edit_fact(
     if locality_weight < 0:
         raise ValueError(f"locality_weight must be >= 0, got {locality_weight}")
     by_layer = _neuron_layers(model, neurons)
-    edited = _with_answers(fact, new_answers)
-    targets = _target_languages(fact, new_answers, language, target_languages)
+    langs = _key_languages(fact, new_answers, language, key_languages)
+    if translate and method == "kn_embedding":
+        raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
+                         "translate is for closed_form and gradient")
+    targets, answers, checked = _targets(model, fact, new_answers, language, target_languages, langs, translate)
+    edited = _with_answers(fact, answers)
     if method == "closed_form":
-        langs = _key_languages(fact, new_answers, language, key_languages)
-        group = _group(model, fact.fact_id, edited, fact, targets, langs, max_queries, position)
-        return _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
+        group = _group(model, fact.fact_id, edited, fact, targets, langs, max_queries, position, checked)
+        edit = _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
                             null_space=null_space, target_steps=target_steps, target_lr=target_lr,
                             target_decay=target_decay, ridge=ridge, pivot=pivot, pivot_weight=pivot_weight,
                             retries=retries, retry_boost=retry_boost, context_weight=context_weight)
+        return _translated(edit, {fact.fact_id: (targets, answers)}, language, translate)
     if method == "kn_embedding":
         if len(targets) > 1:
             raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
@@ -233,9 +271,19 @@ def edit_fact(
                         f"{type(preserve).__name__}")
     encoded = [e for l in targets for e in _encoded(model, edited, l, max_queries)]
     prompts = _preserve_prompts(model, preserve or (), language)
-    return _train_rows(model, encoded, [(l, i) for l, idx in by_layer.items() for i in idx],
+    edit = _train_rows(model, encoded, [(l, i) for l, idx in by_layer.items() for i in idx],
                        steps=steps, lr=lr, weight_decay=weight_decay, preserve=prompts,
                        locality_weight=locality_weight, target_prob=target_prob)
+    return _translated(edit, {fact.fact_id: (targets, answers)}, language, translate)
+
+
+def _translated(edit: Edit, found: Mapping[str, tuple[list[str], dict[str, str]]], language: str,
+                translate: bool) -> Edit:
+    """Record in ``edit.info["translations"]`` the model's translations each fact's target read."""
+    if translate:
+        edit.info["translations"] = {fid: {l: answers[l] for l in targets if l != language}
+                                     for fid, (targets, answers) in found.items()}
+    return edit
 
 
 _CLOSED_FORM_OPTIONS = frozenset({"preserve", "lam", "gain", "null_space", "target_steps", "target_lr", "target_decay",
@@ -244,7 +292,7 @@ _CLOSED_FORM_OPTIONS = frozenset({"preserve", "lam", "gain", "null_space", "targ
 """The options of the closed form that :func:`edit_facts` and :func:`inject_fact` pass to its solve."""
 
 _OPTIONS = _CLOSED_FORM_OPTIONS | frozenset({"steps", "lr", "weight_decay", "locality_weight", "target_prob",
-                                             "kn_scale"})
+                                             "kn_scale", "translate"})
 """The keyword options of :func:`edit_fact` that :func:`edit_facts` and :func:`inject_fact` pass on."""
 
 
@@ -313,22 +361,27 @@ def edit_facts(
         if unknown:
             raise TypeError(f"edit_facts got unknown option(s) {sorted(unknown)}")
         by_layer = _neuron_layers(model, [n for s in sets.values() for n in s])
-        groups = []
+        groups, found = [], {}
         for fact in facts:
             answers = new_answers[fact.fact_id]
             if language not in answers:
                 raise FactsError(f"new_answers[{fact.fact_id!r}] has no answer in the edit language {language!r}")
             langs = _key_languages(fact, answers, language, key_languages)
-            targets = _target_languages(fact, answers, language, target_languages)
+            targets, answers, checked = _targets(model, fact, answers, language, target_languages, langs,
+                                                 options.get("translate", False))
             groups.append(_group(model, fact.fact_id, _with_answers(fact, answers), fact, targets, langs,
-                                 max_queries, position))
+                                 max_queries, position, checked))
+            found[fact.fact_id] = (targets, answers)
         kw = {k: v for k, v in options.items() if k in _CLOSED_FORM_OPTIONS}
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
+        translate = options.get("translate", False)
         if chunk_size is not None and chunk_size < len(facts):
-            return _in_chunks(model, facts, groups, by_layer, chunk_size, position=position, options=kw)
-        return _closed_form(model, groups, by_layer, label=f"batch={len(facts)}", position=position, **kw)
+            edit = _in_chunks(model, facts, groups, by_layer, chunk_size, position=position, options=kw)
+        else:
+            edit = _closed_form(model, groups, by_layer, label=f"batch={len(facts)}", position=position, **kw)
+        return _translated(edit, found, language, translate)
     singles: list[Edit] = []
     try:
         for fact in facts:

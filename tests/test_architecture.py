@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [
     ["rml"],                                           # RML-LAMA-style facts from mParaRel (uses only facts)
     ["testing", "tokens"],                             # tiny models; encode queries, logits_at
     ["probability", "objective"],                      # P(answer) family; the IG objective
-    ["known"],                                         # which facts the model knows (rank, P per query)
+    ["known", "translate"],                            # which facts the model knows; its own translation of an answer
     ["results"],                                       # LocalizationResult, FactRecord, ResultTable
     ["attribution.memory", "attribution.kv_cache"],
     ["attribution.runners"],

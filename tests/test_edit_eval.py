@@ -372,6 +372,15 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     with pytest.raises(SystemExit):
         cli.main(["edit", str(runs), "--chunk", "0"])
     assert "--chunk" in capsys.readouterr().err
+    # --translate: the target reads the model's own translations (a tiny model's fail the round trip: none)
+    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
+                     "--position", "last", "--max-queries", "1", "--languages", "en,fr", "--pivot", "none",
+                     "--retries", "0", "--target-steps", "2", "--translate"]) == 0
+    capsys.readouterr()
+    translated = EditingResult.load(runs / "edit.json")
+    assert translated.config["methods"]["closed_form"]["translate"] is True
+    assert all(set(s["translations"]) == set(s["facts"]) and all(set(t) <= {"fr"} for t in s["translations"].values())
+               for s in translated.config["solves"])
     # the key set (lakn.key_neurons of the layer) beside as many random neurons of it; a target on en and fr
     assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "key", "--layers", "1",
                      "--key-neurons", "5", "--position", "last", "--target-languages", "fr", "--max-queries", "1",

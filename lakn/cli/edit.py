@@ -45,6 +45,10 @@ def register(sub) -> None:
     p.add_argument("--target-languages", type=comma_list, default=None,
                    help="closed_form, gradient: find the target on these languages' new answers too (default: the "
                         "edit language alone)")
+    p.add_argument("--translate", action="store_true",
+                   help="closed_form, gradient: find the target on the edit language's new answer and the model's "
+                        "own translations of it into the target languages (default: every key language), kept "
+                        "where the model translates them back; the data's other answers are then only measured")
     p.add_argument("--max-queries", type=positive_int, default=2,
                    help="queries per language the edit uses and reliability/generality measure (default 2)")
     p.add_argument("--max-heldout", type=int, default=2,
@@ -168,10 +172,11 @@ def run(args) -> int:
     if "key" in args.edit_set:
         sets.update(key_sets(model, facts, whole, args))
     methods = {m: {"method": m, **edit_method_options(args, m)} for m in args.method}
-    if args.target_languages:
-        for m in ("closed_form", "gradient"):
-            if m in methods:
-                methods[m]["target_languages"] = args.target_languages
+    for m in ("closed_form", "gradient"):
+        if m in methods and args.target_languages:
+            methods[m]["target_languages"] = args.target_languages
+        if m in methods and args.translate:
+            methods[m]["translate"] = True
     unrelated = list(facts)
     auto = args.preserve is None  # the closed form only, facts outside the run only, none is no error
     n_preserve = (AUTO_PRESERVE if "closed_form" in methods else 0) if auto else args.preserve

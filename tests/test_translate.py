@@ -1,0 +1,214 @@
+"""The model's own translation of an answer (lakn.translate) and edits whose target reads it."""
+
+import re
+
+import pytest
+import torch
+
+import lakn
+import lakn.translate as tr
+from lakn.closed_form import preservation
+from lakn.editing import edit_fact, edit_facts, layer_neurons
+from lakn.facts import FactsError
+from lakn.testing import tiny_model
+
+
+@pytest.fixture(scope="module")
+def llama():
+    return tiny_model("llama", weight_scale=4.0)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LAKN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+class _Scripted(torch.nn.Module):
+    """A stand-in model whose argmax next token follows a script, with a tokenizer of single characters."""
+
+    def __init__(self, script: str):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.vocab = sorted(set(script) | set("abcdefghijklmnopqrstuvwxyz :\n"))
+        self.script, self.calls = script, 0
+        vocab = self.vocab
+
+        class _Tok:
+            def decode(self, ids):
+                return "".join(vocab[i] for i in ids)
+
+        self.tokenizer = _Tok()
+
+    def to_tokens(self, text):
+        return torch.tensor([[self.vocab.index(c) for c in text]])
+
+    def forward(self, tokens):
+        logits = torch.zeros(1, tokens.shape[1], len(self.vocab))
+        logits[0, -1, self.vocab.index(self.script[min(self.calls, len(self.script) - 1)])] = 1.0
+        self.calls += 1
+        return logits
+
+
+def test_greedy_decoding_follows_the_argmax_to_the_end_of_the_line():
+    assert tr._greedy(_Scripted(" wien\nparis"), "de:", 12) == "wien"  # stops at the newline, stripped
+    assert tr._greedy(_Scripted("abcdefgh"), "x", 3) == "abc"          # or after max_tokens
+
+
+def test_greedy_decoding_on_a_real_model_is_its_argmax_chain(llama):
+    prompt, n = "The capital of France is", 4
+    tokens = llama.to_tokens(prompt)
+    chain = []
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(llama(tokens)[0, -1].argmax())
+            if "\n" in llama.tokenizer.decode(chain + [nxt]):
+                break
+            chain.append(nxt)
+            tokens = torch.cat([tokens, torch.tensor([[nxt]])], dim=1)
+    assert tr._greedy(llama, prompt, n) == llama.tokenizer.decode(chain).strip()
+
+
+def _fake_translator(table, prompts):
+    """A _greedy stand-in: the last line of the prompt is '<Target>:' after '<Source>: <word>'."""
+
+    def greedy(model, prompt, max_tokens):
+        prompts.append(prompt)
+        lines = prompt.split("\n")
+        source, word = lines[-2].split(": ", 1)
+        return table.get((source, lines[-1].rstrip(":"), word), "")
+
+    return greedy
+
+
+def test_round_trip_keeps_only_translations_the_model_reads_back(monkeypatch):
+    table = {("English", "French", "Vienna"): "Vienne", ("French", "English", "Vienne"): "vienna ",
+             ("English", "German", "Vienna"): "Wien", ("German", "English", "Wien"): "Venice",
+             ("English", "Chinese", "Vienna"): ""}
+    prompts: list[str] = []
+    monkeypatch.setattr(tr, "_greedy", _fake_translator(table, prompts))
+    assert tr.translate_answer(None, "Vienna", ["fr", "de", "zh", "en"]) == {"fr": "Vienne"}
+    # the prompt: every aligned example pair, then the word; the source language is never translated
+    first = prompts[0]
+    for a, b in zip(tr.EXAMPLES["en"], tr.EXAMPLES["fr"]):
+        assert f"English: {a}\nFrench: {b}\n\n" in first
+    assert first.endswith("English: Vienna\nFrench:")
+    assert len(prompts) == 5  # fr and de there and back, zh there only (empty); en, the source, not at all
+    prompts.clear()
+    assert tr.translate_answer(None, "Vienna", ["fr", "de", "zh"], round_trip=False) == {"fr": "Vienne", "de": "Wien"}
+    assert len(prompts) == 3  # no way back asked for
+    # more languages through aligned examples of one's own
+    table[("English", "Italian", "Vienna")], table[("Italian", "English", "Vienna")] = "Vienna", "Vienna"
+    words = ("Giappone", "Londra", "pittore", "Sony", "calcio", "italiano")
+    assert tr.translate_answer(None, "Vienna", ["it"], examples={"it": words}) == {"it": "Vienna"}
+
+
+def test_translate_answer_bad_inputs_name_the_problem(monkeypatch):
+    monkeypatch.setattr(tr, "_greedy", lambda *a: "x")
+    with pytest.raises(FactsError, match="nothing to translate"):
+        tr.translate_answer(None, "  ", ["fr"])
+    with pytest.raises(FactsError, match="unknown language code 'xx'"):
+        tr.translate_answer(None, "Vienna", ["xx"])
+    with pytest.raises(FactsError, match=re.escape("no translation examples for language 'it'")):
+        tr.translate_answer(None, "Vienna", ["fr", "it"])
+    with pytest.raises(FactsError, match="no translation examples for language 'it'"):
+        tr.translate_answer(None, "Vienna", ["fr"], source="it")
+    with pytest.raises(FactsError, match="'en' and 'it' differ in length"):
+        tr.translate_answer(None, "Vienna", ["it"], examples={"it": ("Giappone",)})
+    with pytest.raises(ValueError, match="max_tokens"):
+        tr.translate_answer(None, "Vienna", ["fr"], max_tokens=0)
+    assert tr.translate_answer(None, "Vienna", "fr", round_trip=False) == {"fr": "x"}  # one code, not letters
+
+
+def test_every_example_list_is_aligned_and_names_a_known_language():
+    assert len({len(words) for words in tr.EXAMPLES.values()}) == 1
+    assert all(code in lakn.LANGUAGES and all(w.strip() == w and w for w in words) for code, words in tr.EXAMPLES.items())
+
+
+def test_translate_edit_reads_the_models_translation_not_the_given_answers(llama, toy_facts, monkeypatch):
+    """translate=True: the target is found on the edit language's answer and the model's translation
+    (here a stand-in), the given zh answer is not read, re-solves count the English queries only, and
+    the translation is recorded."""
+    import lakn.closed_form_edit as cfe
+    import lakn.editing as editing
+    import lakn.target as target
+
+    asked, seen, checked = [], [], []
+    monkeypatch.setattr(editing, "translate_answer",
+                        lambda model, text, languages, source: asked.append((text, list(languages), source))
+                        or {"zh": "罗马"})
+    real_targets, real_hits = target.find_targets, cfe._current_hits
+
+    def spy_targets(model, layer, encoded, **kw):
+        seen.append([tuple(e.answer.tolist()) for one in encoded for e in one])
+        return real_targets(model, layer, encoded, **kw)
+
+    def spy_hits(model, groups):
+        checked.append([len(g.checked) for g in groups])
+        return real_hits(model, groups)
+
+    monkeypatch.setattr(target, "find_targets", spy_targets)
+    monkeypatch.setattr(cfe, "_current_hits", spy_hits)
+    fact, pres = toy_facts[2], preservation(llama, [1], texts=["The cat sleeps.", "Il pleut."])
+    given = {"en": "Paris", "fr": "Paris", "zh": "东京"}  # zh: a reference answer the edit must not read
+    token = {w: tuple(lakn.encode_query(llama, lakn.editing._with_answers(fact, {"zh": w}).queries("zh")[0]).answer.tolist())
+             for w in ("罗马", "东京")}
+    edit = edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, target_steps=2, translate=True)
+    edit.undo()
+    assert asked == [("Paris", ["fr", "zh"], "en")]  # the key languages but the edit language's
+    assert token["罗马"] in seen[-1] and token["东京"] not in seen[-1]
+    assert len(seen[-1]) == len(fact.queries("en")) + len(fact.queries("zh"))
+    assert set(checked[-1]) == {len(fact.queries("en"))}  # the translation's queries need not take
+    assert edit.info["translations"] == {fact.fact_id: {"zh": "罗马"}} and edit.info["target_languages"] == ["en", "zh"]
+    asked.clear()
+    edit = edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, target_steps=2, translate=True,
+                     target_languages=["zh"], retries=0)
+    edit.undo()
+    assert asked == [("Paris", ["zh"], "en")]
+    # the answers given through target_languages: re-solves count the English queries only there too
+    given_zh = edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, target_steps=2,
+                         target_languages=["zh"], retries=0)
+    given_zh.undo()
+    assert token["东京"] in seen[-1] and set(checked[-1]) == {len(fact.queries("en"))}
+    assert "translations" not in given_zh.info
+    # a batch records each fact's; the gradient edit reads them too
+    both = edit_facts(llama, toy_facts[:2], {f.fact_id: given for f in toy_facts[:2]}, layer_neurons(llama, [1]),
+                      preserve=pres, target_steps=2, translate=True, retries=0)
+    both.undo()
+    assert both.info["translations"] == {f.fact_id: {"zh": "罗马"} for f in toy_facts[:2]}
+    grad = edit_fact(llama, fact, given, layer_neurons(llama, [1]), method="gradient", steps=1, translate=True)
+    grad.undo()
+    assert grad.info["translations"] == {fact.fact_id: {"zh": "罗马"}}
+    with pytest.raises(ValueError, match="kn_embedding.*translate"):
+        edit_fact(llama, fact, given, layer_neurons(llama, [1]), method="kn_embedding", translate=True)
+    with pytest.raises(TypeError, match="translate must be True or False"):
+        edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, translate="yes")
+    with pytest.raises(FactsError, match=r"target language\(s\) \['de'\] unknown"):
+        edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, translate=True, target_languages=["de"])
+
+
+def test_gemma_translates_a_country_and_reads_it_back(default_model):
+    """The embedded model, few-shot: two translations it knows well (docs/results.md run 16)."""
+    words = lakn.translate_answer(default_model, "Germany", ["fr", "de"])
+    assert words == {"fr": "Allemagne", "de": "Deutschland"}
+
+
+def test_translate_leaves_out_languages_with_no_usable_query(llama, monkeypatch):
+    """A language whose queries a causal LM cannot use (the slot is not last) gets no translation
+    and no target; the edit still takes its keys."""
+    import lakn.editing as editing
+    from lakn.facts import Fact
+
+    asked = []
+    monkeypatch.setattr(editing, "translate_answer",
+                        lambda model, text, languages, source: asked.append(list(languages)) or {})
+    fact = Fact.from_dict({"fact_id": "capital_peru", "relation": "capital",
+                           "subject": {"en": "Peru", "fr": "Pérou", "zh": "秘鲁"},
+                           "object": {"en": "Lima", "fr": "Lima", "zh": "利马"},
+                           "queries": {"en": ["The capital of Peru is [Y]"], "fr": ["La capitale du Pérou est [Y]"],
+                                       "zh": ["[Y]是秘鲁的首都"]}})
+    pres = preservation(llama, [1], texts=["The cat sleeps.", "Il pleut."])
+    edit = edit_fact(llama, fact, {"en": "Quito"}, layer_neurons(llama, [1]), preserve=pres, target_steps=2,
+                     translate=True, key_languages=["en", "fr", "zh"], retries=0)
+    edit.undo()
+    assert asked == [["fr"]] and edit.info["translations"] == {"capital_peru": {}}
+    assert edit.info["target_languages"] == ["en"] and edit.info["key_languages"] == ["en", "fr", "zh"]
