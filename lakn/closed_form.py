@@ -357,12 +357,20 @@ def _target_languages(fact: Fact, new_answers: Mapping[str, str], language: str,
     new answer; the edit language is always one of them; one code as a string is one language)."""
     if target_languages is None:
         return [language]
-    if isinstance(target_languages, str):
-        target_languages = [target_languages]
-    langs = list(dict.fromkeys([language, *target_languages]))
+    langs = _codes([language], target_languages)
     missing = [l for l in langs if l not in new_answers]
     if missing:
         raise FactsError(f"target language(s) {missing} of fact {fact.fact_id!r} have no new answer in new_answers")
+    return _known_targets(fact, langs)
+
+
+def _codes(first: Sequence[str], more: Sequence[str] | str) -> list[str]:
+    """``first`` then ``more`` without repeats; one code given as a string is one language."""
+    return list(dict.fromkeys([*first, *([more] if isinstance(more, str) else more)]))
+
+
+def _known_targets(fact: Fact, langs: list[str]) -> list[str]:
+    """``langs``, each a language ``fact`` has queries in (else a :class:`FactsError` naming them)."""
     unknown = [l for l in langs if l not in fact.templates]
     if unknown:
         raise FactsError(f"target language(s) {unknown} unknown for fact {fact.fact_id!r}: it has queries in "

@@ -24,7 +24,7 @@ from torch import Tensor
 from .config import check_number
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
-from .closed_form import _preserve_prompts, _target_languages
+from .closed_form import _codes, _known_targets, _preserve_prompts, _target_languages
 from .closed_form_edit import (CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _chunk_size, _closed_form, _encoded, _group,
                                _in_chunks)
 from .keys import _key_languages
@@ -120,28 +120,27 @@ def _kn_embedding(model, pairs: Sequence[tuple[int | None, int]], by_layer: dict
 
 
 def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, target_languages: Sequence[str] | None,
-             key_languages: Sequence[str], translate: bool) -> tuple[list[str], dict[str, str], list[str] | None]:
-    """The languages an edit's target is found on, the new answers it reads there, and the languages
-    whose queries re-solves and ``missed`` count: the edit language's (a re-solve that had to take
-    every query of six languages at once kept none: docs/results.md run 16). ``translate``: the
-    model's own translations of the edit language's answer (:func:`lakn.translate_answer`, round
-    trip checked) stand in for every other target language's (default: the key languages).
+             key_languages: Sequence[str], translate: bool,
+             memo: dict | None = None) -> tuple[list[str], dict[str, str]]:
+    """The languages an edit's target is found on (the edit language first) and the new answers it
+    reads there. ``translate``: the model's own translations of the edit language's answer
+    (:func:`lakn.translate_answer`, round trip checked) stand in for every other target language's
+    (default: the key languages); ``memo`` keeps them per (answer, languages) across a batch.
     Otherwise the answers given (:func:`_target_languages`)."""
     if not isinstance(translate, bool):
         raise TypeError(f"translate must be True or False, got {translate!r}")
     if not translate:
-        return _target_languages(fact, answers, language, target_languages), dict(answers), [language]
-    want = list(key_languages) if target_languages is None else (
-        [target_languages] if isinstance(target_languages, str) else list(target_languages))
-    unknown = [l for l in want if l not in fact.templates]
-    if unknown:
-        raise FactsError(f"target language(s) {unknown} unknown for fact {fact.fact_id!r}: it has queries in "
-                         f"{sorted(fact.templates)}")
+        return _target_languages(fact, answers, language, target_languages), dict(answers)
+    want = _known_targets(fact, _codes([], key_languages if target_languages is None else target_languages))
     # languages with no usable query (e.g. the slot not last, for a causal LM) cannot carry a target
     probe = _with_answers(fact, {l: answers[language] for l in want})
-    usable = [l for l in want if l != language and probe.queries(l, causal=not is_masked_lm(model))]
-    words = translate_answer(model, answers[language], usable, source=language)
-    return [language, *words], {**answers, **words}, [language]
+    usable = tuple(l for l in want if l != language and probe.queries(l, causal=not is_masked_lm(model)))
+    memo = {} if memo is None else memo
+    key = (answers[language], usable)
+    if key not in memo:
+        memo[key] = translate_answer(model, answers[language], usable, source=language)
+    words = memo[key]
+    return [language, *words], {**answers, **words}
 
 
 def _first_token(model, fact: Fact, language: str) -> int:
@@ -229,9 +228,8 @@ def edit_fact(
     on the model's own translations of it into ``target_languages`` (default: the key languages),
     kept where the model translates them back (:func:`lakn.translate_answer`); the other languages'
     answers in ``new_answers`` are not read. With either, re-solves count the edit language's
-    queries only (docs/results.md run 16). An edit that names its new answer in one language thus gets a
-    target that is not that language's alone (docs/results.md run 16). Languages with no usable query
-    are left out.
+    queries only. An edit that names its new answer in one language thus gets a target that is not
+    that language's alone (docs/results.md run 16). Languages with no usable query are left out.
     ``max_queries`` caps the queries used per language. Other languages' answers in
     ``new_answers`` are otherwise only used by the metrics. Returns a reversible :class:`Edit`::
 
@@ -251,10 +249,10 @@ def edit_fact(
     if translate and method == "kn_embedding":
         raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
                          "translate is for closed_form and gradient")
-    targets, answers, checked = _targets(model, fact, new_answers, language, target_languages, langs, translate)
+    targets, answers = _targets(model, fact, new_answers, language, target_languages, langs, translate)
     edited = _with_answers(fact, answers)
     if method == "closed_form":
-        group = _group(model, fact.fact_id, edited, fact, targets, langs, max_queries, position, checked)
+        group = _group(model, fact.fact_id, edited, fact, targets, langs, max_queries, position)
         edit = _closed_form(model, [group], by_layer, preserve=preserve, lam=lam, position=position, gain=gain,
                             null_space=null_space, target_steps=target_steps, target_lr=target_lr,
                             target_decay=target_decay, ridge=ridge, pivot=pivot, pivot_weight=pivot_weight,
@@ -362,15 +360,16 @@ def edit_facts(
             raise TypeError(f"edit_facts got unknown option(s) {sorted(unknown)}")
         by_layer = _neuron_layers(model, [n for s in sets.values() for n in s])
         groups, found = [], {}
+        memo: dict = {}  # a batch's translations, one per (answer, languages)
         for fact in facts:
             answers = new_answers[fact.fact_id]
             if language not in answers:
                 raise FactsError(f"new_answers[{fact.fact_id!r}] has no answer in the edit language {language!r}")
             langs = _key_languages(fact, answers, language, key_languages)
-            targets, answers, checked = _targets(model, fact, answers, language, target_languages, langs,
-                                                 options.get("translate", False))
+            targets, answers = _targets(model, fact, answers, language, target_languages, langs,
+                                        options.get("translate", False), memo)
             groups.append(_group(model, fact.fact_id, _with_answers(fact, answers), fact, targets, langs,
-                                 max_queries, position, checked))
+                                 max_queries, position))
             found[fact.fact_id] = (targets, answers)
         kw = {k: v for k, v in options.items() if k in _CLOSED_FORM_OPTIONS}
         kw.setdefault("preserve", None)

@@ -70,12 +70,8 @@ def _greedy(model, prompt: str, max_tokens: int) -> str:
 
 def _translate(model, text: str, source: str, target: str, examples: Mapping[str, Sequence[str]],
                max_tokens: int) -> str:
-    src, tgt = _examples(source, examples), _examples(target, examples)
-    if len(src) != len(tgt):
-        raise FactsError(f"translation examples of {source!r} and {target!r} differ in length "
-                         f"({len(src)} and {len(tgt)}): they must be aligned")
     s, t = LANGUAGES[source][0], LANGUAGES[target][0]
-    shots = "".join(f"{s}: {a}\n{t}: {b}\n\n" for a, b in zip(src, tgt))
+    shots = "".join(f"{s}: {a}\n{t}: {b}\n\n" for a, b in zip(examples[source], examples[target]))
     return _greedy(model, f"{shots}{s}: {' '.join(text.split())}\n{t}:", max_tokens)
 
 
@@ -105,9 +101,11 @@ def translate_answer(
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise ValueError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
     table = {**EXAMPLES, **(examples or {})}
-    _examples(source, table)
-    for code in languages:
-        _examples(code, table)
+    src = _examples(source, table)
+    for code in languages:  # every language checked before the model runs
+        if len(_examples(code, table)) != len(src):
+            raise FactsError(f"translation examples of {source!r} and {code!r} differ in length "
+                             f"({len(src)} and {len(table[code])}): they must be aligned")
     want = " ".join(text.split()).casefold()
     out = {}
     for code in dict.fromkeys(languages):

@@ -170,11 +170,13 @@ def test_translate_edit_reads_the_models_translation_not_the_given_answers(llama
     given_zh.undo()
     assert token["东京"] in seen[-1] and set(checked[-1]) == {len(fact.queries("en"))}
     assert "translations" not in given_zh.info
-    # a batch records each fact's; the gradient edit reads them too
+    # a batch records each fact's, asking once for an answer two facts share; the gradient edit reads them too
+    asked.clear()
     both = edit_facts(llama, toy_facts[:2], {f.fact_id: given for f in toy_facts[:2]}, layer_neurons(llama, [1]),
                       preserve=pres, target_steps=2, translate=True, retries=0)
     both.undo()
     assert both.info["translations"] == {f.fact_id: {"zh": "罗马"} for f in toy_facts[:2]}
+    assert asked == [("Paris", ["fr", "zh"], "en")]
     grad = edit_fact(llama, fact, given, layer_neurons(llama, [1]), method="gradient", steps=1, translate=True)
     grad.undo()
     assert grad.info["translations"] == {fact.fact_id: {"zh": "罗马"}}
