@@ -80,6 +80,8 @@ class _Group:
     target_languages: list[str] = field(default_factory=list)
     prompt_languages: list[str] = field(default_factory=list)
     n_checked: int | None = None  # the first targets (the first language's) that must take; None: all
+    lead: "_Group | None" = None  # the group (of the same solve) whose target this one's keys take; None: its own
+    primary: bool = True  # False: a solve that misses it is preferred only among those that miss no more primaries
 
     @property
     def checked(self) -> list[EncodedQuery]:
@@ -202,9 +204,11 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
         for i, layer in enumerate(layers):
             idx = by_layer[layer]
             share = gain / (len(layers) - i)
-            found = find_targets(model, layer, [g.targets for g in groups], steps=target_steps, lr=target_lr,
-                                 decay=target_decay, positions=[g.target_positions for g in groups],
-                                 pivots=[None if pivot_at is None else g.pivot(pivot_at, pivot_weight) for g in groups])
+            owners = [g for g in groups if g.lead is None]  # the groups that find a target; the others take their lead's
+            own = find_targets(model, layer, [g.targets for g in owners], steps=target_steps, lr=target_lr,
+                               decay=target_decay, positions=[g.target_positions for g in owners],
+                               pivots=[None if pivot_at is None else g.pivot(pivot_at, pivot_weight) for g in owners])
+            found = [own[_owner(owners, g)] for g in groups]
             if layer == target_layer:
                 deltas, histories = [d for d, _ in found], [h for _, h in found]
             with_keys = [j for j, g in enumerate(groups) if g.prompts]
@@ -237,13 +241,16 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                 hits = _hits(model, checked, {layer: idx}, rows)
                 return hits, [j for j, (g, h) in enumerate(zip(checked, hits)) if h < len(g.checked)]
 
+            def score(missed: list[int]) -> tuple[int, int]:  # fewer primary groups missed first, then fewer in all
+                return sum(checked[j].primary for j in missed), len(missed)
+
             for attempt in range(attempts):
                 out[layer] = solve(weights)
                 if layer != target_layer:
                     break
                 hits, missed = check(out[layer])
                 solves += 1
-                if best is None or len(missed) < len(best[0]):  # on a tie the earlier, stiffer solve
+                if best is None or score(missed) < score(best[0]):  # on a tie the earlier, stiffer solve
                     best = (missed, hits, out[layer], list(weights))
                 if not missed or attempt == attempts - 1:
                     break
@@ -261,7 +268,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                     rows = solve(lighter)
                     _, lighter_missed = check(rows)
                     solves += 1
-                    if len(lighter_missed) <= len(missed):
+                    if score(lighter_missed) <= score(missed):
                         out[layer], weights, missed = rows, lighter, lighter_missed
                         released = [groups[with_keys[j]].name for j in hopeless]
                 still_missed = [groups[with_keys[j]].name for j in missed]
@@ -289,6 +296,15 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
     edit = Edit(model, by_layer, {}, out, history, method=_method_name(info, label), active=False, info=info)
     edit.redo()
     return edit
+
+
+def _owner(owners: Sequence[_Group], group: _Group) -> int:
+    """The index in ``owners`` of the group whose target ``group`` takes (itself, or its lead)."""
+    lead = group.lead or group
+    for i, g in enumerate(owners):
+        if g is lead:
+            return i
+    raise ValueError(f"group {group.name!r} takes the target of {lead.name!r}, which is not in the same solve")
 
 
 def _method_name(info: dict[str, Any], label: str) -> str:
@@ -320,9 +336,9 @@ def _chunk_size(value) -> int:
     return n
 
 
-def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer: dict[int, list[int]],
+def _in_chunks(model, facts: Sequence[Fact], per_fact: Sequence[Sequence[_Group]], by_layer: dict[int, list[int]],
                chunk_size: int, *, position: str, options: dict[str, Any]) -> Edit:
-    """:func:`edit_facts` in chunks of ``chunk_size`` facts (``groups``, one per fact), each one solve
+    """:func:`edit_facts` in chunks of ``chunk_size`` facts (``per_fact``: each fact's groups), each one solve
     on the model the earlier chunks edited. The earlier chunks stay put in two ways: their keys and
     context keys join each later solve with residual 0, weighing ``CHUNK_HOLD`` times the key weights
     they were kept with, and their query prompts (2 per language of the batch's key languages) join
@@ -332,17 +348,18 @@ def _in_chunks(model, facts: Sequence[Fact], groups: Sequence[_Group], by_layer:
     from .closed_form import preservation, preservation_for
 
     layers = sorted(by_layer)
+    groups = [g for gs in per_fact for g in gs]
     languages = list(dict.fromkeys(l for g in groups for l in g.key_languages))
-    kept = preservation_for(model, options["preserve"], layers, frozenset(g.name for g in groups))
+    kept = preservation_for(model, options["preserve"], layers, frozenset(f.fact_id for f in facts))
     chunks: list[Edit] = []
     held: list[tuple[_Group, float]] = []
     try:
-        for start in range(0, len(groups), chunk_size):
-            part = list(groups[start:start + chunk_size])
+        for start in range(0, len(per_fact), chunk_size):
+            part = [g for gs in per_fact[start:start + chunk_size] for g in gs]
             chunks.append(_closed_form(model, part, by_layer, **{**options, "preserve": kept}, position=position,
                                        label=f"batch={len(part)}", held=held))
             held += [(g, CHUNK_HOLD * w) for g, w in zip(part, chunks[-1].info["key_weights"]) if g.prompts]
-            if start + chunk_size < len(groups):
+            if start + chunk_size < len(per_fact):
                 kept = kept.merged(preservation(model, layers, texts=[], facts=list(facts[start:start + chunk_size]),
                                                 languages=languages, max_queries=2, cache=False))  # used once
     finally:

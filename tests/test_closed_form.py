@@ -400,6 +400,9 @@ def test_bad_inputs_give_clear_errors(llama, toy_facts):
         edit_facts(llama, toy_facts[:1], {fact.fact_id: {"en": "Rome"}}, n, lamda=3)
     with pytest.raises(FactsError, match="no queries or answer"):
         inject_fact(llama, fact, languages=("de",), neurons=n)
+    for option in ("translate", "per_language"):  # an injection reads each training language's own answer
+        with pytest.raises(ValueError, match=f"'{option}'.*options of edit_fact"):
+            inject_fact(llama, fact, languages=("en",), neurons=n, **{option: True})
     bert = tiny_model("bert")
     with pytest.raises(ValueError, match="causal LM"):
         edit_fact(bert, fact, {"en": "Rome"}, [(0, 1)])

@@ -388,6 +388,17 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     capsys.readouterr()
     ks = EditingResult.load(runs / "edit.json")
     assert ks.config["methods"]["closed_form"]["target_languages"] == ["fr"]
+    # per-language groups by default: fr's keys a group of their own, with a key weight of their own
+    assert "per_language" not in ks.config["methods"]["closed_form"]
+    assert all(s["groups"] == [f for fid in s["facts"] for f in (fid, f"{fid}:fr")] and len(s["key_weights"]) == 2
+               for s in ks.config["solves"])
+    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "1",
+                     "--position", "last", "--target-languages", "fr", "--max-queries", "1", "--languages", "en,fr",
+                     "--no-per-language", "--retries", "0", "--target-steps", "2"]) == 0
+    capsys.readouterr()
+    one = EditingResult.load(runs / "edit.json")
+    assert one.config["methods"]["closed_form"]["per_language"] is False
+    assert all(s["groups"] == s["facts"] and len(s["key_weights"]) == 1 for s in one.config["solves"])
     kdf = ks.to_dataframe()
     assert set(kdf.neurons) == {"key", "key_random"} and set(kdf.n_neurons) == {5}
     one = capitals[0].fact_id  # --fact-ids narrows every set, the derived key sets too

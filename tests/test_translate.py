@@ -126,8 +126,9 @@ def test_every_example_list_is_aligned_and_names_a_known_language():
 
 def test_translate_edit_reads_the_models_translation_not_the_given_answers(llama, toy_facts, monkeypatch):
     """translate=True: the target is found on the edit language's answer and the model's translation
-    (here a stand-in), the given zh answer is not read, re-solves count the English queries only, and
-    the translation is recorded."""
+    (here a stand-in), the given zh answer is not read, and the translation is recorded. Re-solves
+    check the zh queries in a group of their own (per_language, the default), or count the English
+    queries only (per_language=False)."""
     import lakn.closed_form_edit as cfe
     import lakn.editing as editing
     import lakn.target as target
@@ -157,7 +158,12 @@ def test_translate_edit_reads_the_models_translation_not_the_given_answers(llama
     assert asked == [("Paris", ["fr", "zh"], "en")]  # the key languages but the edit language's
     assert token["罗马"] in seen[-1] and token["东京"] not in seen[-1]
     assert len(seen[-1]) == len(fact.queries("en")) + len(fact.queries("zh"))
-    assert set(checked[-1]) == {len(fact.queries("en"))}  # the translation's queries need not take
+    assert checked[-1] == [len(fact.queries("en")), len(fact.queries("zh"))]
+    assert edit.info["groups"] == [fact.fact_id, f"{fact.fact_id}:zh"]
+    one = edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, target_steps=2, translate=True,
+                    per_language=False, retries=1)
+    one.undo()
+    assert checked[-1] == [len(fact.queries("en"))] and one.info["groups"] == [fact.fact_id]  # zh need not take
     assert edit.info["translations"] == {fact.fact_id: {"zh": "罗马"}} and edit.info["target_languages"] == ["en", "zh"]
     asked.clear()
     edit = edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, target_steps=2, translate=True,
@@ -166,9 +172,9 @@ def test_translate_edit_reads_the_models_translation_not_the_given_answers(llama
     assert asked == [("Paris", ["zh"], "en")]
     # the answers given through target_languages: re-solves count the English queries only there too
     given_zh = edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, target_steps=2,
-                         target_languages=["zh"], retries=0)
+                         target_languages=["zh"], retries=0, per_language=False)
     given_zh.undo()
-    assert token["东京"] in seen[-1] and set(checked[-1]) == {len(fact.queries("en"))}
+    assert token["东京"] in seen[-1] and checked[-1] == [len(fact.queries("en"))]
     assert "translations" not in given_zh.info
     # a batch records each fact's, asking once for an answer two facts share; the gradient edit reads them too
     asked.clear()
@@ -196,7 +202,8 @@ def test_gemma_translates_a_country_and_reads_it_back(default_model):
 
 def test_translate_leaves_out_languages_with_no_usable_query(llama, monkeypatch):
     """A language whose queries a causal LM cannot use (the slot is not last) gets no translation
-    and no target; the edit still takes its keys."""
+    and no target, nor does a key language lakn has no translation examples for (it); the edit still
+    takes their keys. Named as a target language, one without examples is an error."""
     import lakn.editing as editing
     from lakn.facts import Fact
 
@@ -204,13 +211,88 @@ def test_translate_leaves_out_languages_with_no_usable_query(llama, monkeypatch)
     monkeypatch.setattr(editing, "translate_answer",
                         lambda model, text, languages, source: asked.append(list(languages)) or {})
     fact = Fact.from_dict({"fact_id": "capital_peru", "relation": "capital",
-                           "subject": {"en": "Peru", "fr": "Pérou", "zh": "秘鲁"},
-                           "object": {"en": "Lima", "fr": "Lima", "zh": "利马"},
+                           "subject": {"en": "Peru", "fr": "Pérou", "zh": "秘鲁", "it": "Perù"},
+                           "object": {"en": "Lima", "fr": "Lima", "zh": "利马", "it": "Lima"},
                            "queries": {"en": ["The capital of Peru is [Y]"], "fr": ["La capitale du Pérou est [Y]"],
-                                       "zh": ["[Y]是秘鲁的首都"]}})
+                                       "zh": ["[Y]是秘鲁的首都"], "it": ["La capitale del Perù è [Y]"]}})
     pres = preservation(llama, [1], texts=["The cat sleeps.", "Il pleut."])
     edit = edit_fact(llama, fact, {"en": "Quito"}, layer_neurons(llama, [1]), preserve=pres, target_steps=2,
-                     translate=True, key_languages=["en", "fr", "zh"], retries=0)
+                     translate=True, key_languages=["en", "fr", "zh", "it"], retries=0)
     edit.undo()
     assert asked == [["fr"]] and edit.info["translations"] == {"capital_peru": {}}
-    assert edit.info["target_languages"] == ["en"] and edit.info["key_languages"] == ["en", "fr", "zh"]
+    assert edit.info["target_languages"] == ["en"] and edit.info["key_languages"] == ["en", "fr", "it", "zh"]
+    monkeypatch.undo()  # the real translate_answer: examples are checked before the model runs
+    with pytest.raises(FactsError, match="no translation examples for language 'it'"):
+        edit_fact(llama, fact, {"en": "Quito"}, layer_neurons(llama, [1]), preserve=pres, translate=True,
+                  target_languages=["it"])
+
+
+def test_per_language_maps_each_languages_keys_to_its_own_target(llama, toy_facts, monkeypatch):
+    """per_language=True: one target, found on every target language's queries, but each other target
+    language's keys a group of their own, checked on its own queries and weighed apart by the
+    re-solves; every key still lands on the target (the fit is exact at a tiny λ). A solve that misses
+    the edit language is never kept over one that takes it."""
+    import lakn.closed_form_edit as cfe
+    import lakn.editing as editing
+    import lakn.target as target
+    from lakn.facts import Fact
+
+    monkeypatch.setattr(editing, "translate_answer", lambda model, text, languages, source: {"zh": "罗马"})
+    seen, checked = [], []
+    real_targets, real_hits = target.find_targets, cfe._current_hits
+    monkeypatch.setattr(target, "find_targets", lambda model, layer, encoded, **kw:
+                        seen.append([len(one) for one in encoded]) or real_targets(model, layer, encoded, **kw))
+    monkeypatch.setattr(cfe, "_current_hits", lambda model, groups:
+                        checked.append([len(g.checked) for g in groups]) or real_hits(model, groups))
+    # subjects that differ by language, so that no two prompts share a key
+    fact = Fact.from_dict({"fact_id": "capital_italy", "relation": "capital",
+                           "subject": {"en": "Italy", "fr": "Italie", "zh": "意大利"},
+                           "object": {"en": "Rome", "fr": "Rome", "zh": "罗马"},
+                           "queries": {"en": ["The capital of Italy is [Y]", "Italy's capital city is [Y]"],
+                                       "fr": ["La capitale de l'Italie est [Y]", "L'Italie a pour capitale [Y]"],
+                                       "zh": ["意大利的首都是[Y]", "首都在意大利的是[Y]"]}})
+    pres = preservation(llama, [0], texts=["The cat sleeps.", "Il pleut."])
+    rows = layer_neurons(llama, [0])  # layer 0: a change at the subject reaches the answer through layer 1
+    opts = dict(preserve=pres, target_steps=3, translate=True, key_languages=["en", "fr", "zh"], lam=1e-9,
+                context_weight=0.0, pivot=None, retries=1)
+    for per_language in (True, False):
+        edit = edit_fact(llama, fact, {"en": "Paris"}, rows, per_language=per_language, **opts)
+        edit.undo()
+        edited = editing._with_answers(fact, {"en": "Paris", "zh": "罗马"})
+        groups = editing._fact_groups(llama, fact, edited, ["en", "zh"], ["en", "fr", "zh"], None, "subject",
+                                      per_language)
+        keys, _ = cfe._group_keys(llama, groups, {0: list(range(llama.cfg.d_mlp))}, False)
+        targets = edit.info["targets"]
+        assert sum(len(k) for k in keys) == edit.info["n_keys"] == 6
+        for k, delta in zip(keys, targets):  # each group's keys land on its own target
+            torch.testing.assert_close(k.float() @ edit.deltas[0].float(), delta[None].expand(len(k), -1),
+                                       rtol=1e-3, atol=1e-3 * float(delta.norm()))
+        if per_language:
+            assert edit.info["groups"] == ["capital_italy", "capital_italy:zh"]
+            assert [g.key_languages for g in groups] == [["en", "fr"], ["zh"]]
+            assert seen[-1] == [4] and checked[-1] == [2, 2]  # one target; zh's queries its own check
+            assert targets[0] is targets[1]
+        else:
+            assert edit.info["groups"] == ["capital_italy"] and seen[-1] == [4] and checked[-1] == [2]
+    # which solve is kept: the edit language first, then the fewest groups missed
+    real_check = cfe._hits
+    calls = iter([[0, 2], [2, 0], [2, 2]])  # hits per group (en, zh): each miss doubles that group's weight
+    monkeypatch.setattr(cfe, "_hits", lambda *a: next(calls))
+    kept = edit_fact(llama, fact, {"en": "Paris"}, rows, per_language=True, **{**opts, "retries": 2})
+    kept.undo()
+    assert kept.info["key_weights"] == [2.0, 2.0] and kept.info["missed"] == [] and kept.info["solves"] == 3
+    calls = iter([[2, 0], [0, 2], [0, 2]])
+    kept = edit_fact(llama, fact, {"en": "Paris"}, rows, per_language=True, **{**opts, "retries": 2})
+    kept.undo()  # the first solve, zh missed, is kept over the later ones that miss en
+    assert kept.info["key_weights"] == [1.0, 1.0] and kept.info["missed"] == ["capital_italy:zh"]
+    monkeypatch.setattr(cfe, "_hits", real_check)
+    # a batch in chunks keeps each fact's groups together
+    both = edit_facts(llama, toy_facts[:2], {f.fact_id: {"en": "Paris"} for f in toy_facts[:2]}, rows, chunk_size=1,
+                      **{**opts, "lam": 1e4, "retries": 0}, per_language=True)
+    both.undo()
+    assert [c["facts"] for c in both.info["chunks"]] == [[f.fact_id, f"{f.fact_id}:zh"] for f in toy_facts[:2]]
+    for method in ("closed_form", "gradient"):
+        with pytest.raises(TypeError, match="per_language must be True or False"):
+            edit_fact(llama, fact, {"en": "Paris"}, rows, method=method, preserve=pres, translate=True, per_language=1)
+    with pytest.raises(TypeError, match="per_language must be True or False"):
+        edit_facts(llama, toy_facts[:1], {toy_facts[0].fact_id: {"en": "Paris"}}, rows, per_language="no")

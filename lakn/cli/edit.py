@@ -10,6 +10,7 @@ relations. Every edit is undone. Writes DIR/edit.json.
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 from pathlib import Path
 
@@ -49,6 +50,10 @@ def register(sub) -> None:
                    help="closed_form, gradient: find the target on the edit language's new answer and the model's "
                         "own translations of it into the target languages (default: every key language), kept "
                         "where the model translates them back; the data's other answers are then only measured")
+    p.add_argument("--per-language", action=argparse.BooleanOptionalAction, default=True,
+                   help="closed_form, with --target-languages or --translate: each target language's keys a group "
+                        "of their own, re-solved apart while its queries miss (lakn.edit_fact's per_language; "
+                        "default on, results.md run 17)")
     p.add_argument("--max-queries", type=positive_int, default=2,
                    help="queries per language the edit uses and reliability/generality measure (default 2)")
     p.add_argument("--max-heldout", type=int, default=2,
@@ -177,6 +182,8 @@ def run(args) -> int:
             methods[m]["target_languages"] = args.target_languages
         if m in methods and args.translate:
             methods[m]["translate"] = True
+    if "closed_form" in methods and not args.per_language:  # recorded, like the other options, when not the default
+        methods["closed_form"]["per_language"] = False
     unrelated = list(facts)
     auto = args.preserve is None  # the closed form only, facts outside the run only, none is no error
     n_preserve = (AUTO_PRESERVE if "closed_form" in methods else 0) if auto else args.preserve

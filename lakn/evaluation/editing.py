@@ -507,7 +507,7 @@ def edit_evaluation(
             solved.append(dict(method=job.label, neurons=job.neurons, batch=job.batch,
                                facts=[fq.fact.fact_id for fq in batch],
                                **{k: info.get(k) for k in ("solves", "key_weights", "missed", "released",
-                                                              "chunks", "translations")}))
+                                                              "chunks", "translations", "groups")}))
         try:
             after = [_measure_own(model, fq, batch_size) for fq in batch]
             edited = {fq.fact.fact_id for fq in batch}
