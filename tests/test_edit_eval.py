@@ -372,12 +372,15 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     with pytest.raises(SystemExit):
         cli.main(["edit", str(runs), "--chunk", "0"])
     assert "--chunk" in capsys.readouterr().err
+    def quick_edit(*more: str) -> EditingResult:  # a small closed-form lakn edit and what it wrote
+        assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--position", "last",
+                         "--max-queries", "1", "--languages", "en,fr", "--retries", "0", "--target-steps", "2",
+                         *more]) == 0
+        capsys.readouterr()
+        return EditingResult.load(runs / "edit.json")
+
     # --translate: the target reads the model's own translations (a tiny model's fail the round trip: none)
-    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "0",
-                     "--position", "last", "--max-queries", "1", "--languages", "en,fr", "--pivot", "none",
-                     "--retries", "0", "--target-steps", "2", "--translate"]) == 0
-    capsys.readouterr()
-    translated = EditingResult.load(runs / "edit.json")
+    translated = quick_edit("--layers", "0", "--pivot", "none", "--translate")
     assert translated.config["methods"]["closed_form"]["translate"] is True
     assert all(set(s["translations"]) == set(s["facts"]) and all(set(t) <= {"fr"} for t in s["translations"].values())
                for s in translated.config["solves"])
@@ -392,11 +395,7 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     assert "per_language" not in ks.config["methods"]["closed_form"]
     assert all(s["groups"] == [f for fid in s["facts"] for f in (fid, f"{fid}:fr")] and len(s["key_weights"]) == 2
                for s in ks.config["solves"])
-    assert cli.main(["edit", str(runs), "--method", "closed_form", "--edit-set", "layer", "--layers", "1",
-                     "--position", "last", "--target-languages", "fr", "--max-queries", "1", "--languages", "en,fr",
-                     "--no-per-language", "--retries", "0", "--target-steps", "2"]) == 0
-    capsys.readouterr()
-    one = EditingResult.load(runs / "edit.json")
+    one = quick_edit("--layers", "1", "--target-languages", "fr", "--no-per-language")
     assert one.config["methods"]["closed_form"]["per_language"] is False
     assert all(s["groups"] == s["facts"] and len(s["key_weights"]) == 1 for s in one.config["solves"])
     kdf = ks.to_dataframe()
