@@ -2,7 +2,8 @@
 
 :func:`lakn.edit_fact`, :func:`lakn.edit_facts` and :func:`lakn.inject_fact` build one
 :class:`_Group` per target (a fact's queries with their new answers, and the prompts whose keys must
-map to it) and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.target.find_targets`,
+map to it; :func:`_fact_groups` splits an edit's target languages into groups that share its target)
+and hand them to :func:`_closed_form`, which finds each target (:func:`lakn.target.find_targets`,
 with the pivot term of :mod:`lakn.pivot`), solves the rows layer by layer (:func:`lakn.closed_form.solve_rows`)
 and solves again with heavier keys for the facts that do not take (docs/method.md §8.3).
 :func:`_in_chunks` runs it chunk by chunk for ``edit_facts(..., chunk_size=N)``, each later solve
@@ -64,6 +65,25 @@ def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Seque
     prompts, prompt_languages, positions = key_prompts(model, key_fact, key_languages, max_queries, position)
     return _Group(name, [e for e, _ in targets], [p for _, p in targets], prompts, positions, list(key_languages),
                   list(languages), prompt_languages, n_checked)
+
+
+def _fact_groups(model, fact: Fact, edited: Fact, targets: Sequence[str], key_languages: Sequence[str],
+                 max_queries: int | None, position: str, per_language: bool) -> list["_Group"]:
+    """The closed-form groups of one edit: one target, found on every target language's queries, that
+    every key language's prompts take. ``per_language``: the same target, but each other target
+    language's prompts are a group of their own, checked on that language's queries, so that the
+    re-solves weigh its keys apart; a solve that misses the edit language is never preferred."""
+    if not per_language or len(targets) == 1:
+        return [_group(model, fact.fact_id, edited, fact, targets, key_languages, max_queries, position)]
+    first, others = targets[0], list(targets[1:])
+    keys = [first, *(l for l in key_languages if l not in targets)]
+    lead = _group(model, fact.fact_id, edited, fact, targets, keys, max_queries, position)
+    groups = [lead]
+    for lang in others:
+        group = _group(model, f"{fact.fact_id}:{lang}", edited, fact, [lang], [lang], max_queries, position)
+        group.lead, group.primary = lead, False
+        groups.append(group)
+    return groups
 
 
 @dataclass

@@ -25,8 +25,8 @@ from .config import check_number
 from .facts import Fact, FactsError
 from .hooks import Neuron, group_by_layer
 from .closed_form import _codes, _known_targets, _preserve_prompts, _target_languages
-from .closed_form_edit import (CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _chunk_size, _closed_form, _encoded, _group,
-                               _in_chunks)
+from .closed_form_edit import (CONTEXT_WEIGHT, RETRIES, RETRY_BOOST, _chunk_size, _closed_form, _encoded, _fact_groups,
+                               _group, _in_chunks)
 from .keys import _key_languages
 from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
@@ -145,25 +145,6 @@ def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, targe
         memo[key] = translate_answer(model, answers[language], usable, source=language)
     words = memo[key]
     return [language, *words], {**answers, **words}
-
-
-def _fact_groups(model, fact: Fact, edited: Fact, targets: Sequence[str], key_languages: Sequence[str],
-                 max_queries: int | None, position: str, per_language: bool) -> list:
-    """The closed-form groups of one edit: one target, found on every target language's queries, that
-    every key language's prompts take. ``per_language``: the same target, but each other target
-    language's prompts are a group of their own, checked on that language's queries, so that the
-    re-solves weigh its keys apart; a solve that misses the edit language is never preferred."""
-    if not per_language or len(targets) == 1:
-        return [_group(model, fact.fact_id, edited, fact, targets, key_languages, max_queries, position)]
-    first, others = targets[0], list(targets[1:])
-    keys = [first, *(l for l in key_languages if l not in targets)]
-    lead = _group(model, fact.fact_id, edited, fact, targets, keys, max_queries, position)
-    groups = [lead]
-    for lang in others:
-        group = _group(model, f"{fact.fact_id}:{lang}", edited, fact, [lang], [lang], max_queries, position)
-        group.lead, group.primary = lead, False
-        groups.append(group)
-    return groups
 
 
 def _first_token(model, fact: Fact, language: str) -> int:
