@@ -70,16 +70,18 @@ def _group(model, name: str, target_fact: Fact, key_fact: Fact, languages: Seque
 def _fact_groups(model, fact: Fact, edited: Fact, targets: Sequence[str], key_languages: Sequence[str],
                  max_queries: int | None, position: str, per_language: bool) -> list["_Group"]:
     """The closed-form groups of one edit: one target, found on every target language's queries, that
-    every key language's prompts take. ``per_language``: the same target, but each other target
-    language's prompts are a group of their own, checked on that language's queries, so that the
-    re-solves weigh its keys apart; a solve that misses the edit language is never preferred."""
-    if not per_language or len(targets) == 1:
+    every key language's prompts take. ``per_language``: the same target, but the prompts of each
+    other target language that is a key language are a group of their own, checked on that
+    language's queries, so that the re-solves weigh its keys apart; a solve that misses the edit
+    language is never preferred. The key languages stay those given (the lead keeps the rest; with
+    none left for it, one group)."""
+    split = [l for l in targets[1:] if l in key_languages] if per_language else []
+    keys = [l for l in key_languages if l not in split]
+    if not split or not keys:
         return [_group(model, fact.fact_id, edited, fact, targets, key_languages, max_queries, position)]
-    first, others = targets[0], list(targets[1:])
-    keys = [first, *(l for l in key_languages if l not in targets)]
     lead = _group(model, fact.fact_id, edited, fact, targets, keys, max_queries, position)
     groups = [lead]
-    for lang in others:
+    for lang in split:
         group = _group(model, f"{fact.fact_id}:{lang}", edited, fact, [lang], [lang], max_queries, position)
         group.lead, group.primary = lead, False
         groups.append(group)
@@ -230,7 +232,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
                                pivots=[None if pivot_at is None else g.pivot(pivot_at, pivot_weight) for g in owners])
             found = [own[_owner(owners, g)] for g in groups]
             if layer == target_layer:
-                deltas, histories = [d for d, _ in found], [h for _, h in found]
+                deltas, histories = [d for d, _ in found], [h for _, h in own]  # histories: one per target found
             with_keys = [j for j, g in enumerate(groups) if g.prompts]
             keys, contexts = _group_keys(model, [groups[j] for j in with_keys], {layer: idx}, context_weight > 0)
             # held: earlier edits' keys and context keys, kept where those edits put them (residual 0)
@@ -377,7 +379,7 @@ def _in_chunks(model, facts: Sequence[Fact], per_fact: Sequence[Sequence[_Group]
         for start in range(0, len(per_fact), chunk_size):
             part = [g for gs in per_fact[start:start + chunk_size] for g in gs]
             chunks.append(_closed_form(model, part, by_layer, **{**options, "preserve": kept}, position=position,
-                                       label=f"batch={len(part)}", held=held))
+                                       label=f"batch={len(per_fact[start:start + chunk_size])}", held=held))
             held += [(g, CHUNK_HOLD * w) for g, w in zip(part, chunks[-1].info["key_weights"]) if g.prompts]
             if start + chunk_size < len(per_fact):
                 kept = kept.merged(preservation(model, layers, texts=[], facts=list(facts[start:start + chunk_size]),
@@ -385,13 +387,14 @@ def _in_chunks(model, facts: Sequence[Fact], per_fact: Sequence[Sequence[_Group]
     finally:
         for e in reversed(chunks):
             e.undo()
-    parts: list[dict[str, Any]] = [dict(facts=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
+    parts: list[dict[str, Any]] = [dict(facts=[f.fact_id for f in facts[i * chunk_size:(i + 1) * chunk_size]],
+                                        groups=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
                                         missed=e.info["missed"], released=e.info["released"],
                                         n_held_keys=e.info["n_held_keys"], n_held_context_keys=e.info["n_held_context_keys"])
-                                   for e in chunks]
+                                   for i, e in enumerate(chunks)]
     langs = sorted({l for e in chunks for l in e.info["key_languages"]})
     tlangs = sorted({l for e in chunks for l in e.info["target_languages"]})
-    info = dict(chunks[-1].info, chunk_size=chunk_size, chunks=parts, groups=[g for p in parts for g in p["facts"]],
+    info = dict(chunks[-1].info, chunk_size=chunk_size, chunks=parts, groups=[g for p in parts for g in p["groups"]],
                 key_languages=langs, target_languages=tlangs,
                 solves=sum(p["solves"] for p in parts), key_weights=[w for p in parts for w in p["key_weights"]],
                 released=[r for p in parts for r in p["released"]],

@@ -211,12 +211,14 @@ def edit_fact(
     edit language (:mod:`lakn.pivot`; weight ``pivot_weight``): the edit language's answer is all
     it needs, and it carries the edit to the other languages (docs/results.md run 8). ``"auto"``
     (default): :func:`lakn.pivot.pivot_layer`; a layer; or None (the target of the edit language
-    alone). ``retries``: while the new answer is not top-1 on the edit language's target queries, solve again with
-    their keys counting ``retry_boost`` times more (at most ``retries`` times; 0: one solve). The solve that misses
-    the fewest facts is kept (the earliest on a tie: heavier keys that take nothing more only cost
-    locality); the facts of a batch that took none of their queries in the kept solve at a weight
-    above 1 are solved again at weight 1, and that solve is kept if it misses no more facts
-    (``info["released"]``). ``info["missed"]`` names the facts still missed, ``info["solves"]``
+    alone). ``retries``: while the new answer is not top-1 on a group's checked queries (a fact's
+    edit-language queries, or a language group's own, ``per_language``), solve again with that
+    group's keys counting ``retry_boost`` times more (at most ``retries`` times; 0: one solve). The
+    solve that misses the fewest edit-language groups, then the fewest groups, is kept (the earliest
+    on a tie: heavier keys that take nothing more only cost locality); the groups that took none of
+    their queries in the kept solve at a weight above 1 are solved again at weight 1, and that solve
+    is kept if it misses no more (``info["released"]``). ``info["groups"]`` names the groups
+    (``fact_id``, ``fact_id:lang``), ``info["missed"]`` those still missed, ``info["solves"]``
     counts the solves.
 
     ``method="gradient"`` (§8.1): up to ``steps`` Adam steps on the rows (``lr``, ``weight_decay``)
@@ -233,15 +235,16 @@ def edit_fact(
     on the model's own translations of it into ``target_languages`` (default: the key languages
     :data:`lakn.translate.EXAMPLES` has), kept where the model translates them back
     (:func:`lakn.translate_answer`); the other languages' answers in ``new_answers`` are not read.
-    With either, re-solves count the edit language's queries only. An edit that names its new answer
-    in one language thus gets a target that is not that language's alone (docs/results.md run 16).
+    An edit that names its new answer in one language thus gets a target that is not that
+    language's alone (docs/results.md run 16).
     Languages with no usable query are left out.
-    ``per_language`` (closed form, with either; default True): each other target language's keys are
-    a group of the solve of their own, mapped to the same target and checked on that language's
+    ``per_language`` (closed form, with either; default True): each other target language's keys (if
+    it is a key language) are a group of the solve of their own, mapped to the same target and checked on that language's
     queries, so the re-solves weigh a language's keys more while its queries miss (a solve that
     misses the edit language is never preferred); ``info["groups"]`` / ``info["missed"]`` name them
     ``fact_id:lang``. With ``translate`` it raised fr / es / de generality from .63 / .56 / .59 to
-    .72 / .78 / .75 at the same locality (docs/results.md run 17). False: one group per fact.
+    .72 / .78 / .75 at the same locality (docs/results.md run 17). False: one group per fact, whose
+    re-solves check the edit language's queries only.
     ``max_queries`` caps the queries used per language. Other languages' answers in
     ``new_answers`` are otherwise only used by the metrics. Returns a reversible :class:`Edit`::
 
@@ -338,8 +341,8 @@ def edit_facts(
     keys and context keys join every later solve with residual 0 at ``CHUNK_HOLD`` times their kept
     key weight, and their query prompts join the preserved keys (AlphaEdit's sequential setting;
     docs/method.md §8.3, results.md run 15). The edit holds the chunks' summed deltas;
-    ``info["missed"]`` names the facts missed at the end, ``info["chunks"]`` each chunk's facts,
-    solves, key weights, the facts missed and released at its own solve and its held keys.
+    ``info["missed"]`` names the groups missed at the end, ``info["chunks"]`` each chunk's facts,
+    groups, solves, key weights, the groups missed and released at its own solve and its held keys.
     """
     facts = list(facts)
     if not facts:

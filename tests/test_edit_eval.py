@@ -392,11 +392,11 @@ def test_cli_edit_and_inject_print_and_write(tmp_path, monkeypatch, capsys, capi
     ks = EditingResult.load(runs / "edit.json")
     assert ks.config["methods"]["closed_form"]["target_languages"] == ["fr"]
     # per-language groups by default: fr's keys a group of their own, with a key weight of their own
-    assert "per_language" not in ks.config["methods"]["closed_form"]
+    assert "per_language" not in ks.config["methods"]["closed_form"] and ks.config["solves"]
     assert all(s["groups"] == [f for fid in s["facts"] for f in (fid, f"{fid}:fr")] and len(s["key_weights"]) == 2
                for s in ks.config["solves"])
     one = quick_edit("--layers", "1", "--target-languages", "fr", "--no-per-language")
-    assert one.config["methods"]["closed_form"]["per_language"] is False
+    assert one.config["methods"]["closed_form"]["per_language"] is False and one.config["solves"]
     assert all(s["groups"] == s["facts"] and len(s["key_weights"]) == 1 for s in one.config["solves"])
     kdf = ks.to_dataframe()
     assert set(kdf.neurons) == {"key", "key_random"} and set(kdf.n_neurons) == {5}

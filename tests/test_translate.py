@@ -285,12 +285,33 @@ def test_per_language_maps_each_languages_keys_to_its_own_target(llama, toy_fact
     kept = edit_fact(llama, fact, {"en": "Paris"}, rows, per_language=True, **{**opts, "retries": 2})
     kept.undo()  # the first solve, zh missed, is kept over the later ones that miss en
     assert kept.info["key_weights"] == [1.0, 1.0] and kept.info["missed"] == ["capital_italy:zh"]
+    calls = iter([[0, 2], [2, 0]])  # one miss each: the later solve, which misses only zh, is kept
+    kept = edit_fact(llama, fact, {"en": "Paris"}, rows, per_language=True, **{**opts, "retries": 1})
+    kept.undo()
+    assert kept.info["key_weights"] == [2.0, 1.0] and kept.info["missed"] == ["capital_italy:zh"]
+    calls = iter([[0, 0], [2, 0], [2, 0]])  # zh takes nothing at weight 2: solved again at 1, kept on a tie
+    kept = edit_fact(llama, fact, {"en": "Paris"}, rows, per_language=True, **{**opts, "retries": 1})
+    kept.undo()
+    assert kept.info["key_weights"] == [2.0, 1.0] and kept.info["released"] == ["capital_italy:zh"]
+    assert kept.info["solves"] == 3
     monkeypatch.setattr(cfe, "_hits", real_check)
+    # the key languages stay those given: a target language that is not one stays in the fact's group
+    only = {}
+    for per_language in (True, False):
+        e = edit_fact(llama, fact, {"en": "Paris", "fr": "Paris"}, rows, per_language=per_language, preserve=pres,
+                      target_steps=1, key_languages=["en"], target_languages=["fr"], retries=0)
+        e.undo()
+        only[per_language] = (e.info["groups"], e.info["key_languages"], e.info["n_keys"])
+    assert only[True] == only[False] == (["capital_italy"], ["en"], 2)
     # a batch in chunks keeps each fact's groups together
     both = edit_facts(llama, toy_facts[:2], {f.fact_id: {"en": "Paris"} for f in toy_facts[:2]}, rows, chunk_size=1,
                       **{**opts, "lam": 1e4, "retries": 0}, per_language=True)
     both.undo()
-    assert [c["facts"] for c in both.info["chunks"]] == [[f.fact_id, f"{f.fact_id}:zh"] for f in toy_facts[:2]]
+    chunks = both.info["chunks"]
+    assert [c["groups"] for c in chunks] == [[f.fact_id, f"{f.fact_id}:zh"] for f in toy_facts[:2]]
+    assert [c["facts"] for c in chunks] == [[f.fact_id] for f in toy_facts[:2]]
+    assert [len(c["key_weights"]) for c in chunks] == [2, 2] and set(both.info["missed"]) <= set(both.info["groups"])
+    assert chunks[1]["n_held_keys"] > 0  # the first chunk's keys, both its groups', held in the second solve
     for method in ("closed_form", "gradient"):
         with pytest.raises(TypeError, match="per_language must be True or False"):
             edit_fact(llama, fact, {"en": "Paris"}, rows, method=method, preserve=pres, translate=True, per_language=1)

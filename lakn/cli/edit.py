@@ -51,8 +51,8 @@ def register(sub) -> None:
                         "own translations of it into the target languages (default: every key language), kept "
                         "where the model translates them back; the data's other answers are then only measured")
     p.add_argument("--per-language", action=argparse.BooleanOptionalAction, default=True,
-                   help="closed_form, with --target-languages or --translate: each target language's keys a group "
-                        "of their own, re-solved apart while its queries miss (lakn.edit_fact's per_language; "
+                   help="closed_form, with --target-languages or --translate: each target language's keys but the "
+                        "edit language's a group of their own, re-solved apart while its queries miss (lakn.edit_fact's per_language; "
                         "default on, results.md run 17)")
     p.add_argument("--max-queries", type=positive_int, default=2,
                    help="queries per language the edit uses and reliability/generality measure (default 2)")

@@ -446,8 +446,8 @@ def edit_evaluation(
     (per unrelated query: ``success`` = its top-1 token is unchanged; ``margin_before`` = that token's
     lead in nats before the edit, :func:`lakn.probability.top1_margins`; ``group``: same_relation /
     other_relation / same_answer, see :func:`locality_group`).
-    ``config["solves"]``: per closed-form edit, its facts, solves, kept key weights and the facts it
-    missed or sent back to weight 1 (:func:`lakn.edit_fact`'s ``info``).
+    ``config["solves"]``: per closed-form edit, its facts, groups, solves, kept key weights and the
+    groups it missed or sent back to weight 1 (:func:`lakn.edit_fact`'s ``info``).
     """
     from ..models import is_masked_lm
 
