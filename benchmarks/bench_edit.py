@@ -57,6 +57,8 @@ def main() -> None:
                     help="time a batch's targets found one fact at a time and all at once")
     ap.add_argument("--chunks", type=int, default=0, help="also time the batch in chunks of N facts (0: not)")
     ap.add_argument("--batch-only", action="store_true", help="time only the batch rows")
+    ap.add_argument("--translate-only", action="store_true",
+                    help="time only the translated target: translate_answer, and one edit with and without it")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args()
     if not 0 <= args.chunks < args.batch:
@@ -77,6 +79,10 @@ def main() -> None:
         pivot_layer(model, layer)  # untimed: measured once per model
         kept = lakn.preservation(model, [layer], facts=facts[1:])
         return _print(_batch_rows(model, facts[: args.batch], answers, whole, kept, args), layer, args)
+    if args.translate_only:
+        pivot_layer(model, layer)  # untimed: measured once per model
+        kept = lakn.preservation(model, [layer], facts=facts[1:])
+        return _print(_translate_rows(model, fact, answers[fact.fact_id], whole, kept, args), layer, args)
     pivot_rows = _pivot_rows(model, layer)
     if args.pivot_only:
         return _print(rows + pivot_rows, layer, args)
@@ -124,6 +130,20 @@ def _batch_rows(model, batch, answers, whole, kept, args) -> list:
         what = "one solve" if chunk is None else f"chunks of {chunk}"
         rows.append((f"closed_form batch of {len(batch)} ({what})", s,
                      f"{s / len(batch):.2f} s per fact, {e.info['solves']} solves, {len(e.info['missed'])} missed"))
+    return rows
+
+
+def _translate_rows(model, fact, answers, whole, kept, args) -> list:
+    """The model's translations of the new answer, and one edit with them (one group, and a group per
+    language) beside the default English target, side by side."""
+    langs = [l for l in LANGS if l != "en" and l in fact.templates]
+    s, words = _timed(lambda: lakn.translate_answer(model, answers["en"], langs), args.repeats)
+    rows = [(f"translate_answer into {len(langs)} languages (round trip)", s, f"{len(words)} kept: {words}")]
+    for label, kw in (("English target (default)", {}), ("translate, one group", dict(translate=True, per_language=False)),
+                      ("translate, a group per language (default)", dict(translate=True))):
+        s, e = _timed(lambda: _undone(lakn.edit_fact(model, fact, answers, whole, preserve=kept, **kw)), args.repeats)
+        rows.append((f"closed_form, whole layer, {label}", s,
+                     f"{e.info['solves']} solves, groups {len(e.info['groups'])}, missed {e.info['missed']}"))
     return rows
 
 
