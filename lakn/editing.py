@@ -236,12 +236,11 @@ def edit_fact(
     :data:`lakn.translate.EXAMPLES` has), kept where the model translates them back
     (:func:`lakn.translate_answer`); the other languages' answers in ``new_answers`` are not read.
     An edit that names its new answer in one language thus gets a target that is not that
-    language's alone (docs/results.md run 16).
-    Languages with no usable query are left out.
-    ``per_language`` (closed form, with either; default True): each other target language's keys (if
-    it is a key language) are a group of the solve of their own, mapped to the same target and checked on that language's
-    queries, so the re-solves weigh a language's keys more while its queries miss (a solve that
-    misses the edit language is never preferred); ``info["groups"]`` / ``info["missed"]`` name them
+    language's alone (docs/results.md run 16). Languages with no usable query are left out.
+    ``per_language`` (closed form, with either; default True): the keys of each other target
+    language that is a key language are a group of the solve of their own, mapped to the same
+    target and checked on that language's queries, so the re-solves weigh a language's keys more
+    while its queries miss (a solve that misses the edit language is never preferred); ``info["groups"]`` / ``info["missed"]`` name them
     ``fact_id:lang``. With ``translate`` it raised fr / es / de generality from .63 / .56 / .59 to
     .72 / .78 / .75 at the same locality (docs/results.md run 17). False: one group per fact, whose
     re-solves check the edit language's queries only.
