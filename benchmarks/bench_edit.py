@@ -139,7 +139,8 @@ def _translate_rows(model, fact, answers, whole, kept, args) -> list:
     langs = [l for l in LANGS if l != "en" and l in fact.templates]
     s, words = _timed(lambda: lakn.translate_answer(model, answers["en"], langs), args.repeats)
     rows = [(f"translate_answer into {len(langs)} languages (round trip)", s, f"{len(words)} kept: {words}")]
-    for label, kw in (("English target (default)", {}), ("translate, one group", dict(translate=True, per_language=False)),
+    for label, kw in (("English target (default)", {}),
+                      ("translate, one group", dict(translate=True, per_language=False)),
                       ("translate, a group per language (default)", dict(translate=True))):
         s, e = _timed(lambda: _undone(lakn.edit_fact(model, fact, answers, whole, preserve=kept, **kw)), args.repeats)
         rows.append((f"closed_form, whole layer, {label}", s,

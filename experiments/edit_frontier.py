@@ -259,7 +259,7 @@ def _variant(spec: str) -> dict:
             out[key] = int(value)
         elif key in ("pivot_weight", "target_decay", "target_lr", "lam", "context_weight", "retry_boost"):
             out[key] = float(value)
-        elif key in ("translate", "per_language"):  # the model's own translations of the English new answer (lakn.translate_answer)
+        elif key in ("translate", "per_language"):  # edit_fact's switches (lakn.translate_answer; groups per language)
             out[key] = value.strip().lower() in ("1", "true", "yes")
         elif key == "key_languages":  # injection: languages whose prompts (not answers) give keys, '+' between
             out[key] = [l for l in value.split("+") if l]

@@ -226,7 +226,7 @@ def _closed_form(model, groups: Sequence[_Group], by_layer: dict[int, list[int]]
         for i, layer in enumerate(layers):
             idx = by_layer[layer]
             share = gain / (len(layers) - i)
-            owners = [g for g in groups if g.lead is None]  # the groups that find a target; the others take their lead's
+            owners = [g for g in groups if g.lead is None]  # groups that find a target; the others take their lead's
             own = find_targets(model, layer, [g.targets for g in owners], steps=target_steps, lr=target_lr,
                                decay=target_decay, positions=[g.target_positions for g in owners],
                                pivots=[None if pivot_at is None else g.pivot(pivot_at, pivot_weight) for g in owners])
@@ -377,9 +377,10 @@ def _in_chunks(model, facts: Sequence[Fact], per_fact: Sequence[Sequence[_Group]
     held: list[tuple[_Group, float]] = []
     try:
         for start in range(0, len(per_fact), chunk_size):
-            part = [g for gs in per_fact[start:start + chunk_size] for g in gs]
+            these = per_fact[start:start + chunk_size]  # this chunk's facts' groups
+            part = [g for gs in these for g in gs]
             chunks.append(_closed_form(model, part, by_layer, **{**options, "preserve": kept}, position=position,
-                                       label=f"batch={len(per_fact[start:start + chunk_size])}", held=held))
+                                       label=f"batch={len(these)}", held=held))
             held += [(g, CHUNK_HOLD * w) for g, w in zip(part, chunks[-1].info["key_weights"]) if g.prompts]
             if start + chunk_size < len(per_fact):
                 kept = kept.merged(preservation(model, layers, texts=[], facts=list(facts[start:start + chunk_size]),
@@ -388,7 +389,8 @@ def _in_chunks(model, facts: Sequence[Fact], per_fact: Sequence[Sequence[_Group]
         for e in reversed(chunks):
             e.undo()
     parts: list[dict[str, Any]] = [dict(facts=[f.fact_id for f in facts[i * chunk_size:(i + 1) * chunk_size]],
-                                        groups=e.info["groups"], solves=e.info["solves"], key_weights=e.info["key_weights"],
+                                        groups=e.info["groups"], solves=e.info["solves"],
+                                        key_weights=e.info["key_weights"],
                                         missed=e.info["missed"], released=e.info["released"],
                                         n_held_keys=e.info["n_held_keys"], n_held_context_keys=e.info["n_held_context_keys"])
                                    for i, e in enumerate(chunks)]

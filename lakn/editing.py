@@ -120,6 +120,13 @@ def _kn_embedding(model, pairs: Sequence[tuple[int | None, int]], by_layer: dict
     return edit
 
 
+def _check_flag(name: str, value) -> bool:
+    """``value`` if it is True or False, else a TypeError naming the option ``name``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, target_languages: Sequence[str] | None,
              key_languages: Sequence[str], translate: bool,
              memo: dict | None = None) -> tuple[list[str], dict[str, str]]:
@@ -129,8 +136,7 @@ def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, targe
     (default: the key languages with translation examples); ``memo`` keeps them per (answer, languages)
     across a batch.
     Otherwise the answers given (:func:`_target_languages`)."""
-    if not isinstance(translate, bool):
-        raise TypeError(f"translate must be True or False, got {translate!r}")
+    _check_flag("translate", translate)
     if not translate:
         return _target_languages(fact, answers, language, target_languages), dict(answers)
     want = _known_targets(fact, _codes([], key_languages if target_languages is None else target_languages))
@@ -240,10 +246,11 @@ def edit_fact(
     ``per_language`` (closed form, with either; default True): the keys of each other target
     language that is a key language are a group of the solve of their own, mapped to the same
     target and checked on that language's queries, so the re-solves weigh a language's keys more
-    while its queries miss (a solve that misses the edit language is never preferred); ``info["groups"]`` / ``info["missed"]`` name them
-    ``fact_id:lang``. With ``translate`` it raised fr / es / de generality from .63 / .56 / .59 to
-    .72 / .78 / .75 at the same locality (docs/results.md run 17). False: one group per fact, whose
-    re-solves check the edit language's queries only.
+    while its queries miss (a solve that misses the edit language is never preferred);
+    ``info["groups"]`` / ``info["missed"]`` name them ``fact_id:lang``. With ``translate`` it raised
+    fr / es / de generality from .63 / .56 / .59 to .72 / .78 / .75 at the same locality
+    (docs/results.md run 17). False: one group per fact, whose re-solves check the edit language's
+    queries only.
     ``max_queries`` caps the queries used per language. Other languages' answers in
     ``new_answers`` are otherwise only used by the metrics. Returns a reversible :class:`Edit`::
 
@@ -263,8 +270,7 @@ def edit_fact(
     if translate and method == "kn_embedding":
         raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
                          "translate is for closed_form and gradient")
-    if not isinstance(per_language, bool):
-        raise TypeError(f"per_language must be True or False, got {per_language!r}")
+    _check_flag("per_language", per_language)
     targets, answers = _targets(model, fact, new_answers, language, target_languages, langs, translate)
     edited = _with_answers(fact, answers)
     if method == "closed_form":
@@ -376,9 +382,7 @@ def edit_facts(
         per_fact: list[list] = []  # each fact's closed-form groups (one, or one per language)
         found = {}
         memo: dict = {}  # a batch's translations, one per (answer, languages)
-        per_language = options.get("per_language", True)
-        if not isinstance(per_language, bool):
-            raise TypeError(f"per_language must be True or False, got {per_language!r}")
+        per_language = _check_flag("per_language", options.get("per_language", True))
         for fact in facts:
             answers = new_answers[fact.fact_id]
             if language not in answers:

@@ -48,12 +48,13 @@ def register(sub) -> None:
                         "edit language alone)")
     p.add_argument("--translate", action="store_true",
                    help="closed_form, gradient: find the target on the edit language's new answer and the model's "
-                        "own translations of it into the target languages (default: every key language), kept "
+                        "own translations of it into the target languages (default: every key language lakn has "
+                        "translation examples for), kept "
                         "where the model translates them back; the data's other answers are then only measured")
     p.add_argument("--per-language", action=argparse.BooleanOptionalAction, default=True,
                    help="closed_form, with --target-languages or --translate: each target language's keys but the "
-                        "edit language's a group of their own, re-solved apart while its queries miss (lakn.edit_fact's per_language; "
-                        "default on, results.md run 17)")
+                        "edit language's a group of their own, re-solved apart while its queries miss "
+                        "(lakn.edit_fact's per_language; default on, results.md run 17)")
     p.add_argument("--max-queries", type=positive_int, default=2,
                    help="queries per language the edit uses and reliability/generality measure (default 2)")
     p.add_argument("--max-heldout", type=int, default=2,
