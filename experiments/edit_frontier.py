@@ -81,6 +81,8 @@ def main() -> int:
     ap.add_argument("--preserve", default="demo", choices=("generic", "demo"),
                     help="preserved keys: lakn's generic text alone, or with every query prompt of lakn's demo facts "
                          "in all their languages (default demo; disjoint from the shared data measured here)")
+    ap.add_argument("--answer-weight", type=float, default=1.0,
+                    help="each preserved fact prompt's last token counts N times (lakn.preservation's answer_weight)")
     ap.add_argument("--preserve-facts", type=int, default=0,
                     help="also preserve the query prompts (every measured language, 2 per language) of up to N facts "
                          "of the data whose relation is neither edited nor in the locality pool (default 0)")
@@ -160,7 +162,8 @@ def main() -> int:
     spread = sorted({int(l) for l in args.spread.split(",") if l.strip()} | {args.layer})
     if spread[-1] != args.layer:
         ap.error(f"--spread layers must be below --layer {args.layer}")
-    kept = preservation(model, spread, facts=lakn.load_facts("demo") if args.preserve == "demo" else None)
+    kept = preservation(model, spread, facts=lakn.load_facts("demo") if args.preserve == "demo" else None,
+                        answer_weight=args.answer_weight)
     if args.preserve_facts > 0:  # other facts of relations the measurement never sees
         seen = {f.relation for f in edit} | {f.relation for f in batch} | {f.relation for f in pool}
         used = {f.fact_id for f in batch} | {f.fact_id for f in pool}
@@ -171,7 +174,8 @@ def main() -> int:
             edited = {f.relation for f in edit} | {f.relation for f in batch} if related else set()
             others = preserved_sample(others, edited, args.preserve_facts, args.seed)
         others = others[: args.preserve_facts]
-        kept = kept.merged(preservation(model, spread, texts=[], facts=others, languages=languages, max_queries=2))
+        kept = kept.merged(preservation(model, spread, texts=[], facts=others, languages=languages, max_queries=2,
+                                        answer_weight=args.answer_weight))
         print(f"preserving {len(others)} facts of {len({f.relation for f in others})} relations "
               f"({args.preserve_from})", flush=True)
     print(f"[{time.time() - t0:.0f}s] covariance of layers {spread} ({kept.source}, {kept.n_tokens} tokens): "

@@ -65,6 +65,8 @@ def main() -> int:
     ap.add_argument("--positions", default="subject,last", help="closed-form key positions (default subject,last)")
     ap.add_argument("--k", type=int, default=20, help="activation-chosen neurons for the small-set methods")
     ap.add_argument("--skip-small", action="store_true", help="only the closed form through the layer")
+    ap.add_argument("--answer-weight", type=float, default=1.0,
+                    help="each preserved fact prompt's last token counts N times (lakn.preservation's answer_weight)")
     ap.add_argument("--preserve-facts", type=int, default=0,
                     help="also preserve the query prompts (2 per language) of up to N facts of the data whose relation "
                          "is not in the locality pool (default 0)")
@@ -93,13 +95,13 @@ def main() -> int:
         facts, pool_name = list(lakn.load_facts("demo")), "demo facts"
     pool = known_pool(model, facts, args.unrelated, args.seed)
     print(f"[{time.time() - t0:.0f}s] locality pool: {len(pool)} known {pool_name}", flush=True)
-    kept = lakn.preservation(model, [args.layer], facts=lakn.load_facts("demo"))
+    kept = lakn.preservation(model, [args.layer], facts=lakn.load_facts("demo"), answer_weight=args.answer_weight)
     if args.preserve_facts > 0:  # facts the locality measurement never sees (by default, nor their relations)
         seen, measured = {f.relation for f in pool}, {f.fact_id for f in pool}
         others = [f for f in facts if f.fact_id not in measured
                   and (args.preserve_from == "other-facts" or f.relation not in seen)][: args.preserve_facts]
         kept = kept.merged(lakn.preservation(model, [args.layer], texts=[], facts=others, languages=languages,
-                                             max_queries=2))
+                                             max_queries=2, answer_weight=args.answer_weight))
         print(f"preserving {len(others)} facts of {len({f.relation for f in others})} relations "
               f"({args.preserve_from})", flush=True)
     results = []

@@ -194,18 +194,24 @@ def _fingerprint(model) -> str:
     return h.hexdigest()
 
 
-def _second_moments(model, token_lists: Sequence[Tensor], layers: list[int]) -> tuple[dict[int, Tensor], int]:
+def _second_moments(model, token_lists: Sequence[Tensor], layers: list[int],
+                    last_weights: Sequence[float] | None = None) -> tuple[dict[int, Tensor], float]:
+    """Per layer ``sum_t w_t a_t a_t^T / sum_t w_t`` over every token of ``token_lists``; each
+    token weighs 1 but a list's last token, which weighs ``last_weights[i]`` (default 1)."""
     d_mlp = int(model.cfg.d_mlp)
     sums = {l: torch.zeros(d_mlp, d_mlp, dtype=torch.float64) for l in layers}
-    n = 0
+    n = 0.0
     for length, members in sorted(_by_length(token_lists).items()):
         for start in range(0, len(members), 32):
             chunk = members[start:start + 32]
             acts = post_activations(model, torch.stack([token_lists[i] for i in chunk]), layers)
+            w = torch.ones(len(chunk), length, dtype=torch.float64)
+            if last_weights is not None:
+                w[:, -1] = torch.tensor([float(last_weights[i]) for i in chunk], dtype=torch.float64)
             for layer in layers:
                 a = acts[layer].reshape(-1, acts[layer].shape[-1]).double().cpu()
-                sums[layer] += a.T @ a
-            n += len(chunk) * length
+                sums[layer] += (a * w.reshape(-1, 1)).T @ a
+            n += float(w.sum())
     return {l: s / max(n, 1) for l, s in sums.items()}, n
 
 
@@ -217,6 +223,7 @@ def preservation(
     facts: Sequence[Fact] | None = None,
     languages: Sequence[str] | None = None,
     max_queries: int | None = None,
+    answer_weight: float = 1.0,
     cache: bool = True,
 ) -> Preservation:
     """The preserved-key second moments of ``layers``: activations at every token position of
@@ -225,6 +232,10 @@ def preservation(
     all of each fact's languages; the first ``max_queries`` per language when given). Other facts
     of your data are the preserved keys that buy most locality (docs/results.md run 7): pass
     ``facts=`` the facts you will not edit and measure locality on others.
+
+    ``answer_weight``: each fact prompt's last token, where its answer is read, counts that many
+    times (the texts' tokens and the prompts' other tokens count once), so a solve holds the
+    outputs there more than elsewhere (method.md §8.3). ``n_tokens`` is then the tokens' total weight.
 
     With ``cache`` each layer's matrix is stored under ``cache_dir()/covariance/`` in a file
     named by a hash of (model name, weights fingerprint, layer, exact texts), and reused.
@@ -239,23 +250,31 @@ def preservation(
         raise IndexError(f"layers {wanted} out of range for a model with {n_layers} layers")
     if max_queries is not None and max_queries < 1:
         raise ValueError(f"max_queries must be >= 1, got {max_queries}")
+    if isinstance(answer_weight, bool) or not isinstance(answer_weight, (int, float)) or not answer_weight >= 1:
+        raise ValueError(f"answer_weight must be a number >= 1, got {answer_weight!r}")
     all_texts = list(generic_texts(languages) if texts is None else texts)
     parts = ["generic text" if texts is None else f"{len(all_texts)} texts"]
     if facts:
         causal = not is_masked_lm(model)
         prompts = [q.prompt for f in facts for lang in (languages or f.languages) if lang in f.templates
                    for q in f.queries(lang, causal=causal)[:max_queries]]
+        last = [1.0] * len(all_texts) + [float(answer_weight)] * len(prompts)
         all_texts += prompts
-        parts.append(f"{len(prompts)} query prompts of {len(facts)} facts")
-    all_texts = [t for t in all_texts if t.strip()]
+        parts.append(f"{len(prompts)} query prompts of {len(facts)} facts"
+                     + (f", answer positions x{answer_weight:g}" if answer_weight != 1 else ""))
+    else:
+        last = [1.0] * len(all_texts)
+    kept_texts = [i for i, t in enumerate(all_texts) if t.strip()]
+    all_texts, last = [all_texts[i] for i in kept_texts], [last[i] for i in kept_texts]
     if not all_texts:
         raise ValueError("no preserved text: give texts or facts")
-    source_sha = hashlib.sha256(json.dumps(all_texts, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+    hashed = all_texts if answer_weight == 1 else [all_texts, last]  # weight 1 keeps the caches of before
+    source_sha = hashlib.sha256(json.dumps(hashed, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
     source = ", ".join(parts) + f" ({len(all_texts)} texts)"
     name = model_name(model)
     folder = cache_dir() / "covariance"
     moments: dict[int, Tensor] = {}
-    n_tokens = None
+    n_tokens: float | None = None
     paths = {}
     if cache:
         fp = _fingerprint(model)
@@ -272,21 +291,21 @@ def preservation(
     todo = [l for l in wanted if l not in moments]
     if todo:
         tokens = [model.to_tokens(t)[0].cpu() for t in all_texts]
-        computed, n = _second_moments(model, tokens, todo)
+        computed, n = _second_moments(model, tokens, todo, last if answer_weight != 1 else None)
         moments.update(computed)
         n_tokens = n
         if cache:
             for layer in todo:
-                Preservation({layer: computed[layer]}, n, source, source_sha, name).save(paths[layer])
+                Preservation({layer: computed[layer]}, int(round(n)), source, source_sha, name).save(paths[layer])
     assert n_tokens is not None
-    return Preservation({l: moments[l] for l in wanted}, int(n_tokens), source, source_sha, name)
+    return Preservation({l: moments[l] for l in wanted}, int(round(n_tokens)), source, source_sha, name)
 
 
 def prompt_preservation(model, prompts: Sequence[Tensor], layers: Iterable[int]) -> Preservation:
     """The second moments of ``prompts`` (token ids, every position), uncached."""
     moments, n = _second_moments(model, list(prompts), sorted({int(l) for l in layers}))
     sha = hashlib.sha256(b"".join(p.numpy().tobytes() for p in prompts)).hexdigest()
-    return Preservation(moments, n, f"{len(prompts)} prompts", sha, "")
+    return Preservation(moments, int(round(n)), f"{len(prompts)} prompts", sha, "")
 
 
 # --------------------------------------------------------------------------- solve

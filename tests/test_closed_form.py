@@ -367,6 +367,31 @@ def test_preservation_is_cached_saved_loaded_and_checked(llama, tmp_path, toy_fa
         Preservation.load(tmp_path / "missing.safetensors")
 
 
+def test_answer_weight_counts_each_fact_prompts_last_token_that_many_times(llama, tmp_path, toy_facts):
+    """``answer_weight=w``: the moment is ``sum_t w_t a_t a_t^T / sum_t w_t`` with ``w_t = w`` at each
+    fact prompt's last token and 1 elsewhere (the texts' tokens too); weight 1 is the plain moment
+    and its cache file; a weight below 1 or not a number is refused."""
+    facts = toy_facts[:2]
+    prompts = [q.prompt for f in facts for q in f.queries("en")[:1]]
+    plain = preservation(llama, [1], texts=TEXTS, facts=facts, languages=["en"], max_queries=1)
+    heavy = preservation(llama, [1], texts=TEXTS, facts=facts, languages=["en"], max_queries=1, answer_weight=5)
+    total, weight = torch.zeros_like(heavy[1]), 0.0
+    for text, w_last in [(t, 1.0) for t in TEXTS] + [(p, 5.0) for p in prompts]:
+        a = post_activations(llama, llama.to_tokens(text), [1])[1][0].double()
+        w = torch.ones(a.shape[0], dtype=torch.float64)
+        w[-1] = w_last
+        total, weight = total + (a * w[:, None]).T @ a, weight + float(w.sum())
+    torch.testing.assert_close(heavy[1], total / weight)
+    assert heavy.n_tokens == plain.n_tokens + 4 * len(prompts) and "answer positions x5" in heavy.source
+    assert not torch.allclose(heavy[1], plain[1]) and heavy.source_sha256 != plain.source_sha256
+    again = preservation(llama, [1], texts=TEXTS, facts=facts, languages=["en"], max_queries=1, answer_weight=1.0)
+    assert torch.equal(again[1], plain[1]) and again.source_sha256 == plain.source_sha256  # weight 1: the plain cache
+    assert len(list((tmp_path / "cache" / "covariance").glob("*.safetensors"))) == 2
+    for bad in (0.5, "8", True, float("nan")):
+        with pytest.raises(ValueError, match="answer_weight"):
+            preservation(llama, [1], texts=TEXTS, facts=facts, answer_weight=bad)
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 
