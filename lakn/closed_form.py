@@ -73,7 +73,8 @@ class Preservation:
     """Second moments of MLP post-activations over preserved tokens, per layer.
 
     ``moments[l]`` is ``C_l = K0 K0^T / n_tokens`` (``d_mlp x d_mlp``, float64), K0 the layer's
-    activations at every preserved token; ``n_tokens`` the token count, ``source`` a description
+    activations at every preserved token; ``n_tokens`` the token count (the tokens' total weight
+    when :func:`preservation`'s ``answer_weight`` counts some tokens more), ``source`` a description
     of the text, ``source_sha256`` the hash of the exact texts, ``model`` the model's name.
     ``save(path)`` writes ``path`` (safetensors) and ``path + ".json"`` (metadata with the
     safetensors file's SHA-256); :meth:`load` checks the hash and the shapes.
@@ -238,7 +239,7 @@ def preservation(
     outputs there more than elsewhere (method.md §8.3). ``n_tokens`` is then the tokens' total weight.
 
     With ``cache`` each layer's matrix is stored under ``cache_dir()/covariance/`` in a file
-    named by a hash of (model name, weights fingerprint, layer, exact texts), and reused.
+    named by a hash of (model name, weights fingerprint, layer, exact texts, answer weight), and reused.
     """
     from .models import cache_dir, is_masked_lm, model_name
 
