@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--preserve", default="demo", choices=("generic", "demo"),
                     help="preserved keys: lakn's generic text alone, or with every query prompt of lakn's demo facts "
                          "in all their languages (default demo; disjoint from the shared data measured here)")
-    ap.add_argument("--answer-weight", type=float, default=1.0,
+    ap.add_argument("--answer-weight", type=int, default=1,
                     help="each preserved fact prompt's last token counts N times (lakn.preservation's answer_weight)")
     ap.add_argument("--preserve-facts", type=int, default=0,
                     help="also preserve the query prompts (every measured language, 2 per language) of up to N facts "

@@ -65,7 +65,7 @@ def main() -> int:
     ap.add_argument("--positions", default="subject,last", help="closed-form key positions (default subject,last)")
     ap.add_argument("--k", type=int, default=20, help="activation-chosen neurons for the small-set methods")
     ap.add_argument("--skip-small", action="store_true", help="only the closed form through the layer")
-    ap.add_argument("--answer-weight", type=float, default=1.0,
+    ap.add_argument("--answer-weight", type=int, default=1,
                     help="each preserved fact prompt's last token counts N times (lakn.preservation's answer_weight)")
     ap.add_argument("--preserve-facts", type=int, default=0,
                     help="also preserve the query prompts (2 per language) of up to N facts of the data whose relation "

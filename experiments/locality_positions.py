@@ -2,7 +2,7 @@
 output change added at the prompt's last position only (where its answer is read), at its
 earlier positions only (read at the answer through attention), or everywhere (the edit itself).
 
-Each fictional fact is injected as inject_frontier.py does (trained in en + fr, keys from the
+The first ``--facts`` fictional facts are injected, each alone, as inject_frontier.py does (trained in en + fr, keys from the
 es de ru zh prompts too, whole layer, λ 1e5, 400 facts outside the locality pool preserved), then
 undone; its row change runs as a hook on the 30 known facts' first query per language, and the
 share of those queries that keep their top-1 token is printed per mode.
@@ -61,7 +61,7 @@ def main() -> int:
     ap.add_argument("--facts", type=int, default=5, help="fictional facts injected one at a time (default 5)")
     ap.add_argument("--layer", type=int, default=12)
     ap.add_argument("--preserve-facts", type=int, default=400)
-    ap.add_argument("--answer-weight", type=float, default=1.0, help="lakn.preservation's answer_weight")
+    ap.add_argument("--answer-weight", type=int, default=1, help="lakn.preservation's answer_weight (default 1)")
     args = ap.parse_args()
     import lakn
     from lakn.splits import evaluation_queries
@@ -87,6 +87,7 @@ def main() -> int:
                                 method="closed_form", lam=1e5, preserve=kept, position="subject",
                                 key_languages=["es", "de", "ru", "zh"])
         edit.undo()
+        assert edit.neurons_by_layer[args.layer] == list(range(int(model.cfg.d_mlp)))  # act @ rows: the whole layer
         for mode in MODES:
             after = top1_under(model, prompts, args.layer, edit.deltas[args.layer], mode)
             kept_share[mode].append(sum(a == b for a, b in zip(before, after)) / len(prompts))

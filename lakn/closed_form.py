@@ -4,7 +4,7 @@ Pieces, each usable alone:
 
 - :func:`preservation` / :class:`Preservation`: the second moment ``C_l = K0 K0^T / n`` of layer
   ``l``'s MLP post-activations over preserved tokens (every position of generic text, plus other
-  facts' query prompts), cached per model, layer and source under
+  facts' query prompts; ``answer_weight`` counts their last tokens more), cached per model, layer and source under
   ``lakn.models.cache_dir()/covariance/``;
 - :func:`~lakn.target.find_target` (:mod:`lakn.target`, re-exported here): the residual ``delta``
   (d_model) that, added to the MLP output (``blocks.{L}.mlp.hook_out``) at the key position, makes
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -234,9 +236,10 @@ def preservation(
     of your data are the preserved keys that buy most locality (docs/results.md run 7): pass
     ``facts=`` the facts you will not edit and measure locality on others.
 
-    ``answer_weight``: each fact prompt's last token, where its answer is read, counts that many
-    times (the texts' tokens and the prompts' other tokens count once), so a solve holds the
-    outputs there more than elsewhere (method.md §8.3). ``n_tokens`` is then the tokens' total weight.
+    ``answer_weight`` (a whole number): each fact prompt's last token, where a causal LM reads its
+    answer, counts that many times (the texts' tokens and the prompts' other tokens count once), so
+    a solve holds the outputs there more than elsewhere (method.md §8.3). ``n_tokens`` is then the
+    tokens' total weight.
 
     With ``cache`` each layer's matrix is stored under ``cache_dir()/covariance/`` in a file
     named by a hash of (model name, weights fingerprint, layer, exact texts, answer weight), and reused.
@@ -251,8 +254,12 @@ def preservation(
         raise IndexError(f"layers {wanted} out of range for a model with {n_layers} layers")
     if max_queries is not None and max_queries < 1:
         raise ValueError(f"max_queries must be >= 1, got {max_queries}")
-    if isinstance(answer_weight, bool) or not isinstance(answer_weight, (int, float)) or not answer_weight >= 1:
-        raise ValueError(f"answer_weight must be a number >= 1, got {answer_weight!r}")
+    if isinstance(answer_weight, bool) or not isinstance(answer_weight, numbers.Real):
+        raise TypeError(f"answer_weight must be a whole number >= 1, not {type(answer_weight).__name__}")
+    if not (math.isfinite(answer_weight) and answer_weight >= 1 and float(answer_weight).is_integer()):
+        raise ValueError(f"answer_weight must be a whole number >= 1 (a token counted that many times), "
+                         f"got {answer_weight!r}")
+    answer_weight = int(answer_weight)
     all_texts = list(generic_texts(languages) if texts is None else texts)
     parts = ["generic text" if texts is None else f"{len(all_texts)} texts"]
     if facts:
@@ -262,14 +269,14 @@ def preservation(
         last = [1.0] * len(all_texts) + [float(answer_weight)] * len(prompts)
         all_texts += prompts
         parts.append(f"{len(prompts)} query prompts of {len(facts)} facts"
-                     + (f", answer positions x{answer_weight:g}" if answer_weight != 1 else ""))
+                     + (f", answer positions x{answer_weight}" if answer_weight != 1 else ""))
     else:
         last = [1.0] * len(all_texts)
     kept_texts = [i for i, t in enumerate(all_texts) if t.strip()]
     all_texts, last = [all_texts[i] for i in kept_texts], [last[i] for i in kept_texts]
     if not all_texts:
         raise ValueError("no preserved text: give texts or facts")
-    hashed = all_texts if answer_weight == 1 else [all_texts, last]  # weight 1 keeps the caches of before
+    hashed = all_texts if all(w == 1 for w in last) else [all_texts, last]  # all 1: the caches of before
     source_sha = hashlib.sha256(json.dumps(hashed, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
     source = ", ".join(parts) + f" ({len(all_texts)} texts)"
     name = model_name(model)
@@ -292,7 +299,7 @@ def preservation(
     todo = [l for l in wanted if l not in moments]
     if todo:
         tokens = [model.to_tokens(t)[0].cpu() for t in all_texts]
-        computed, n = _second_moments(model, tokens, todo, last if answer_weight != 1 else None)
+        computed, n = _second_moments(model, tokens, todo, None if all(w == 1 for w in last) else last)
         moments.update(computed)
         n_tokens = n
         if cache:

@@ -1,5 +1,6 @@
 """The constrained closed-form edit (docs/method.md §8.3): the solve, preservation, batch, hooks, undo."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -369,14 +370,20 @@ def test_preservation_is_cached_saved_loaded_and_checked(llama, tmp_path, toy_fa
 
 def test_answer_weight_counts_each_fact_prompts_last_token_that_many_times(llama, tmp_path, toy_facts):
     """``answer_weight=w``: the moment is ``sum_t w_t a_t a_t^T / sum_t w_t`` with ``w_t = w`` at each
-    fact prompt's last token and 1 elsewhere (the texts' tokens too); weight 1 is the plain moment
-    and its cache file; a weight below 1 or not a number is refused."""
+    fact prompt's last token and 1 elsewhere (the texts' tokens too, also a text equal to a prompt,
+    which shares its batch); weight 1 is the plain moment under the hash and cache file of before;
+    a weight that is not a whole number >= 1 is refused."""
+    import hashlib
+    import json
+
     facts = toy_facts[:2]
     prompts = [q.prompt for f in facts for q in f.queries("en")[:1]]
-    plain = preservation(llama, [1], texts=TEXTS, facts=facts, languages=["en"], max_queries=1)
-    heavy = preservation(llama, [1], texts=TEXTS, facts=facts, languages=["en"], max_queries=1, answer_weight=5)
+    texts = [*TEXTS, prompts[0], "  "]  # the same tokens as a fact prompt, weighted 1: one batch, two weights
+    kw = dict(texts=texts, facts=facts, languages=["en"], max_queries=1)
+    plain = preservation(llama, [1], **kw)
+    heavy = preservation(llama, [1], **kw, answer_weight=5)
     total, weight = torch.zeros_like(heavy[1]), 0.0
-    for text, w_last in [(t, 1.0) for t in TEXTS] + [(p, 5.0) for p in prompts]:
+    for text, w_last in [(t, 1.0) for t in texts if t.strip()] + [(p, 5.0) for p in prompts]:
         a = post_activations(llama, llama.to_tokens(text), [1])[1][0].double()
         w = torch.ones(a.shape[0], dtype=torch.float64)
         w[-1] = w_last
@@ -384,12 +391,20 @@ def test_answer_weight_counts_each_fact_prompts_last_token_that_many_times(llama
     torch.testing.assert_close(heavy[1], total / weight)
     assert heavy.n_tokens == plain.n_tokens + 4 * len(prompts) and "answer positions x5" in heavy.source
     assert not torch.allclose(heavy[1], plain[1]) and heavy.source_sha256 != plain.source_sha256
-    again = preservation(llama, [1], texts=TEXTS, facts=facts, languages=["en"], max_queries=1, answer_weight=1.0)
-    assert torch.equal(again[1], plain[1]) and again.source_sha256 == plain.source_sha256  # weight 1: the plain cache
-    assert len(list((tmp_path / "cache" / "covariance").glob("*.safetensors"))) == 2
-    for bad in (0.5, "8", True, float("nan")):
-        with pytest.raises(ValueError, match="answer_weight"):
+    old_hash = hashlib.sha256(json.dumps([*TEXTS, prompts[0], *prompts], ensure_ascii=False).encode()).hexdigest()
+    assert plain.source_sha256 == old_hash  # the hash (and so the cache file) of before the option
+    again = preservation(llama, [1], **kw, answer_weight=1.0)
+    assert torch.equal(again[1], plain[1]) and again.source_sha256 == plain.source_sha256
+    no_facts = preservation(llama, [1], texts=TEXTS, answer_weight=5)  # nothing to weigh: the plain moment
+    assert no_facts.source_sha256 == preservation(llama, [1], texts=TEXTS).source_sha256
+    assert len(list((tmp_path / "cache" / "covariance").glob("*.safetensors"))) == 3
+    for bad in (0.5, 2.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="answer_weight must be a whole number >= 1"):
             preservation(llama, [1], texts=TEXTS, facts=facts, answer_weight=bad)
+    for bad in ("8", True, None):
+        with pytest.raises(TypeError, match="answer_weight"):
+            preservation(llama, [1], texts=TEXTS, facts=facts, answer_weight=bad)
+    assert preservation(llama, [1], **kw, answer_weight=np.int64(5)).source_sha256 == heavy.source_sha256
 
 
 # --------------------------------------------------------------------------- bad inputs
