@@ -226,7 +226,7 @@ def preservation(
     facts: Sequence[Fact] | None = None,
     languages: Sequence[str] | None = None,
     max_queries: int | None = None,
-    answer_weight: float = 1.0,
+    answer_weight: int = 1,
     cache: bool = True,
 ) -> Preservation:
     """The preserved-key second moments of ``layers``: activations at every token position of
