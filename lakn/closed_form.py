@@ -198,12 +198,12 @@ def _fingerprint(model) -> str:
 
 
 def _second_moments(model, token_lists: Sequence[Tensor], layers: list[int],
-                    last_weights: Sequence[float] | None = None) -> tuple[dict[int, Tensor], float]:
+                    last_weights: Sequence[int] | None = None) -> tuple[dict[int, Tensor], int]:
     """Per layer ``sum_t w_t a_t a_t^T / sum_t w_t`` over every token of ``token_lists``; each
     token weighs 1 but a list's last token, which weighs ``last_weights[i]`` (default 1)."""
     d_mlp = int(model.cfg.d_mlp)
     sums = {l: torch.zeros(d_mlp, d_mlp, dtype=torch.float64) for l in layers}
-    n = 0.0
+    n = 0
     for length, members in sorted(_by_length(token_lists).items()):
         for start in range(0, len(members), 32):
             chunk = members[start:start + 32]
@@ -214,7 +214,7 @@ def _second_moments(model, token_lists: Sequence[Tensor], layers: list[int],
             for layer in layers:
                 a = acts[layer].reshape(-1, acts[layer].shape[-1]).double().cpu()
                 sums[layer] += (a * w.reshape(-1, 1)).T @ a
-            n += float(w.sum())
+            n += int(w.sum())
     return {l: s / max(n, 1) for l, s in sums.items()}, n
 
 
@@ -262,27 +262,27 @@ def preservation(
     answer_weight = int(answer_weight)
     all_texts = list(generic_texts(languages) if texts is None else texts)
     parts = ["generic text" if texts is None else f"{len(all_texts)} texts"]
+    last = [1] * len(all_texts)  # each text's last-token weight
     if facts:
         causal = not is_masked_lm(model)
         prompts = [q.prompt for f in facts for lang in (languages or f.languages) if lang in f.templates
                    for q in f.queries(lang, causal=causal)[:max_queries]]
-        last = [1.0] * len(all_texts) + [float(answer_weight)] * len(prompts)
+        last += [answer_weight] * len(prompts)
         all_texts += prompts
         parts.append(f"{len(prompts)} query prompts of {len(facts)} facts"
                      + (f", answer positions x{answer_weight}" if answer_weight != 1 else ""))
-    else:
-        last = [1.0] * len(all_texts)
     kept_texts = [i for i, t in enumerate(all_texts) if t.strip()]
     all_texts, last = [all_texts[i] for i in kept_texts], [last[i] for i in kept_texts]
     if not all_texts:
         raise ValueError("no preserved text: give texts or facts")
-    hashed = all_texts if all(w == 1 for w in last) else [all_texts, last]  # all 1: the caches of before
+    weights = last if any(w != 1 for w in last) else None  # None: the plain moment, the caches of before
+    hashed = all_texts if weights is None else [all_texts, last]
     source_sha = hashlib.sha256(json.dumps(hashed, ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
     source = ", ".join(parts) + f" ({len(all_texts)} texts)"
     name = model_name(model)
     folder = cache_dir() / "covariance"
     moments: dict[int, Tensor] = {}
-    n_tokens: float | None = None
+    n_tokens = None
     paths = {}
     if cache:
         fp = _fingerprint(model)
@@ -299,21 +299,21 @@ def preservation(
     todo = [l for l in wanted if l not in moments]
     if todo:
         tokens = [model.to_tokens(t)[0].cpu() for t in all_texts]
-        computed, n = _second_moments(model, tokens, todo, None if all(w == 1 for w in last) else last)
+        computed, n = _second_moments(model, tokens, todo, weights)
         moments.update(computed)
         n_tokens = n
         if cache:
             for layer in todo:
-                Preservation({layer: computed[layer]}, int(round(n)), source, source_sha, name).save(paths[layer])
+                Preservation({layer: computed[layer]}, n, source, source_sha, name).save(paths[layer])
     assert n_tokens is not None
-    return Preservation({l: moments[l] for l in wanted}, int(round(n_tokens)), source, source_sha, name)
+    return Preservation({l: moments[l] for l in wanted}, int(n_tokens), source, source_sha, name)
 
 
 def prompt_preservation(model, prompts: Sequence[Tensor], layers: Iterable[int]) -> Preservation:
     """The second moments of ``prompts`` (token ids, every position), uncached."""
     moments, n = _second_moments(model, list(prompts), sorted({int(l) for l in layers}))
     sha = hashlib.sha256(b"".join(p.numpy().tobytes() for p in prompts)).hexdigest()
-    return Preservation(moments, int(round(n)), f"{len(prompts)} prompts", sha, "")
+    return Preservation(moments, n, f"{len(prompts)} prompts", sha, "")
 
 
 # --------------------------------------------------------------------------- solve
