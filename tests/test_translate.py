@@ -260,7 +260,7 @@ def test_per_language_maps_each_languages_keys_to_its_own_target(llama, toy_fact
         edit.undo()
         edited = editing._with_answers(fact, {"en": "Paris", "zh": "罗马"})
         groups = cfe._fact_groups(llama, fact, edited, ["en", "zh"], ["en", "fr", "zh"], None, "subject",
-                                      per_language)
+                                  per_language)
         keys, _ = cfe._group_keys(llama, groups, {0: list(range(llama.cfg.d_mlp))}, False)
         targets = edit.info["targets"]
         assert sum(len(k) for k in keys) == edit.info["n_keys"] == 6
