@@ -77,8 +77,13 @@ def main() -> int:
                     "key_languages=es+de+ru+zh: languages whose prompts, never their answers, give keys too)")
     ap.add_argument("--peers", default="", help="methods run through the same layer beside the closed form, "
                     "with their defaults: kn_embedding, gradient (default none)")
+    ap.add_argument("--spread", default="", help="layers below --layer the whole-layer set also spans (e.g. 10: "
+                    "one injection solved layer by layer, MEMIT's spreading, as edit_frontier.py's --spread)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    spread = sorted({int(l) for l in args.spread.split(",") if l.strip()} | {args.layer})
+    if spread[-1] != args.layer:
+        ap.error(f"--spread layers must be below --layer {args.layer}")
     import lakn
     from lakn.evaluation import injection_experiment
     from lakn.evaluation import InjectionResult
@@ -95,12 +100,12 @@ def main() -> int:
         facts, pool_name = list(lakn.load_facts("demo")), "demo facts"
     pool = known_pool(model, facts, args.unrelated, args.seed)
     print(f"[{time.time() - t0:.0f}s] locality pool: {len(pool)} known {pool_name}", flush=True)
-    kept = lakn.preservation(model, [args.layer], facts=lakn.load_facts("demo"), answer_weight=args.answer_weight)
+    kept = lakn.preservation(model, spread, facts=lakn.load_facts("demo"), answer_weight=args.answer_weight)
     if args.preserve_facts > 0:  # facts the locality measurement never sees (by default, nor their relations)
         seen, measured = {f.relation for f in pool}, {f.fact_id for f in pool}
         others = [f for f in facts if f.fact_id not in measured
                   and (args.preserve_from == "other-facts" or f.relation not in seen)][: args.preserve_facts]
-        kept = kept.merged(lakn.preservation(model, [args.layer], texts=[], facts=others, languages=languages,
+        kept = kept.merged(lakn.preservation(model, spread, texts=[], facts=others, languages=languages,
                                              max_queries=2, answer_weight=args.answer_weight))
         print(f"preserving {len(others)} facts of {len({f.relation for f in others})} relations "
               f"({args.preserve_from})", flush=True)
@@ -118,8 +123,8 @@ def main() -> int:
     common = dict(languages=languages, train_languages=train, unrelated=pool, k=args.k, seed=args.seed,
                   progress=False)
     t = time.time()
-    results.append(injection_experiment(model, methods=closed, neuron_sets=["layer"], layers=[args.layer], **common))
-    print(f"[{time.time() - t0:.0f}s] closed form through layer {args.layer}: {time.time() - t:.0f} s", flush=True)
+    results.append(injection_experiment(model, methods=closed, neuron_sets=["layer"], layers=spread, **common))
+    print(f"[{time.time() - t0:.0f}s] closed form through layers {spread}: {time.time() - t:.0f} s", flush=True)
     if not args.skip_small:
         t = time.time()
         small = {"gradient": dict(method="gradient"), "kn_embedding": dict(method="kn_embedding")}
@@ -127,7 +132,7 @@ def main() -> int:
         print(f"[{time.time() - t0:.0f}s] gradient, kn_embedding through {args.k} neurons: {time.time() - t:.0f} s",
               flush=True)
     merged = InjectionResult([r for res in results for r in res.rows],
-                             dict(runs=[res.config for res in results], layer=args.layer, train=train,
+                             dict(runs=[res.config for res in results], layer=args.layer, layers=spread, train=train,
                                   pool=[f.fact_id for f in pool], seconds=time.time() - t0))
     merged.save(args.out)
     import pandas as pd

@@ -127,6 +127,19 @@ def _check_flag(name: str, value) -> bool:
     return value
 
 
+def _translate_choice(translate, model, method: str, language: str, target_languages) -> bool:
+    """``translate`` as True or False. ``"auto"`` (the default): the closed form translates when no
+    target languages are named and lakn has translation examples for the edit language (it met the
+    fr / es / de generality targets at the same locality, docs/results.md runs 17 and 19); the gradient
+    and embedding edits keep their published forms, the peers it is measured against."""
+    if isinstance(translate, str) and translate == "auto":
+        return (method == "closed_form" and target_languages is None and language in TRANSLATION_EXAMPLES
+                and not is_masked_lm(model))
+    if not isinstance(translate, bool):
+        raise TypeError(f"translate must be True, False or 'auto', got {translate!r}")
+    return translate
+
+
 def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, target_languages: Sequence[str] | None,
              key_languages: Sequence[str], translate: bool,
              memo: dict | None = None) -> tuple[list[str], dict[str, str]]:
@@ -188,7 +201,7 @@ def edit_fact(
     retry_boost: float = RETRY_BOOST,
     context_weight: float = CONTEXT_WEIGHT,
     kn_scale: float = 1.0,
-    translate: bool = False,
+    translate: bool | str = "auto",
     per_language: bool = True,
 ) -> Edit:
     """Change ``fact``'s answer to ``new_answers[language]`` through the W_out rows of ``neurons``.
@@ -243,6 +256,11 @@ def edit_fact(
     (:func:`lakn.translate_answer`); the other languages' answers in ``new_answers`` are not read.
     An edit that names its new answer in one language thus gets a target that is not that
     language's alone (docs/results.md run 16). Languages with no usable query are left out.
+    ``"auto"`` (default): True for the closed form when ``target_languages`` is None and the edit
+    language has translation examples, else False (the gradient and embedding edits, the peers, keep
+    their published forms). It costs a few generations per new answer and key language, and an edit
+    whose keys are in the edit language alone translates nothing; ``translate=False`` is the
+    edit-language target alone (docs/results.md runs 14 and 19).
     ``per_language`` (closed form, with either; default True): the keys of each other target
     language that is a key language are a group of the solve of their own, mapped to the same
     target and checked on that language's queries, so the re-solves weigh a language's keys more
@@ -267,6 +285,7 @@ def edit_fact(
         raise ValueError(f"locality_weight must be >= 0, got {locality_weight}")
     by_layer = _neuron_layers(model, neurons)
     langs = _key_languages(fact, new_answers, language, key_languages)
+    translate = _translate_choice(translate, model, method, language, target_languages)
     if translate and method == "kn_embedding":
         raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
                          "translate is for closed_form and gradient")
@@ -383,13 +402,13 @@ def edit_facts(
         found = {}
         memo: dict = {}  # a batch's translations, one per (answer, languages)
         per_language = _check_flag("per_language", options.get("per_language", True))
+        translate = _translate_choice(options.get("translate", "auto"), model, method, language, target_languages)
         for fact in facts:
             answers = new_answers[fact.fact_id]
             if language not in answers:
                 raise FactsError(f"new_answers[{fact.fact_id!r}] has no answer in the edit language {language!r}")
             langs = _key_languages(fact, answers, language, key_languages)
-            targets, answers = _targets(model, fact, answers, language, target_languages, langs,
-                                        options.get("translate", False), memo)
+            targets, answers = _targets(model, fact, answers, language, target_languages, langs, translate, memo)
             per_fact.append(_fact_groups(model, fact, _with_answers(fact, answers), targets, langs,
                                          max_queries, position, per_language))
             found[fact.fact_id] = (targets, answers)
@@ -397,7 +416,6 @@ def edit_facts(
         kw.setdefault("preserve", None)
         kw.setdefault("target_steps", 20)
         kw.update(lam=lam, gain=gain, null_space=null_space)
-        translate = options.get("translate", False)
         if chunk_size is not None and chunk_size < len(facts):
             edit = _in_chunks(model, facts, per_fact, by_layer, chunk_size, position=position, options=kw)
         else:
@@ -509,7 +527,8 @@ def inject_fact(
     unknown_opts = set(options) - _OPTIONS
     if unknown_opts:
         raise TypeError(f"inject_fact got unknown option(s) {sorted(unknown_opts)}")
-    edit_only = sorted(k for k in ("translate", "per_language") if options.get(k))
+    edit_only = sorted(k for k, off in (("translate", (False, "auto")), ("per_language", (False,)))
+                       if options.get(k, False) not in off)
     if edit_only:  # an injection's target is each training language's own, from the fact's answers there
         raise ValueError(f"{edit_only} are options of edit_fact; inject_fact trains on the answers of `languages`")
     lam, gain, null_space = options.get("lam", INJECT_LAM), options.get("gain", 1.0), options.get("null_space")

@@ -188,10 +188,65 @@ def test_translate_edit_reads_the_models_translation_not_the_given_answers(llama
     assert grad.info["translations"] == {fact.fact_id: {"zh": "罗马"}}
     with pytest.raises(ValueError, match="kn_embedding.*translate"):
         edit_fact(llama, fact, given, layer_neurons(llama, [1]), method="kn_embedding", translate=True)
-    with pytest.raises(TypeError, match="translate must be True or False"):
+    with pytest.raises(TypeError, match="translate must be True, False or 'auto'"):
         edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, translate="yes")
     with pytest.raises(FactsError, match=r"target language\(s\) \['de'\] unknown"):
         edit_fact(llama, fact, given, layer_neurons(llama, [1]), preserve=pres, translate=True, target_languages=["de"])
+
+
+def test_the_default_translates_for_the_closed_form_only(llama, toy_facts, monkeypatch):
+    """translate="auto" (the default) is translate=True for a closed-form edit with no target languages
+    named, and False for the gradient and embedding peers, with target languages given, in an edit
+    language lakn has no translation examples for, and in an injection."""
+    import lakn.editing as editing
+    from lakn.editing import inject_fact
+    from lakn.facts import Fact
+
+    asked = []
+    monkeypatch.setattr(editing, "translate_answer",
+                        lambda model, text, languages, source: asked.append((text, list(languages), source))
+                        or {"zh": "罗马"})
+    # layer 0: a change at the subject's token of the last layer (1) cannot reach the answer position
+    fact, pres = toy_facts[2], preservation(llama, [0], texts=["The cat sleeps.", "Il pleut."])
+    given, rows = {"en": "Paris", "fr": "Paris", "zh": "东京"}, layer_neurons(llama, [0])
+    kw = dict(preserve=pres, target_steps=2, retries=0)
+    default = edit_fact(llama, fact, given, rows, **kw)
+    default.undo()
+    explicit = edit_fact(llama, fact, given, rows, translate=True, **kw)
+    explicit.undo()
+    assert asked == [("Paris", ["fr", "zh"], "en")] * 2
+    assert default.info["translations"] == explicit.info["translations"] == {fact.fact_id: {"zh": "罗马"}}
+    assert default.deltas[0].abs().max() > 0 and torch.equal(default.deltas[0], explicit.deltas[0])
+    off = edit_fact(llama, fact, given, rows, translate=False, **kw)
+    off.undo()
+    assert default.info["groups"] == [fact.fact_id, f"{fact.fact_id}:zh"]  # the translation's own group
+    assert "translations" not in off.info and off.info["groups"] == [fact.fact_id]
+    assert not torch.allclose(off.deltas[0], default.deltas[0])
+    asked.clear()
+    batch = edit_facts(llama, toy_facts[:2], {f.fact_id: given for f in toy_facts[:2]}, rows, **kw)
+    batch.undo()
+    assert asked == [("Paris", ["fr", "zh"], "en")] and set(batch.info["translations"]) == {f.fact_id for f in toy_facts[:2]}
+    asked.clear()
+    for method, extra in (("gradient", dict(steps=1)), ("kn_embedding", {})):
+        peer = edit_fact(llama, fact, given, rows, method=method, **extra)
+        peer.undo()
+        assert "translations" not in peer.info
+    named = edit_fact(llama, fact, given, rows, target_languages=["zh"], **kw)
+    named.undo()
+    assert "translations" not in named.info and named.info["target_languages"] == ["en", "zh"]
+    with inject_fact(llama, fact, languages=("en",), neurons=rows, translate="auto", **kw):
+        pass
+    assert asked == []
+    monkeypatch.undo()  # the real translate_answer would refuse an edit language with no examples
+    fact_it = Fact.from_dict({
+        "fact_id": "capital_italy_it", "relation": "capital", "subject": {"en": "Italy", "it": "Italia"},
+        "object": {"en": "Rome", "it": "Roma"},
+        "queries": {"en": ["The capital of Italy is [Y]"], "it": ["La capitale d'Italia è [Y]"]}})
+    edited = edit_fact(llama, fact_it, {"it": "Milano", "en": "Milan"}, rows, language="it", **kw)
+    edited.undo()
+    assert "translations" not in edited.info and edited.info["target_languages"] == ["it"]
+    with pytest.raises(FactsError, match="no translation examples for language 'it'"):
+        edit_fact(llama, fact_it, {"it": "Milano", "en": "Milan"}, rows, language="it", translate=True, **kw)
 
 
 def test_gemma_translates_a_country_and_reads_it_back(default_model):

@@ -46,13 +46,14 @@ def register(sub) -> None:
     p.add_argument("--target-languages", type=comma_list, default=None,
                    help="closed_form, gradient: find the target on these languages' new answers too (default: the "
                         "edit language alone)")
-    p.add_argument("--translate", action="store_true",
+    p.add_argument("--translate", action=argparse.BooleanOptionalAction, default=None,
                    help="closed_form, gradient: find the target on the edit language's new answer and the model's "
                         "own translations of it into the target languages (default: every key language lakn has "
-                        "translation examples for), kept "
-                        "where the model translates them back; the data's other answers are then only measured")
+                        "translation examples for), kept where the model translates them back; the data's other "
+                        "answers are then only measured. Default: on for closed_form without --target-languages "
+                        "(lakn.edit_fact's translate='auto', results.md runs 17 and 19), off for gradient")
     p.add_argument("--per-language", action=argparse.BooleanOptionalAction, default=True,
-                   help="closed_form, with --target-languages or --translate: each target language's keys but the "
+                   help="closed_form, with --target-languages or translations: each target language's keys but the "
                         "edit language's a group of their own, re-solved apart while its queries miss "
                         "(lakn.edit_fact's per_language; default on, results.md run 17)")
     p.add_argument("--max-queries", type=positive_int, default=2,
@@ -181,8 +182,8 @@ def run(args) -> int:
     for m in ("closed_form", "gradient"):
         if m in methods and args.target_languages:
             methods[m]["target_languages"] = args.target_languages
-        if m in methods and args.translate:
-            methods[m]["translate"] = True
+        if m in methods and args.translate is not None:  # None: edit_fact's "auto"
+            methods[m]["translate"] = args.translate
     if "closed_form" in methods and not args.per_language:  # recorded, like the other options, when not the default
         methods["closed_form"]["per_language"] = False
     unrelated = list(facts)
