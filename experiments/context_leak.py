@@ -60,7 +60,7 @@ def main() -> int:
     point = f"blocks.{layer}.mlp.hook_out"
     for fact in [f for f in edit if f.fact_id in args.facts]:
         e = lakn.edit_fact(model, fact, new[fact.fact_id], layer_neurons(model, [layer]), preserve=kept,
-                           max_queries=2, retries=0)
+                           max_queries=2, retries=0, translate=False)  # the English target, as in run 9
         delta = e.info["targets"][0]
         e.undo()
         edited = lakn.Fact(fact.fact_id, fact.relation, {**fact.answers, "en": new[fact.fact_id]["en"]},

@@ -83,7 +83,7 @@ def main() -> int:
             for c in corpora}
     for name, p in pres.items():
         print(f"{name}: {p.n_tokens} preserved tokens", flush=True)
-    methods = {f"{name} lam={lam:g}": dict(method="closed_form", lam=lam, preserve=p)
+    methods = {f"{name} lam={lam:g}": dict(method="closed_form", lam=lam, preserve=p, translate=False)  # run 7's
                for name, p in pres.items() for lam in lams}
     layer = {f.fact_id: layer_neurons(model, [args.layer]) for f in edit}
     res = edit_evaluation(model, edit, {f"layer{args.layer}": layer}, methods=methods, new_answers=new,
