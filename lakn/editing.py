@@ -32,7 +32,7 @@ from .models import is_masked_lm
 from .pivot import PIVOT_WEIGHT
 from .tokens import EncodedQuery, last_logits, logits_at, model_device
 from .translate import EXAMPLES as TRANSLATION_EXAMPLES
-from .translate import translate_answer
+from .translate import translate_answer, use_translation
 from .weights import Edit, _delta_hooks, _rows, _summed, _write_rows, activation_neurons, layer_neurons, w_out
 
 __all__ = ["w_out", "Edit", "edit_fact", "edit_facts", "inject_fact", "activation_neurons", "layer_neurons",
@@ -125,19 +125,6 @@ def _check_flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return value
-
-
-def _translate_choice(translate, model, method: str, language: str, target_languages) -> bool:
-    """``translate`` as True or False. ``"auto"`` (the default): the closed form translates when no
-    target languages are named and lakn has translation examples for the edit language (it met the
-    fr / es / de generality targets at the same locality, docs/results.md runs 17 and 19); the gradient
-    and embedding edits keep their published forms, the peers it is measured against."""
-    if isinstance(translate, str) and translate == "auto":
-        return (method == "closed_form" and target_languages is None and language in TRANSLATION_EXAMPLES
-                and not is_masked_lm(model))
-    if not isinstance(translate, bool):
-        raise TypeError(f"translate must be True, False or 'auto', got {translate!r}")
-    return translate
 
 
 def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, target_languages: Sequence[str] | None,
@@ -285,7 +272,7 @@ def edit_fact(
         raise ValueError(f"locality_weight must be >= 0, got {locality_weight}")
     by_layer = _neuron_layers(model, neurons)
     langs = _key_languages(fact, new_answers, language, key_languages)
-    translate = _translate_choice(translate, model, method, language, target_languages)
+    translate = use_translation(translate, model, method, language, target_languages)
     if translate and method == "kn_embedding":
         raise ValueError("method='kn_embedding' edits through the edit language's answer token only; "
                          "translate is for closed_form and gradient")
@@ -402,7 +389,7 @@ def edit_facts(
         found = {}
         memo: dict = {}  # a batch's translations, one per (answer, languages)
         per_language = _check_flag("per_language", options.get("per_language", True))
-        translate = _translate_choice(options.get("translate", "auto"), model, method, language, target_languages)
+        translate = use_translation(options.get("translate", "auto"), model, method, language, target_languages)
         for fact in facts:
             answers = new_answers[fact.fact_id]
             if language not in answers:

@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .facts import LANGUAGES, FactsError
+from .models import is_masked_lm
 from .tokens import model_device
 
 __all__ = ["EXAMPLES", "translate_answer"]
@@ -118,3 +119,16 @@ def translate_answer(
             continue
         out[code] = word
     return out
+
+
+def use_translation(translate, model, method: str, language: str, target_languages) -> bool:
+    """``translate`` as True or False. ``"auto"`` (the default): the closed form translates when no
+    target languages are named and lakn has translation examples for the edit language (it met the
+    fr / es / de generality targets at the same locality, docs/results.md runs 17 and 19); the gradient
+    and embedding edits keep their published forms, the peers it is measured against."""
+    if isinstance(translate, str) and translate == "auto":
+        return (method == "closed_form" and target_languages is None and language in EXAMPLES
+                and not is_masked_lm(model))
+    if not isinstance(translate, bool):
+        raise TypeError(f"translate must be True, False or 'auto', got {translate!r}")
+    return translate
