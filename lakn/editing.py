@@ -136,7 +136,6 @@ def _targets(model, fact: Fact, answers: Mapping[str, str], language: str, targe
     (default: the key languages with translation examples); ``memo`` keeps them per (answer, languages)
     across a batch.
     Otherwise the answers given (:func:`_target_languages`)."""
-    _check_flag("translate", translate)
     if not translate:
         return _target_languages(fact, answers, language, target_languages), dict(answers)
     want = _known_targets(fact, _codes([], key_languages if target_languages is None else target_languages))
