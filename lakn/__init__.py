@@ -37,7 +37,7 @@ from .localization import localize
 from .evaluation import (
     ChangeRateResult, EditingResult, EnhancementResult, InjectionResult, TradeoffResult, change_rates,
     edit_evaluation, editing_experiment, enhancement_experiment, injection_experiment, load_runs, localize_methods, tradeoff,
-    locality_by_margin, unrelated_facts,
+    generality_by_prior, locality_by_margin, unrelated_facts,
 )
 from . import plotting  # (figures: lakn.plotting.layer_distribution, write_run_figures, ...)
 from .rml import BuildReport, build_rml
@@ -63,7 +63,7 @@ __all__ = [
     "Preservation", "preservation", "key_neurons", "lens_ranks", "pivot_layer",
     "causal", "reselect",
     "localize",
-    "TradeoffResult", "tradeoff", "unrelated_facts", "locality_by_margin", "load_runs",
+    "TradeoffResult", "tradeoff", "unrelated_facts", "locality_by_margin", "generality_by_prior", "load_runs",
     "ChangeRateResult", "EditingResult", "EnhancementResult", "InjectionResult", "change_rates",
     "edit_evaluation", "editing_experiment", "enhancement_experiment", "injection_experiment", "localize_methods",
     "plotting",

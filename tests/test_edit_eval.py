@@ -156,6 +156,14 @@ def test_breaking_edit_drops_locality_and_is_undone(model, capitals):
         assert part.n.sum() == len(kept)
         assert (part.locality * part.n).sum() / part.n.sum() == pytest.approx(kept.mean())
     assert set(split[split.method == "noop"].locality) == {1.0}
+    # split by the old answer's prior, each language's generality recombines too
+    gen = df[df.metric == "generality"]
+    assert len(gen)
+    prior = lakn.generality_by_prior(res, edges=[0.1])
+    for (name, lang), part in prior.groupby(["method", "language"]):
+        rows = gen[(gen.method == name) & (gen.language == lang)]
+        assert part.n.sum() == len(rows)
+        assert (part.generality * part.n).sum() / part.n.sum() == pytest.approx(rows.top1.mean())
 
 
 def test_preserved_sample_puts_the_edited_relations_first():
@@ -194,6 +202,27 @@ def test_locality_by_margin_splits_near_ties_from_confident_answers():
             lakn.locality_by_margin(pd.DataFrame(rows), edges=bad)
     with pytest.raises(ValueError, match="margin_before"):
         lakn.locality_by_margin(pd.DataFrame(rows).drop(columns="margin_before"))
+
+
+def test_generality_by_prior_splits_by_the_old_answers_probability_before_the_edit():
+    import pandas as pd
+
+    rows = [dict(method="m", neurons="s", batch=1, metric="generality", language=lang, p_old_before=p, top1=t, success=s)
+            for lang, p, t, s in [("fr", 0.001, 0.0, 1.0), ("fr", 0.009, 1.0, 1.0), ("fr", 0.01, 0.0, 0.0),
+                                  ("fr", 0.5, 1.0, 1.0), ("fr", 1.0, 1.0, 1.0), ("zh", 0.002, 0.0, 0.0)]]
+    rows.append(dict(method="m", neurons="s", batch=1, metric="locality", language="fr", p_old_before=0.9, top1=0.0,
+                     success=0.0))  # not a generality row: left out
+    out = lakn.generality_by_prior(pd.DataFrame(rows), edges=(0.2, 0.01))  # any order; a bin holds its lower edge
+    fr = out[out.language == "fr"]
+    assert [str(b) for b in fr.prior] == ["[0.0, 0.01)", "[0.01, 0.2)", "[0.2, inf)"]
+    assert fr.generality.tolist() == pytest.approx([0.5, 0.0, 1.0]) and fr.n.tolist() == [2, 1, 2]
+    assert fr.p_new_gt_old.tolist() == pytest.approx([1.0, 0.0, 1.0])
+    assert out[out.language == "zh"][["generality", "n"]].values.tolist() == [[0.0, 1]]
+    for bad in ([0.0, 0.5], [], [0.5, 1.0]):
+        with pytest.raises(ValueError, match="strictly between 0 and 1"):
+            lakn.generality_by_prior(pd.DataFrame(rows), edges=bad)
+    with pytest.raises(ValueError, match="p_old_before"):
+        lakn.generality_by_prior(pd.DataFrame(rows).drop(columns="p_old_before"))
 
 
 def test_locality_groups_on_hand_made_facts(model):

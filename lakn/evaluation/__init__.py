@@ -25,11 +25,11 @@ from .editing import EditingResult, counterfactuals, edit_evaluation, editing_ex
 from .enhancement import EnhancementResult, enhancement_experiment
 from .injection import InjectionResult, injection_experiment
 from .runs import load_runs, localize_methods
-from .specificity import GROUPS, locality_by_margin, unrelated_facts
+from .specificity import GROUPS, generality_by_prior, locality_by_margin, unrelated_facts
 from .tradeoff import TradeoffResult, tradeoff
 
 __all__ = [
-    "ChangeRateResult", "change_rates", "INTERVENTIONS", "GROUPS", "unrelated_facts", "locality_by_margin",
+    "ChangeRateResult", "change_rates", "INTERVENTIONS", "GROUPS", "unrelated_facts", "locality_by_margin", "generality_by_prior",
     "TradeoffResult", "tradeoff",
     "EditingResult", "counterfactuals", "edit_evaluation", "editing_experiment",
     "EnhancementResult", "enhancement_experiment",

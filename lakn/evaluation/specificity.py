@@ -278,3 +278,29 @@ def locality_by_margin(result, edges: Sequence[float] = (0.25, 1.0)):
     keys = [k for k in ("method", "neurons", "batch", "group") if k in loc.columns and loc[k].astype(str).ne("").any()]
     out = loc.assign(margin=bins).groupby(keys + ["margin"], observed=True, dropna=False)["success"].agg(["mean", "size"])
     return out.rename(columns={"mean": "locality", "size": "n"}).reset_index()
+
+
+def generality_by_prior(result, edges: Sequence[float] = (0.01, 0.05, 0.2)):
+    """Generality of an edit split by language and by how likely the model found the *old* answer
+    on each generality query before the edit (``p_old_before``: the prior; first answer token).
+
+    An edit at the subject replaces what the model recalls about it; a language where the model
+    scarcely recalled the fact gives it little to replace (results.md run 20: on Gemma 3 270M the
+    median prior is .21 in fr, .002 in zh, and generality follows it). ``result``: an
+    :class:`~lakn.evaluation.EditingResult` or its ``to_dataframe()``. Bins are ``[0, e1)``, ...,
+    ``[e_last, inf)`` (priors up to 1). Returns one row per method, neuron set, batch size, language and non-empty bin:
+    ``generality`` (new answer top-1), ``p_new_gt_old`` (P(new) > P(old) after) and ``n``."""
+    import pandas as pd
+
+    df = result.to_dataframe() if hasattr(result, "to_dataframe") else result
+    bounds = sorted({float(e) for e in edges})
+    if not bounds or bounds[0] <= 0 or bounds[-1] >= 1:
+        raise ValueError(f"prior edges must be probabilities strictly between 0 and 1, got {list(edges)}")
+    if "metric" not in df.columns or "p_old_before" not in df.columns:
+        raise ValueError("no generality rows with p_old_before (not an editing result's rows)")
+    gen = df[(df["metric"] == "generality") & df["p_old_before"].notna()]
+    bins = pd.cut(gen["p_old_before"].astype(float).clip(0.0, 1.0), [0.0, *bounds, math.inf], right=False)
+    keys = [k for k in ("method", "neurons", "batch") if k in gen.columns and gen[k].astype(str).ne("").any()]
+    out = gen.assign(prior=bins).groupby(keys + ["language", "prior"], observed=True)[["top1", "success"]]
+    out = out.agg(generality=("top1", "mean"), p_new_gt_old=("success", "mean"), n=("top1", "size"))
+    return out.reset_index()
