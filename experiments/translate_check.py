@@ -4,6 +4,7 @@ For each different English new answer of the batch of fifty (``edit_frontier.pic
 the model's translation into fr es ru de zh ar (``lakn.translate_answer`` without the round trip),
 whether it translates back to the English answer (the round trip), and whether it starts with the
 first token of the data's answer (what generality reads). Prints one table of shares.
+``--fictional``: the answers of lakn's fictional facts instead (injection's; results.md run 20).
 
     OMP_NUM_THREADS=2 python -u experiments/translate_check.py      # about 10 minutes on 2 CPU threads
 """
@@ -24,6 +25,7 @@ def main() -> int:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--batch", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fictional", action="store_true", help="lakn's fictional facts' answers (injection)")
     args = ap.parse_args()
     import torch
 
@@ -32,15 +34,25 @@ def main() -> int:
     torch.set_grad_enabled(False)
     t0 = time.time()
     model = lakn.load_model()
-    _, batch, _, new, _, _ = pick_facts(model, lakn.load_facts(args.data), LANGS, 24, args.batch, 30, args.seed)
     answers = {}
-    for f in batch:
-        answers.setdefault(new[f.fact_id]["en"], new[f.fact_id])
+    if args.fictional:
+        fictional = lakn.load_facts("fictional")
+        for f in fictional:
+            answers.setdefault(f.answers["en"], f.answers)
+        languages = [l for l in LANGS if all(l in f.answers for f in fictional)]
+    elif not Path(args.data).exists():
+        print(f"no data at {args.data} (../shared is not here): nothing to measure")
+        return 0
+    else:
+        _, batch, _, new, _, _ = pick_facts(model, lakn.load_facts(args.data), LANGS, 24, args.batch, 30, args.seed)
+        for f in batch:
+            answers.setdefault(new[f.fact_id]["en"], new[f.fact_id])
+        languages = LANGS
 
     def first(text: str) -> list[int]:
         return model.to_tokens(" " + text, prepend_bos=False)[0][:1].tolist()
 
-    others = [l for l in LANGS if l != "en"]
+    others = [l for l in languages if l != "en"]
     right = {l: 0 for l in others}
     kept = {l: 0 for l in others}
     both = {l: 0 for l in others}
