@@ -388,7 +388,8 @@ def edit_facts(
         found = {}
         memo: dict = {}  # a batch's translations, one per (answer, languages)
         per_language = _check_flag("per_language", options.get("per_language", True))
-        translate = use_translation(options.get("translate", "auto"), model, method, language, target_languages)
+        translate = use_translation(options.get("translate", "auto"), model, method, language, target_languages,
+                                    len(facts))
         for fact in facts:
             answers = new_answers[fact.fact_id]
             if language not in answers:

@@ -121,14 +121,16 @@ def translate_answer(
     return out
 
 
-def use_translation(translate, model, method: str, language: str, target_languages) -> bool:
-    """``translate`` as True or False. ``"auto"`` (the default): the closed form translates when no
-    target languages are named and lakn has translation examples for the edit language (it met the
-    fr / es / de generality targets at the same locality, docs/results.md runs 17 and 19); the gradient
-    and embedding edits keep their published forms, the peers it is measured against."""
+def use_translation(translate, model, method: str, language: str, target_languages, n_facts: int = 1) -> bool:
+    """``translate`` as True or False. ``"auto"`` (the default): the closed form translates a single
+    edit (``n_facts`` 1) when no target languages are named and lakn has translation examples for the
+    edit language (it met the fr / es / de generality targets at the same locality, docs/results.md
+    runs 17 and 19); a batch of several facts keeps the edit language's answer (translated, fifty
+    edits in chunks kept .65 / .67 of unrelated answers against .77 / .82, run 20); the gradient and
+    embedding edits keep their published forms, the peers it is measured against."""
     if isinstance(translate, str) and translate == "auto":
         return (method == "closed_form" and target_languages is None and language in EXAMPLES
-                and not is_masked_lm(model))
+                and n_facts == 1 and not is_masked_lm(model))
     if not isinstance(translate, bool):
         raise TypeError(f"translate must be True, False or 'auto', got {translate!r}")
     return translate

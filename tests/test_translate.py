@@ -224,8 +224,15 @@ def test_the_default_translates_for_the_closed_form_only(llama, toy_facts, monke
     assert not torch.allclose(off.deltas[0], default.deltas[0])
     asked.clear()
     batch = edit_facts(llama, toy_facts[:2], {f.fact_id: given for f in toy_facts[:2]}, rows, **kw)
-    batch.undo()
-    assert asked == [("Paris", ["fr", "zh"], "en")] and set(batch.info["translations"]) == {f.fact_id for f in toy_facts[:2]}
+    batch.undo()  # a batch of several facts keeps the English answer by default (results.md run 20)
+    assert asked == [] and "translations" not in batch.info
+    asked_batch = edit_facts(llama, toy_facts[:2], {f.fact_id: given for f in toy_facts[:2]}, rows, translate=True, **kw)
+    asked_batch.undo()
+    assert asked == [("Paris", ["fr", "zh"], "en")]  # asked once for the batch
+    assert set(asked_batch.info["translations"]) == {f.fact_id for f in toy_facts[:2]}
+    one = edit_facts(llama, toy_facts[:1], {toy_facts[0].fact_id: given}, rows, **kw)
+    one.undo()  # one fact through edit_facts: a single edit, translated as edit_fact's default
+    assert len(asked) == 2 and set(one.info["translations"]) == {toy_facts[0].fact_id}
     asked.clear()
     for method, extra in (("gradient", dict(steps=1)), ("kn_embedding", {})):
         peer = edit_fact(llama, fact, given, rows, method=method, **extra)
