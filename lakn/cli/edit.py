@@ -50,8 +50,9 @@ def register(sub) -> None:
                    help="closed_form, gradient: find the target on the edit language's new answer and the model's "
                         "own translations of it into the target languages (default: every key language lakn has "
                         "translation examples for), kept where the model translates them back; the data's other "
-                        "answers are then only measured. Default: on for closed_form without --target-languages "
-                        "(lakn.edit_fact's translate='auto', results.md runs 17 and 19), off for gradient")
+                        "answers are then only measured. Default: on for single closed_form edits without "
+                        "--target-languages, off for --batch / --chunk batches of several facts and for gradient "
+                        "(lakn.edit_fact's translate='auto', results.md runs 17, 19 and 20)")
     p.add_argument("--per-language", action=argparse.BooleanOptionalAction, default=True,
                    help="closed_form, with --target-languages or translations: each target language's keys but the "
                         "edit language's a group of their own, re-solved apart while its queries miss "
