@@ -32,6 +32,9 @@ def main() -> int:
     import lakn
 
     torch.set_grad_enabled(False)
+    if not args.fictional and not Path(args.data).exists():  # before the model loads
+        print(f"no data at {args.data} (../shared is not here): nothing to measure")
+        return 0
     t0 = time.time()
     model = lakn.load_model()
     answers = {}
@@ -40,9 +43,6 @@ def main() -> int:
         for f in fictional:
             answers.setdefault(f.answers["en"], f.answers)
         languages = [l for l in LANGS if all(l in f.answers for f in fictional)]
-    elif not Path(args.data).exists():
-        print(f"no data at {args.data} (../shared is not here): nothing to measure")
-        return 0
     else:
         _, batch, _, new, _, _ = pick_facts(model, lakn.load_facts(args.data), LANGS, 24, args.batch, 30, args.seed)
         for f in batch:

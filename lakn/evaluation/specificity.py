@@ -275,7 +275,7 @@ def locality_by_margin(result, edges: Sequence[float] = (0.25, 1.0)):
     loc = df[(df["metric"] == "locality") & df["margin_before"].notna()]
     lead = loc["margin_before"].astype(float).clip(lower=0.0, upper=math.nextafter(math.inf, 0))  # inf: the last bin
     bins = pd.cut(lead, [0.0, *bounds, math.inf], right=False)
-    keys = [k for k in ("method", "neurons", "batch", "group") if k in loc.columns and loc[k].astype(str).ne("").any()]
+    keys = _row_keys(loc, ("method", "neurons", "batch", "group"))
     out = loc.assign(margin=bins).groupby(keys + ["margin"], observed=True, dropna=False)["success"].agg(["mean", "size"])
     return out.rename(columns={"mean": "locality", "size": "n"}).reset_index()
 
@@ -300,7 +300,12 @@ def generality_by_prior(result, edges: Sequence[float] = (0.01, 0.05, 0.2)):
         raise ValueError("no generality rows with p_old_before (not an editing result's rows)")
     gen = df[(df["metric"] == "generality") & df["p_old_before"].notna()]
     bins = pd.cut(gen["p_old_before"].astype(float).clip(0.0, 1.0), [0.0, *bounds, math.inf], right=False)
-    keys = [k for k in ("method", "neurons", "batch") if k in gen.columns and gen[k].astype(str).ne("").any()]
+    keys = _row_keys(gen, ("method", "neurons", "batch"))
     out = gen.assign(prior=bins).groupby(keys + ["language", "prior"], observed=True)[["top1", "success"]]
     out = out.agg(generality=("top1", "mean"), p_new_gt_old=("success", "mean"), n=("top1", "size"))
     return out.reset_index()
+
+
+def _row_keys(frame, names: Sequence[str]) -> list[str]:
+    """The columns of ``names`` that ``frame`` has and fills somewhere: what a split groups its rows by."""
+    return [k for k in names if k in frame.columns and frame[k].astype(str).ne("").any()]
